@@ -26,6 +26,9 @@ from google.protobuf import text_format
 DEFAULT_P4INFO = Path(__file__).resolve().parents[1] / "p4src" / "build" / "mfs.p4info.txtpb"
 
 
+_MATCH_TYPES = {v: k.lower() for k, v in p4i.MatchField.MatchType.items()}  # EXACT -> "exact", ...
+
+
 class P4InfoError(ValueError):
     """An entity, field or value does not fit the P4Info. The message names it."""
 
@@ -143,8 +146,8 @@ class P4Schema:
             act = Action(a.preamble.id, a.preamble.name, ps, {p.id: p for p in ps.values()})
             self._add(self.actions, act)
         for t in info.tables:
-            mts = {1: "exact", 2: "lpm", 3: "ternary", 4: "range", 5: "optional"}
-            fs = {f.name: MatchField(f.id, f.name, f.bitwidth, mts.get(f.match_type, "other")) for f in t.match_fields}
+            fs = {f.name: MatchField(f.id, f.name, f.bitwidth, _MATCH_TYPES.get(f.match_type, "other"))
+                  for f in t.match_fields}
             scope = {r.id: r.scope for r in t.action_refs}
             tab = Table(
                 id=t.preamble.id,
