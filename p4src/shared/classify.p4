@@ -1,0 +1,186 @@
+/* Target-neutral pieces of MfsIngress / MfsEgress: MFS header validation,
+ * classification (docs/p4-api.md, "first that applies wins") and the egress
+ * DSCP rewrite. Both programs apply these controls; names are absolute so the
+ * P4Info names are those of docs/p4-api.md whatever the enclosing control is.
+ */
+#ifndef MFS_CLASSIFY_P4
+#define MFS_CLASSIFY_P4
+
+#include "headers.p4"
+
+/* mfs_ok := a complete header to MFS_UDP_PORT with ver 1 and stage 1..3.
+ * parser_ok is false when the target's parser reported an error. */
+control MfsValidate(in headers_t hdr, inout mfs_meta_t meta, in bool parser_ok) {
+    apply {
+        meta.mfs_ok = false;
+        if (meta.mfs_port && parser_ok && hdr.mfs.isValid()) {
+            if (hdr.mfs.ver == MFS_VERSION &&
+                (hdr.mfs.stage == MFS_STAGE_KV_REUSE ||
+                 hdr.mfs.stage == MFS_STAGE_COLLECTIVE ||
+                 hdr.mfs.stage == MFS_STAGE_P2D)) {
+                meta.mfs_ok = true;
+            }
+        }
+    }
+}
+
+/* Sets meta.level (0..7, clamped), meta.cls (class_counter index) and
+ * meta.miss (send the mfs_miss_t digest); the caller counts and digests,
+ * because counters and digests are target externs. */
+control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_port,
+                    out bool miss, out bool rejected) {
+    @id(0x01000005) @name(".MfsIngress.set_level")
+    action set_level(bit<8> level) {
+        meta.level = level;
+    }
+    @id(0x01000006) @name(".MfsIngress.trust_proposal")
+    action trust_proposal(bit<8> ceiling) {
+        meta.trusted = true;
+        meta.ceiling = ceiling;
+    }
+
+    @id(0x02000003) @name(".MfsIngress.mfs_flow")
+    table mfs_flow {
+        key = {
+            hdr.mfs.stage   : exact @name("stage");
+            hdr.mfs.flow_id : exact @name("flow_id");
+        }
+        actions = { set_level; @defaultonly NoAction; }
+        default_action = NoAction();
+        size = MFS_FLOW_SIZE;
+    }
+    @id(0x02000004) @name(".MfsIngress.mfs_stage_default")
+    table mfs_stage_default {
+        key = {
+            hdr.mfs.stage : exact @name("stage");
+            hdr.mfs.rli   : range @name("rli");
+        }
+        actions = { set_level; @defaultonly NoAction; }
+        default_action = NoAction();
+        size = MFS_STAGE_DEFAULT_SIZE;
+    }
+    @id(0x02000005) @name(".MfsIngress.mfs_trust")
+    table mfs_trust {
+        key = {
+            ingress_port      : exact @name("ingress_port");
+            hdr.ipv4.src_addr : exact @name("src_addr");
+        }
+        actions = { trust_proposal; @defaultonly NoAction; }
+        default_action = NoAction();
+        size = MFS_TRUST_SIZE;
+    }
+    @id(0x02000006) @name(".MfsIngress.dscp_classify")
+    table dscp_classify {
+        key = {
+            ingress_port  : exact @name("ingress_port");
+            hdr.ipv4.dscp : exact @name("dscp");
+        }
+        actions = { set_level; @defaultonly NoAction; }
+        default_action = NoAction();
+        size = DSCP_CLASSIFY_SIZE;
+    }
+    @id(0x02000007) @name(".MfsIngress.classify_default")
+    table classify_default {
+        actions = { set_level; }
+        default_action = set_level(LOWEST_LEVEL);
+        size = CLASSIFY_DEFAULT_SIZE;
+    }
+
+    apply {
+        miss = false;
+        rejected = false;
+        meta.trusted = false;
+        meta.use_default = false;
+        meta.level = LOWEST_LEVEL;
+        if (meta.mfs_ok) {
+            if (mfs_flow.apply().hit) {
+                meta.cls = CLASS_FLOW_TABLE;
+            } else {
+                miss = true;
+                if ((hdr.mfs.flags & MFS_FLAG_PROPOSED) != 0) {
+                    if (!mfs_trust.apply().hit) {
+                        rejected = true;   /* class_counter[7], in addition */
+                    }
+                }
+                if (mfs_stage_default.apply().hit) {
+                    meta.cls = CLASS_STAGE_DEFAULT;
+                } else if (meta.trusted) {
+                    meta.cls = CLASS_PROPOSAL;
+                    /* never above (numerically below) the ceiling */
+                    if (hdr.mfs.proposed > meta.ceiling) {
+                        meta.level = hdr.mfs.proposed;
+                    } else {
+                        meta.level = meta.ceiling;
+                    }
+                } else {
+                    meta.cls = CLASS_MFS_BEST_EFFORT;
+                    meta.use_default = true;
+                }
+            }
+        } else if (meta.mfs_port) {
+            meta.cls = CLASS_MALFORMED;
+            meta.use_default = true;
+        } else {
+            meta.cls = CLASS_BEST_EFFORT;
+            meta.use_default = true;
+            if (hdr.ipv4.isValid()) {
+                if (dscp_classify.apply().hit) {
+                    meta.cls = CLASS_TRUSTED_DSCP;
+                    meta.use_default = false;
+                }
+            }
+        }
+        if (meta.use_default) {
+            classify_default.apply();
+        }
+        if (meta.level > LOWEST_LEVEL) {
+            meta.level = LOWEST_LEVEL;
+        }
+    }
+}
+
+/* Egress DSCP rewrite per port (MFS header bytes are never changed). */
+control MfsDscp(inout headers_t hdr, inout mfs_meta_t meta, in port_t egress_port) {
+    bool rewrite = false;
+
+    @id(0x01000011) @name(".MfsEgress.rewrite_dscp")
+    action rewrite_dscp() {
+        rewrite = true;
+    }
+    @id(0x01000012) @name(".MfsEgress.clear_dscp")
+    action clear_dscp() {
+        hdr.ipv4.dscp = 0;
+        meta.csum = true;
+    }
+    @id(0x01000013) @name(".MfsEgress.set_dscp")
+    action set_dscp(bit<6> dscp) {
+        hdr.ipv4.dscp = dscp;
+        meta.csum = true;
+    }
+
+    @id(0x02000011) @name(".MfsEgress.dscp_rewrite")
+    table dscp_rewrite {
+        key = { egress_port : exact @name("egress_port"); }
+        actions = { rewrite_dscp; clear_dscp; NoAction; }
+        default_action = NoAction();
+        size = DSCP_REWRITE_SIZE;
+    }
+    @id(0x02000012) @name(".MfsEgress.level_dscp")
+    table level_dscp {
+        key = { meta.level : exact @name("level"); }
+        actions = { set_dscp; @defaultonly NoAction; }
+        default_action = NoAction();
+        size = LEVEL_DSCP_SIZE;
+    }
+
+    apply {
+        if (hdr.ipv4.isValid()) {
+            dscp_rewrite.apply();
+            if (rewrite) {
+                level_dscp.apply();
+            }
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,111 @@
+/* Header and metadata types shared by the v1model and TNA programs.
+ * The MFS header layout is the one of docs/header.md / mfs/header.py.
+ */
+#ifndef MFS_HEADERS_P4
+#define MFS_HEADERS_P4
+
+#include "mfs_constants.p4"
+
+typedef bit<48> mac_addr_t;
+typedef bit<32> ipv4_addr_t;
+typedef bit<9>  port_t;   /* P4Runtime port width on both targets */
+
+header ethernet_h {
+    mac_addr_t dst_addr;
+    mac_addr_t src_addr;
+    bit<16>    ether_type;
+}
+
+header arp_h {
+    bit<16>     htype;
+    bit<16>     ptype;
+    bit<8>      hlen;
+    bit<8>      plen;
+    bit<16>     oper;
+    mac_addr_t  sha;
+    ipv4_addr_t spa;
+    mac_addr_t  tha;
+    ipv4_addr_t tpa;
+}
+
+header ipv4_h {
+    bit<4>      version;
+    bit<4>      ihl;
+    bit<6>      dscp;
+    bit<2>      ecn;
+    bit<16>     total_len;
+    bit<16>     identification;
+    bit<3>      flags;
+    bit<13>     frag_offset;
+    bit<8>      ttl;
+    bit<8>      protocol;
+    bit<16>     hdr_checksum;
+    ipv4_addr_t src_addr;
+    ipv4_addr_t dst_addr;
+}
+
+header tcp_h {
+    bit<16> src_port;
+    bit<16> dst_port;
+    bit<32> seq_no;
+    bit<32> ack_no;
+    bit<4>  data_offset;
+    bit<4>  res;
+    bit<8>  flags;
+    bit<16> window;
+    bit<16> checksum;
+    bit<16> urgent_ptr;
+}
+
+header udp_h {
+    bit<16> src_port;
+    bit<16> dst_port;
+    bit<16> length;
+    bit<16> checksum;
+}
+
+/* The MFS shim header, 16 bytes, right after UDP to MFS_UDP_PORT. */
+header mfs_h {
+    bit<4>  ver;
+    bit<4>  flags;
+    bit<8>  stage;
+    bit<8>  proposed;
+    bit<8>  reserved;
+    bit<32> flow_id;
+    bit<32> request_id;
+    bit<16> target_layer;
+    bit<16> rli;
+}
+
+struct headers_t {
+    ethernet_h ethernet;
+    arp_h      arp;
+    ipv4_h     ipv4;
+    tcp_h      tcp;
+    udp_h      udp;
+    mfs_h      mfs;
+}
+
+/* Digest sent on an mfs_flow miss (P4Info digest name "mfs_miss_t"). */
+struct mfs_miss_t {
+    bit<8>  stage;
+    bit<32> flow_id;
+    bit<32> request_id;
+    bit<32> src_addr;
+    port_t  ingress_port;
+}
+
+/* Classification state, written by MfsClassify and read by both targets. */
+struct mfs_meta_t {
+    bool    mfs_port;     /* UDP dst port was MFS_UDP_PORT */
+    bool    mfs_ok;       /* a well-formed MFS header is present */
+    bool    trusted;      /* mfs_trust hit for (ingress port, src IP) */
+    bool    use_default;  /* take the level from classify_default */
+    bool    flood;        /* replicated by the flood group */
+    bool    csum;         /* the IPv4 header changed: update the checksum */
+    bit<8>  level;        /* chosen level, 0 = highest */
+    bit<8>  ceiling;      /* trust_proposal ceiling */
+    bit<32> cls;          /* class_counter index */
+}
+
+#endif

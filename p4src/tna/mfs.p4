@@ -1,0 +1,232 @@
+/* MFS data plane for Tofino (TNA). Control API: docs/p4-api.md.
+ * Compile: bf-p4c --target tofino --arch tna (see docs/tofino.md).
+ * The level becomes ig_tm_md.qid = 7 - level; the TM must be configured for
+ * strict priority (controller/tofino.py generates that from p4src/queues.yaml):
+ * Tofino queues are NOT strict priority by default.
+ * bf-p4c prefixes table and extern names with the Pipeline instance name
+ * ("pipe."); the table, action, field and parameter names after that prefix
+ * are those of docs/p4-api.md.
+ */
+#include <core.p4>
+#include <tna.p4>
+
+#include "../shared/headers.p4"
+#include "../shared/parser.p4"
+#include "../shared/classify.p4"
+
+/* Ingress -> egress: the level and what egress needs for pruning. */
+header bridged_md_h {
+    bit<8>  level;
+    bit<7>  pad0;
+    port_t  ingress_port;
+    bit<7>  pad1;
+    bit<1>  flood;
+}
+
+struct ig_headers_t {
+    bridged_md_h bridged;
+    headers_t    h;
+}
+
+struct ig_meta_t {
+    mfs_meta_t mfs;
+    bit<8>     ttl_in;
+}
+
+struct eg_meta_t {
+    mfs_meta_t mfs;
+    port_t     ingress_port;
+}
+
+parser MfsIngressParser(packet_in pkt, out ig_headers_t hdr, out ig_meta_t meta,
+                        out ingress_intrinsic_metadata_t ig_intr_md) {
+    MfsHeaderParser() headers_parser;
+    state start {
+        pkt.extract(ig_intr_md);
+        pkt.advance(PORT_METADATA_SIZE);
+        meta.mfs = {false, false, false, false, false, false, 0, 0, 0};
+        meta.ttl_in = 0;
+        headers_parser.apply(pkt, hdr.h, meta.mfs);
+        transition accept;
+    }
+}
+
+control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
+                   in ingress_intrinsic_metadata_t ig_intr_md,
+                   in ingress_intrinsic_metadata_from_parser_t ig_prsr_md,
+                   inout ingress_intrinsic_metadata_for_deparser_t ig_dprsr_md,
+                   inout ingress_intrinsic_metadata_for_tm_t ig_tm_md) {
+    @id(0x12000001) @name(".MfsIngress.class_counter")
+    Counter<bit<32>, bit<32>>(CLASS_COUNTER_SIZE, CounterType_t.PACKETS_AND_BYTES) class_counter;
+
+    MfsValidate() validate;
+    MfsClassify() classify;
+    bool miss = false;
+    bool rejected = false;   /* not counted on Tofino, see below */
+
+    @id(0x01000001) @name(".MfsIngress.route")
+    action route(port_t port, mac_addr_t src_mac, mac_addr_t dst_mac) {
+        ig_tm_md.ucast_egress_port = port;
+        hdr.h.ethernet.src_addr = src_mac;
+        hdr.h.ethernet.dst_addr = dst_mac;
+        hdr.h.ipv4.ttl = hdr.h.ipv4.ttl - 1;
+        meta.mfs.csum = true;
+    }
+    @id(0x01000002) @name(".MfsIngress.drop")
+    action drop() {
+        ig_dprsr_md.drop_ctl = 1;
+    }
+    @id(0x01000003) @name(".MfsIngress.l2_forward")
+    action l2_forward(port_t port) {
+        ig_tm_md.ucast_egress_port = port;
+    }
+    @id(0x01000004) @name(".MfsIngress.flood")
+    action flood() {
+        ig_tm_md.mcast_grp_a = FLOOD_MCAST_GROUP;
+        meta.mfs.flood = true;
+    }
+
+    @id(0x02000001) @name(".MfsIngress.ipv4_lpm")
+    table ipv4_lpm {
+        key = { hdr.h.ipv4.dst_addr : lpm @name("dst_addr"); }
+        actions = { route; drop; @defaultonly NoAction; }
+        default_action = NoAction();
+        size = IPV4_LPM_SIZE;
+    }
+    @id(0x02000002) @name(".MfsIngress.l2_fwd")
+    table l2_fwd {
+        key = { hdr.h.ethernet.dst_addr : exact @name("dst_addr"); }
+        actions = { l2_forward; flood; }
+        default_action = flood();
+        size = L2_FWD_SIZE;
+    }
+
+    apply {
+        bool routed = false;
+        if (hdr.h.ipv4.isValid()) {
+            meta.ttl_in = hdr.h.ipv4.ttl;
+            switch (ipv4_lpm.apply().action_run) {
+                route: {
+                    routed = true;
+                    if (meta.ttl_in <= 1) {
+                        drop();
+                    }
+                }
+                drop: { routed = true; }
+            }
+        }
+        if (!routed) {
+            l2_fwd.apply();
+        }
+
+        validate.apply(hdr.h, meta.mfs, ig_prsr_md.parser_err == 0);
+        classify.apply(hdr.h, meta.mfs, ig_intr_md.ingress_port, miss, rejected);
+        class_counter.count(meta.mfs.cls);
+        /* class_counter[7] (proposal rejected) is not counted on Tofino:
+         * one packet may access a Counter only once per pipeline pass
+         * (docs/tofino.md, "Differences from bmv2"). */
+        if (miss) {
+            ig_dprsr_md.digest_type = 1;
+        }
+        /* the one level -> queue conversion on TNA (mfs/levels.py) */
+        ig_tm_md.qid = (QueueId_t)(LOWEST_LEVEL - meta.mfs.level);
+
+        hdr.bridged.setValid();
+        hdr.bridged.level = meta.mfs.level;
+        hdr.bridged.pad0 = 0;
+        hdr.bridged.ingress_port = ig_intr_md.ingress_port;
+        hdr.bridged.pad1 = 0;
+        hdr.bridged.flood = meta.mfs.flood ? 1w1 : 1w0;
+    }
+}
+
+control MfsIngressDeparser(packet_out pkt, inout ig_headers_t hdr, in ig_meta_t meta,
+                           in ingress_intrinsic_metadata_for_deparser_t ig_dprsr_md) {
+    @id(0x17000001) @name(".mfs_miss_t")
+    Digest<mfs_miss_t>() miss_digest;
+    Checksum() ipv4_csum;
+
+    apply {
+        if (hdr.h.ipv4.isValid() && meta.mfs.csum) {
+            hdr.h.ipv4.hdr_checksum = ipv4_csum.update({
+                hdr.h.ipv4.version, hdr.h.ipv4.ihl, hdr.h.ipv4.dscp, hdr.h.ipv4.ecn,
+                hdr.h.ipv4.total_len, hdr.h.ipv4.identification, hdr.h.ipv4.flags,
+                hdr.h.ipv4.frag_offset, hdr.h.ipv4.ttl, hdr.h.ipv4.protocol,
+                hdr.h.ipv4.src_addr, hdr.h.ipv4.dst_addr });
+        }
+        if (ig_dprsr_md.digest_type == 1) {
+            miss_digest.pack({hdr.h.mfs.stage, hdr.h.mfs.flow_id, hdr.h.mfs.request_id,
+                              hdr.h.ipv4.src_addr, hdr.bridged.ingress_port});
+        }
+        pkt.emit(hdr);
+    }
+}
+
+struct eg_headers_t {
+    headers_t h;
+}
+
+parser MfsEgressParser(packet_in pkt, out eg_headers_t hdr, out eg_meta_t meta,
+                       out egress_intrinsic_metadata_t eg_intr_md) {
+    MfsHeaderParser() headers_parser;
+    bridged_md_h bridged;
+    state start {
+        pkt.extract(eg_intr_md);
+        pkt.extract(bridged);
+        meta.mfs = {false, false, false, false, false, false, 0, 0, 0};
+        meta.mfs.level = bridged.level;
+        meta.mfs.flood = bridged.flood == 1;
+        meta.ingress_port = bridged.ingress_port;
+        headers_parser.apply(pkt, hdr.h, meta.mfs);
+        transition accept;
+    }
+}
+
+control MfsEgress(inout eg_headers_t hdr, inout eg_meta_t meta,
+                  in egress_intrinsic_metadata_t eg_intr_md,
+                  in egress_intrinsic_metadata_from_parser_t eg_prsr_md,
+                  inout egress_intrinsic_metadata_for_deparser_t eg_dprsr_md,
+                  inout egress_intrinsic_metadata_for_output_port_t eg_oport_md) {
+    @id(0x12000002) @name(".MfsEgress.queue_counter")
+    Counter<bit<32>, bit<32>>(QUEUE_STATS_SIZE, CounterType_t.PACKETS_AND_BYTES) queue_counter;
+    @id(0x16000001) @name(".MfsEgress.queue_depth")
+    Register<bit<32>, bit<32>>(QUEUE_STATS_SIZE) queue_depth;
+    @id(0x16000002) @name(".MfsEgress.queue_delay")
+    Register<bit<32>, bit<32>>(QUEUE_STATS_SIZE) queue_delay;
+
+    MfsDscp() dscp;
+
+    apply {
+        if (meta.mfs.flood && eg_intr_md.egress_port == meta.ingress_port) {
+            eg_dprsr_md.drop_ctl = 1;   /* flood pruning */
+        } else {
+            dscp.apply(hdr.h, meta.mfs, eg_intr_md.egress_port);
+            bit<32> idx = ((bit<32>)(eg_intr_md.egress_port & (STAT_PORTS - 1))) * 8
+                          + (bit<32>)meta.mfs.level;
+            queue_counter.count(idx);
+            queue_depth.write(idx, (bit<32>)eg_intr_md.deq_qdepth);
+            /* deq_timedelta is in ns; >> 10 approximates microseconds */
+            queue_delay.write(idx, (bit<32>)(eg_intr_md.deq_timedelta >> 10));
+        }
+    }
+}
+
+control MfsEgressDeparser(packet_out pkt, inout eg_headers_t hdr, in eg_meta_t meta,
+                          in egress_intrinsic_metadata_for_deparser_t eg_dprsr_md) {
+    Checksum() ipv4_csum;
+    apply {
+        if (hdr.h.ipv4.isValid() && meta.mfs.csum) {
+            hdr.h.ipv4.hdr_checksum = ipv4_csum.update({
+                hdr.h.ipv4.version, hdr.h.ipv4.ihl, hdr.h.ipv4.dscp, hdr.h.ipv4.ecn,
+                hdr.h.ipv4.total_len, hdr.h.ipv4.identification, hdr.h.ipv4.flags,
+                hdr.h.ipv4.frag_offset, hdr.h.ipv4.ttl, hdr.h.ipv4.protocol,
+                hdr.h.ipv4.src_addr, hdr.h.ipv4.dst_addr });
+        }
+        pkt.emit(hdr);
+    }
+}
+
+Pipeline(MfsIngressParser(), MfsIngress(), MfsIngressDeparser(),
+         MfsEgressParser(), MfsEgress(), MfsEgressDeparser()) pipe;
+
+Switch(pipe) main;

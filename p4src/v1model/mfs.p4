@@ -1,0 +1,162 @@
+/* MFS data plane for bmv2 (v1model). Control API: docs/p4-api.md.
+ * Run simple_switch_grpc with `-- --priority-queues 8`: the level becomes
+ * standard_metadata.priority = 7 - level (bmv2 serves priority 7 first).
+ */
+#include <core.p4>
+#include <v1model.p4>
+
+#include "../shared/headers.p4"
+#include "../shared/parser.p4"
+#include "../shared/classify.p4"
+
+parser MfsParser(packet_in pkt, out headers_t hdr, inout mfs_meta_t meta,
+                 inout standard_metadata_t standard_metadata) {
+    MfsHeaderParser() headers_parser;
+    state start {
+        meta.mfs_port = false;
+        headers_parser.apply(pkt, hdr, meta);
+        transition accept;
+    }
+}
+
+control MfsVerifyChecksum(inout headers_t hdr, inout mfs_meta_t meta) {
+    apply { }
+}
+
+control MfsIngress(inout headers_t hdr, inout mfs_meta_t meta,
+                   inout standard_metadata_t standard_metadata) {
+    @id(0x12000001) @name(".MfsIngress.class_counter")
+    counter(CLASS_COUNTER_SIZE, CounterType.packets_and_bytes) class_counter;
+
+    MfsValidate() validate;
+    MfsClassify() classify;
+    bit<8> ttl_in = 0;
+    bool miss = false;
+    bool rejected = false;
+
+    @id(0x01000001) @name(".MfsIngress.route")
+    action route(port_t port, mac_addr_t src_mac, mac_addr_t dst_mac) {
+        standard_metadata.egress_spec = port;
+        hdr.ethernet.src_addr = src_mac;
+        hdr.ethernet.dst_addr = dst_mac;
+        hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
+        meta.csum = true;
+    }
+    @id(0x01000002) @name(".MfsIngress.drop")
+    action drop() {
+        mark_to_drop(standard_metadata);
+    }
+    @id(0x01000003) @name(".MfsIngress.l2_forward")
+    action l2_forward(port_t port) {
+        standard_metadata.egress_spec = port;
+    }
+    @id(0x01000004) @name(".MfsIngress.flood")
+    action flood() {
+        standard_metadata.mcast_grp = FLOOD_MCAST_GROUP;
+        meta.flood = true;
+    }
+
+    @id(0x02000001) @name(".MfsIngress.ipv4_lpm")
+    table ipv4_lpm {
+        key = { hdr.ipv4.dst_addr : lpm @name("dst_addr"); }
+        actions = { route; drop; @defaultonly NoAction; }
+        default_action = NoAction();
+        size = IPV4_LPM_SIZE;
+    }
+    @id(0x02000002) @name(".MfsIngress.l2_fwd")
+    table l2_fwd {
+        key = { hdr.ethernet.dst_addr : exact @name("dst_addr"); }
+        actions = { l2_forward; flood; }
+        default_action = flood();
+        size = L2_FWD_SIZE;
+    }
+
+    apply {
+        meta.flood = false;
+        meta.csum = false;
+
+        /* forwarding */
+        bool routed = false;
+        if (hdr.ipv4.isValid()) {
+            ttl_in = hdr.ipv4.ttl;
+            switch (ipv4_lpm.apply().action_run) {
+                route: {
+                    routed = true;
+                    if (ttl_in <= 1) {
+                        drop();   /* TTL expired */
+                    }
+                }
+                drop: { routed = true; }
+            }
+        }
+        if (!routed) {
+            l2_fwd.apply();
+        }
+
+        /* classification */
+        validate.apply(hdr, meta,
+                       standard_metadata.parser_error == error.NoError);
+        classify.apply(hdr, meta, standard_metadata.ingress_port, miss, rejected);
+        class_counter.count(meta.cls);
+        if (rejected) {
+            class_counter.count(CLASS_PROPOSAL_REJECTED);
+        }
+        if (miss) {
+            digest<mfs_miss_t>(1, {hdr.mfs.stage, hdr.mfs.flow_id, hdr.mfs.request_id,
+                                   hdr.ipv4.src_addr, standard_metadata.ingress_port});
+        }
+        /* the one level -> queue conversion on v1model (mfs/levels.py) */
+        standard_metadata.priority = (bit<3>)(LOWEST_LEVEL - meta.level);
+    }
+}
+
+control MfsEgress(inout headers_t hdr, inout mfs_meta_t meta,
+                  inout standard_metadata_t standard_metadata) {
+    @id(0x12000002) @name(".MfsEgress.queue_counter")
+    counter(QUEUE_STATS_SIZE, CounterType.packets_and_bytes) queue_counter;
+    @id(0x16000001) @name(".MfsEgress.queue_depth")
+    register<bit<32>>(QUEUE_STATS_SIZE) queue_depth;
+    @id(0x16000002) @name(".MfsEgress.queue_delay")
+    register<bit<32>>(QUEUE_STATS_SIZE) queue_delay;
+
+    MfsDscp() dscp;
+
+    apply {
+        /* flood pruning: no copy back to the ingress port */
+        if (meta.flood && standard_metadata.egress_port == standard_metadata.ingress_port) {
+            mark_to_drop(standard_metadata);
+        } else {
+            dscp.apply(hdr, meta, standard_metadata.egress_port);
+            bit<32> idx = ((bit<32>)(standard_metadata.egress_port & (STAT_PORTS - 1))) * 8
+                          + (bit<32>)meta.level;
+            queue_counter.count(idx);
+            queue_depth.write(idx, (bit<32>)standard_metadata.deq_qdepth);
+            queue_delay.write(idx, standard_metadata.deq_timedelta);
+        }
+    }
+}
+
+control MfsComputeChecksum(inout headers_t hdr, inout mfs_meta_t meta) {
+    apply {
+        update_checksum(hdr.ipv4.isValid() && meta.csum,
+            { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.dscp, hdr.ipv4.ecn,
+              hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
+              hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr },
+            hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
+    }
+}
+
+control MfsDeparser(packet_out pkt, in headers_t hdr) {
+    apply {
+        pkt.emit(hdr.ethernet);
+        pkt.emit(hdr.arp);
+        pkt.emit(hdr.ipv4);
+        pkt.emit(hdr.tcp);
+        pkt.emit(hdr.udp);
+        pkt.emit(hdr.mfs);
+    }
+}
+
+V1Switch(MfsParser(), MfsVerifyChecksum(), MfsIngress(), MfsEgress(),
+         MfsComputeChecksum(), MfsDeparser()) main;
