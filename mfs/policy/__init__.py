@@ -1,0 +1,50 @@
+"""The one scheduling library: MFS/RMLQ and the baselines (docs/policy.md).
+
+    from mfs.policy import PolicyConfig, make_policy
+    pol = make_policy("mfs", PolicyConfig(K=8))
+"""
+
+from __future__ import annotations
+
+from mfs.policy.api import Changes, FlowInfo, FlowState, Policy, RequestInfo
+from mfs.policy.base import BasePolicy, UnknownFlow
+from mfs.policy.baselines import (EdfPolicy, FairPolicy, FifoPolicy, KarunaPolicy, LlfPolicy, PiasPolicy,
+                                  SjfPolicy)
+from mfs.policy.config import SCHEDULERS, Layout, PolicyConfig, default_layout
+from mfs.policy.rmlq import MfsPolicy
+
+POLICIES: dict[str, type[BasePolicy]] = {
+    "mfs": MfsPolicy,
+    "fair": FairPolicy,
+    "fifo": FifoPolicy,
+    "sjf": SjfPolicy,
+    "edf": EdfPolicy,
+    "karuna": KarunaPolicy,
+    "pias": PiasPolicy,
+    "llf": LlfPolicy,
+}
+assert tuple(POLICIES) == SCHEDULERS
+
+
+def make_policy(name: str | None = None, config: PolicyConfig | None = None) -> Policy:
+    """Build a policy by name (default: ``config.scheduler``). The config is validated
+    again for that scheduler, so e.g. ``ideal: true`` with ``fair`` is refused."""
+    if config is None:
+        config = PolicyConfig(scheduler=name or "mfs")
+    name = name or config.scheduler
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r} (allowed: {', '.join(POLICIES)})")
+    if name != config.scheduler:
+        config = PolicyConfig(**{**_fields(config), "scheduler": name})
+    return POLICIES[name](config)
+
+
+def _fields(config: PolicyConfig) -> dict:
+    from dataclasses import fields
+
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+__all__ = ["POLICIES", "make_policy", "PolicyConfig", "Layout", "default_layout", "Policy", "FlowInfo",
+           "RequestInfo", "FlowState", "Changes", "BasePolicy", "UnknownFlow", "MfsPolicy", "FairPolicy",
+           "FifoPolicy", "SjfPolicy", "EdfPolicy", "KarunaPolicy", "PiasPolicy", "LlfPolicy"]
