@@ -1,0 +1,205 @@
+"""Target-neutral data-plane case runner (case format: docs/dataplane-tests.md).
+
+A *target* is anything that implements :class:`DataplaneTarget` (the embedded
+switch in topo/embedded, bmv2 in tests/dataplane/bmv2_target.py). ``load_cases()``
+reads and validates ``tests/dataplane/cases/*.yaml``; ``run_case(target, case)``
+resets the target, applies the setup, sends every packet and checks outputs,
+counters and digests, raising :class:`CaseFailure` with every mismatch listed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from collections import Counter as Multiset
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from mfs import levels
+from mfs.configutil import ConfigError, Section, load_yaml
+
+from . import packets
+
+CASES_DIR = Path(__file__).resolve().parent / "cases"
+
+
+@runtime_checkable
+class DataplaneTarget(Protocol):
+    def reset(self) -> None:
+        """Forget every table entry, multicast group, counter and digest (a fresh pipeline)."""
+
+    def write(self, setup_items: list[dict]) -> None:
+        """Apply setup items (table entries by P4Info names, default actions, multicast groups)."""
+
+    def send(self, port: int, frame: bytes) -> list[tuple[int, bytes, int | None]]:
+        """Inject a frame; return the copies it caused as (out_port, frame_bytes, level)."""
+
+    def counter(self, name: str, index: int) -> tuple[int, int]:
+        """(packets, bytes) of an indexed counter, by P4Info name."""
+
+    def digests(self) -> list[dict]:
+        """mfs_miss_t digests received since reset, as {field: int} dicts."""
+
+
+@dataclass
+class Expect:
+    out_port: int
+    level: int | None = None
+    dscp: int | None = None
+    ttl: int | None = None
+    eth_src: str | None = None
+    eth_dst: str | None = None
+
+
+@dataclass
+class PacketStep:
+    in_port: int
+    frame: bytes
+    expect: list[Expect]
+    note: str = ""
+
+
+@dataclass
+class Case:
+    name: str
+    source: str
+    setup: list[dict]
+    packets: list[PacketStep]
+    counters: list[tuple[str, int, int]] = field(default_factory=list)
+    digests: list[dict] = field(default_factory=list)
+
+
+class CaseFailure(AssertionError):
+    pass
+
+
+SETUP_KEYS = {"table", "match", "action", "params", "priority", "default", "multicast_group", "ports"}
+
+
+def _setup_item(raw: Any, source: str, key: str) -> dict:
+    s = Section(raw, source, key)
+    if "multicast_group" in s.data:
+        item = {"multicast_group": s.integer("multicast_group", lo=1, hi=65535),
+                "ports": [int(p) for p in s.sequence("ports")]}
+    else:
+        item = {"table": s.string("table"), "action": s.string("action"),
+                "params": dict(s.get("params", {}) or {})}
+        if s.boolean("default", False):
+            item["default"] = True
+        else:
+            item["match"] = dict(s.get("match", {}) or {})
+            item["priority"] = s.integer("priority", 0, lo=0)
+    s.done()
+    return item
+
+
+def _expect(raw: Any, source: str, key: str) -> Expect:
+    s = Section(raw, source, key)
+    eth = s.section("eth")
+    e = Expect(out_port=s.integer("out_port", lo=0, hi=511),
+               level=s.integer("level", None, 0, levels.LOWEST_LEVEL) if "level" in s.data else None,
+               dscp=s.integer("dscp", None, 0, 63) if "dscp" in s.data else None,
+               ttl=s.integer("ttl", None, 0, 255) if "ttl" in s.data else None,
+               eth_src=eth.string("src") if "src" in eth.data else None,
+               eth_dst=eth.string("dst") if "dst" in eth.data else None)
+    eth.done()
+    s.done()
+    return e
+
+
+def load_case(path: str | Path) -> Case:
+    path = Path(path)
+    src = path.name
+    s = Section(load_yaml(path), src)
+    case = Case(name=s.string("name"), source=src, setup=[], packets=[])
+    s.string("description", "")
+    for i, item in enumerate(s.sequence("setup", [])):
+        case.setup.append(_setup_item(item, src, f"setup[{i}]"))
+    for i, raw in enumerate(s.sequence("packets")):
+        p = Section(raw, src, f"packets[{i}]")
+        frame = packets.build(p.get("packet"), src, f"packets[{i}].packet")
+        exp = [_expect(e, src, f"packets[{i}].expect[{j}]") for j, e in enumerate(p.sequence("expect"))]
+        case.packets.append(PacketStep(p.integer("in_port", lo=0, hi=511), frame, exp, p.string("note", "")))
+        p.done()
+    for i, raw in enumerate(s.sequence("counters", [])):
+        c = Section(raw, src, f"counters[{i}]")
+        case.counters.append((c.string("name"), c.integer("index", lo=0), c.integer("packets", lo=0)))
+        c.done()
+    for i, raw in enumerate(s.sequence("digests", [])):
+        if not isinstance(raw, dict) or not raw:
+            raise ConfigError(src, f"digests[{i}]", "expected a non-empty mapping of digest fields")
+        case.digests.append(dict(raw))
+    s.done()
+    return case
+
+
+def load_cases(directory: str | Path = CASES_DIR) -> list[Case]:
+    files = sorted(Path(directory).glob("*.yaml"))
+    if not files:
+        raise ConfigError(str(directory), "", "no *.yaml case files")
+    return [load_case(f) for f in files]
+
+
+def _check_output(step_no: int, exp: Expect, frame: bytes, level: int | None, sent: bytes) -> list[str]:
+    errs = []
+    where = f"packets[{step_no}] out_port {exp.out_port}"
+    got = packets.parse(frame)
+    want = packets.parse(sent)
+    if exp.level is not None:
+        if level is None:
+            errs.append(f"{where}: target did not report a level (expected {exp.level})")
+        elif level != exp.level:
+            errs.append(f"{where}: level {level}, expected {exp.level}")
+    if exp.dscp is not None and got.dscp != exp.dscp:
+        errs.append(f"{where}: dscp {got.dscp}, expected {exp.dscp}")
+    if exp.ttl is not None and got.ttl != exp.ttl:
+        errs.append(f"{where}: ttl {got.ttl}, expected {exp.ttl}")
+    if exp.eth_src is not None and got.src != exp.eth_src.lower():
+        errs.append(f"{where}: eth src {got.src}, expected {exp.eth_src}")
+    if exp.eth_dst is not None and got.dst != exp.eth_dst.lower():
+        errs.append(f"{where}: eth dst {got.dst}, expected {exp.eth_dst}")
+    if got.ipv4_checksum_ok is False:
+        errs.append(f"{where}: IPv4 header checksum is wrong")
+    # invariant: the UDP payload (MFS header + data) is never rewritten
+    if want.udp_payload is not None and got.udp_payload != want.udp_payload:
+        errs.append(f"{where}: UDP payload / MFS header bytes changed")
+    return errs
+
+
+def run_case(target: DataplaneTarget, case: Case) -> None:
+    target.reset()
+    target.write(case.setup)
+    errs: list[str] = []
+    for n, step in enumerate(case.packets):
+        outs = target.send(step.in_port, step.frame)
+        got_ports = Multiset(p for p, _, _ in outs)
+        want_ports = Multiset(e.out_port for e in step.expect)
+        note = f" ({step.note})" if step.note else ""
+        if got_ports != want_ports:
+            errs.append(f"packets[{n}]{note}: out ports {sorted(got_ports.elements())}, "
+                        f"expected {sorted(want_ports.elements())}")
+            continue
+        by_port: dict[int, list] = {}
+        for p, fr, lv in outs:
+            by_port.setdefault(p, []).append((fr, lv))
+        for e in step.expect:
+            fr, lv = by_port[e.out_port].pop(0)
+            errs += [m + note for m in _check_output(n, e, fr, lv, step.frame)]
+    for name, index, want in case.counters:
+        got, _bytes = target.counter(name, index)
+        if got != want:
+            errs.append(f"counter {name}[{index}]: {got} packets, expected {want}")
+    if case.digests:
+        got_d = target.digests()
+        for want in case.digests:
+            if not any(all(d.get(k) == _digest_value(v) for k, v in want.items()) for d in got_d):
+                errs.append(f"digest {want} not received (got {got_d})")
+    if errs:
+        raise CaseFailure(f"{case.source} ({case.name}):\n  " + "\n  ".join(errs))
+
+
+def _digest_value(v: Any) -> Any:
+    if isinstance(v, str) and v.count(".") == 3:
+        return int(ipaddress.IPv4Address(v))
+    return v
