@@ -85,9 +85,10 @@ def ipv4_checksum(hdr: bytes | bytearray | memoryview) -> int:
     return (~s) & 0xFFFF
 
 
-def _set_ipv4_checksum(buf: bytearray, off: int, ihl: int) -> None:
+def _set_ipv4_checksum(buf: bytearray, off: int) -> None:
+    # Like update_checksum in p4src: over the 20 bytes of the fixed header (options are payload there).
     buf[off + 10:off + 12] = b"\0\0"
-    buf[off + 10:off + 12] = _H.pack(ipv4_checksum(buf[off:off + 4 * ihl]))
+    buf[off + 10:off + 12] = _H.pack(ipv4_checksum(buf[off:off + 20]))
 
 
 class Pipeline:
@@ -417,11 +418,11 @@ class Pipeline:
                 buf[0:6] = p["dst_mac"].to_bytes(6, "big")
                 buf[6:12] = p["src_mac"].to_bytes(6, "big")
                 buf[22] = ttl - 1
-                _set_ipv4_checksum(buf, 14, ihl)
+                _set_ipv4_checksum(buf, 14)
                 return [(p["port"], buf, level)]
             if act == "MfsIngress.drop":
                 return []
-        e = self.entries["MfsIngress.l2_fwd"].get(int.from_bytes(buf[0:6], "big")) or self._l2_default
+        e = self.entries["MfsIngress.l2_fwd"].get((int.from_bytes(buf[0:6], "big"),)) or self._l2_default
         if e.action == "MfsIngress.l2_forward":
             return [(e.params["port"], buf, level)]
         if e.action == "MfsIngress.flood":
@@ -444,7 +445,7 @@ class Pipeline:
                 new = 0
             if new is not None:
                 buf[15] = (new << 2) | (buf[15] & 3)
-                _set_ipv4_checksum(buf, 14, buf[14] & 0xF)
+                _set_ipv4_checksum(buf, 14)
         idx = (port % NUM_PORT_SLOTS) * levels.NUM_QUEUES + level
         pk, by = self.counters[self._q_ctr.id]
         pk[idx] += 1

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
-from finsy.proto import p4i, p4r, p4r_grpc, rpc_code, rpc_status
+from finsy.proto import p4d, p4i, p4r, p4r_grpc, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
 from mfs.p4info import DEFAULT_P4INFO, P4Schema
@@ -187,8 +187,8 @@ class Digests:
             self.cache.get(did, set()).difference_update(data)
 
     @staticmethod
-    def encode(d: tuple) -> p4r.P4Data:
-        s = p4r.P4Data()
+    def encode(d: tuple) -> p4d.P4Data:
+        s = p4d.P4Data()
         for v in d:
             s.struct.members.add().bitstring = v.to_bytes(max(1, (v.bit_length() + 7) // 8), "big")
         return s
