@@ -142,7 +142,7 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
 
 control MfsIngressDeparser(packet_out pkt, inout ig_headers_t hdr, in ig_meta_t meta,
                            in ingress_intrinsic_metadata_for_deparser_t ig_dprsr_md) {
-    @id(0x17000001) @name(".mfs_miss_t")
+    @id(0x173e8129) @name(".mfs_miss_t")  /* = p4c hash id on v1model */
     Digest<mfs_miss_t>() miss_digest;
     Checksum() ipv4_csum;
 
