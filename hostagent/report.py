@@ -1,0 +1,255 @@
+"""Reporting to the controller's HostReports API (mfs/proto/report.proto).
+
+Events get a per-host sequence number when they are emitted and stay in an
+ordered backlog until the controller acknowledges them. One thread:
+
+1. Register(host, token, address) → session, flow-id range, ``last_seq``;
+   events with ``seq <= last_seq`` are dropped from the backlog (already applied).
+   On the agent's *first* successful registration the backlog is renumbered to start
+   at ``last_seq + 1`` (a restarted agent continues the controller's sequence).
+2. Report(batch) with the oldest ``batch_max`` unacked events, in seq order, after
+   waiting up to ``flush_interval`` for more events to join the batch.
+   ReportAck.acked_seq removes acknowledged events; rejections are logged and kept
+   in ``rejections`` (they are acknowledged too — resending would not help).
+3. Any RPC failure (controller down, unknown session after a controller restart,
+   wrong token) drops the session; the thread retries Register with exponential
+   backoff (``backoff_min`` .. ``backoff_max``) and resends the backlog with the
+   **same** seq numbers. Nothing is lost and nothing is applied twice; the agent's
+   traffic keeps flowing meanwhile (reporting never blocks the data path).
+
+The backlog is bounded (``max_backlog``); beyond it the oldest Progress events are
+dropped first (they are superseded by later progress or FlowEnd), then the call fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+
+from mfs.proto import report_pb2, report_pb2_grpc
+
+log = logging.getLogger("mfs.hostagent.report")
+
+EVENT_KINDS = ("flow_start", "layer", "progress", "flow_end", "request_start", "request_end", "batch")
+
+
+class BacklogFull(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    session: str
+    host_id: int
+    flow_id_base: int
+    flow_id_bits: int
+    last_seq: int
+    server_time: float
+
+
+def channel_target(target: str) -> str:
+    """Validate a controller target: ``unix:/path`` / ``unix:///path`` or ``host:port``."""
+    if target.startswith("unix:"):
+        path = target[len("unix:"):]
+        if not path.lstrip("/"):
+            raise ValueError(f"controller target {target!r}: unix socket path is empty")
+        return target
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"controller target {target!r} is neither unix:/path nor host:port")
+    return target
+
+
+class Reporter:
+    def __init__(self, target: str, host: str, token: str, address: str, *, batch_max: int = 256,
+                 flush_interval: float = 0.005, backoff_min: float = 0.05, backoff_max: float = 2.0,
+                 rpc_timeout: float = 2.0, max_backlog: int = 1_000_000,
+                 on_register: Callable[[Registration], None] | None = None):
+        if batch_max < 1:
+            raise ValueError(f"batch_max={batch_max} must be >= 1")
+        self.target = channel_target(target)
+        self.host, self.token, self.address = host, token, address
+        self.batch_max, self.flush_interval = batch_max, flush_interval
+        self.backoff_min, self.backoff_max, self.rpc_timeout = backoff_min, backoff_max, rpc_timeout
+        self.max_backlog = max_backlog
+        self.on_register = on_register
+        self._cv = threading.Condition()
+        self._backlog: deque[report_pb2.Event] = deque()
+        self._next_seq = 1
+        self._ever_registered = False
+        self._session: str | None = None
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._channel: grpc.Channel | None = None
+        self.registration: Registration | None = None
+        self.acked_seq = 0
+        self.rejections: deque[tuple[int, str]] = deque(maxlen=1000)
+        self.stats = {"batches": 0, "events_sent": 0, "events_acked": 0, "rejected": 0, "registers": 0,
+                      "rpc_errors": 0, "dropped_progress": 0, "resent": 0}
+        self.last_error: str = ""
+        self.registered = threading.Event()
+
+    # ---- producer side ---------------------------------------------------
+    def emit(self, kind: str, t: float | None = None, **fields) -> int:
+        """Queue one event (``kind`` one of EVENT_KINDS, fields of that message). Returns its seq."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"event kind {kind!r} is not one of {EVENT_KINDS}")
+        ev = report_pb2.Event(time=time.time() if t is None else t, **{kind: fields})
+        with self._cv:
+            if len(self._backlog) >= self.max_backlog:
+                self._shed()
+            ev.seq = self._next_seq
+            self._next_seq += 1
+            self._backlog.append(ev)
+            self._cv.notify()
+            return ev.seq
+
+    def _shed(self) -> None:
+        for i, e in enumerate(self._backlog):
+            if e.WhichOneof("kind") == "progress" and (self._session is None or i >= self.batch_max):
+                del self._backlog[i]
+                self.stats["dropped_progress"] += 1
+                return
+        raise BacklogFull(f"report backlog full ({self.max_backlog} events) and controller unreachable")
+
+    def backlog(self) -> int:
+        with self._cv:
+            return len(self._backlog)
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    # ---- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"mfs-report-{self.host}", daemon=True)
+        self._thread.start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every event emitted so far is acknowledged."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            target = self._next_seq - 1
+            while self.acked_seq < target or self._backlog and self._backlog[0].seq <= target:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(min(left, 0.05))
+        return True
+
+    def close(self, flush_timeout: float = 1.0) -> None:
+        if self._thread is not None and flush_timeout > 0:
+            self.flush(flush_timeout)
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._channel is not None:
+            self._channel.close()
+
+    # ---- the reporting thread -------------------------------------------
+    def _stub(self) -> report_pb2_grpc.HostReportsStub:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.target)
+        return report_pb2_grpc.HostReportsStub(self._channel)
+
+    def _sleep(self, seconds: float) -> bool:
+        with self._cv:
+            if not self._stop:
+                self._cv.wait(seconds)
+            return not self._stop
+
+    def _register(self) -> None:
+        r = self._stub().Register(report_pb2.RegisterRequest(host=self.host, token=self.token, address=self.address),
+                                  timeout=self.rpc_timeout)
+        reg = Registration(r.session, r.host_id, r.flow_id_base, r.flow_id_bits, r.last_seq, r.server_time)
+        with self._cv:
+            if not self._ever_registered:
+                shift = reg.last_seq
+                for e in self._backlog:
+                    e.seq += shift
+                self._next_seq += shift
+                self._ever_registered = True
+            while self._backlog and self._backlog[0].seq <= reg.last_seq:
+                self._backlog.popleft()
+            self.stats["resent"] += len(self._backlog) if self.stats["registers"] else 0
+            self.acked_seq = max(self.acked_seq, reg.last_seq)
+            self._session = reg.session
+            self.registration = reg
+            self.stats["registers"] += 1
+            self._cv.notify_all()
+        self.registered.set()
+        log.info("%s registered with %s: host_id=%d flow ids %d/+2^%d last_seq=%d", self.host, self.target,
+                 reg.host_id, reg.flow_id_base, reg.flow_id_bits, reg.last_seq)
+        if self.on_register is not None:
+            self.on_register(reg)
+
+    def _run(self) -> None:
+        backoff = self.backoff_min
+        while True:
+            with self._cv:
+                if self._stop:
+                    return
+            if self._session is None:
+                try:
+                    self._register()
+                    backoff = self.backoff_min
+                except grpc.RpcError as e:
+                    self._rpc_failed("Register", e)
+                    if not self._sleep(backoff):
+                        return
+                    backoff = min(self.backoff_max, backoff * 2)
+                    continue
+            with self._cv:
+                if not self._backlog and not self._stop:
+                    self._cv.wait(0.5)
+                if self._stop:
+                    return
+                if not self._backlog:
+                    continue
+                if len(self._backlog) < self.batch_max and self.flush_interval > 0:
+                    self._cv.wait(self.flush_interval)  # let a burst join the batch
+                n = min(self.batch_max, len(self._backlog))
+                events = [self._backlog[i] for i in range(n)]
+                session = self._session
+            try:
+                ack = self._stub().Report(report_pb2.ReportBatch(session=session, events=events),
+                                          timeout=self.rpc_timeout)
+            except grpc.RpcError as e:
+                self._rpc_failed("Report", e)
+                with self._cv:
+                    self._session = None
+                if not self._sleep(backoff):
+                    return
+                backoff = min(self.backoff_max, backoff * 2)
+                continue
+            self.stats["batches"] += 1
+            self.stats["events_sent"] += len(events)
+            with self._cv:
+                for rej in ack.rejected:
+                    self.rejections.append((rej.seq, rej.reason))
+                    self.stats["rejected"] += 1
+                    log.warning("%s: controller rejected event seq=%d: %s", self.host, rej.seq, rej.reason)
+                while self._backlog and self._backlog[0].seq <= ack.acked_seq:
+                    self._backlog.popleft()
+                    self.stats["events_acked"] += 1
+                self.acked_seq = max(self.acked_seq, ack.acked_seq)
+                self._cv.notify_all()
+
+    def _rpc_failed(self, what: str, e: grpc.RpcError) -> None:
+        self.stats["rpc_errors"] += 1
+        code = e.code() if hasattr(e, "code") else None
+        self.last_error = f"{what}: {code.name if code else ''} {e.details() if hasattr(e, 'details') else e}"
+        with self._cv:
+            self._session = None
+        if code == grpc.StatusCode.UNAUTHENTICATED or code == grpc.StatusCode.PERMISSION_DENIED:
+            log.error("%s: controller refused %s: %s (check the token)", self.host, what, self.last_error)
+        else:
+            log.debug("%s: %s failed: %s", self.host, what, self.last_error)
