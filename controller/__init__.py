@@ -1,0 +1,1 @@
+"""MFS controller: P4Runtime switch supervision, promotion engine, host report API, mfsctl."""

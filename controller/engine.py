@@ -1,0 +1,388 @@
+"""Promotion engine: host events -> policy -> desired flow entries -> one Write per switch per round.
+
+Rounds: host batches (already validated statelessly by controller/hostapi.py) are
+queued per host; each round drains every host's queue (a bounded number of
+events per host per round, round robin, so no host can stall the others),
+applies the events to the policy in seq order, runs ``tick`` when the re-check
+interval has passed, merges all level changes into the desired state and writes
+the changed keys to every switch at once (one WriteRequest per switch per
+round). A batch's future resolves after its round is written: the Report ack
+means "applied", and report->installed latency is measured there.
+
+Levels come from the policy (mfs.policy, the one implementation); the engine
+converts them to int 0..7 (mfs.levels.clamp) and writes only real changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from controller.aio import cancel_all
+from controller.config import ControllerConfig
+from controller.metrics import Metrics
+from controller.switches import FlowKey, SwitchSupervisor
+from mfs import levels
+from mfs.policy import FlowInfo, PolicyConfig, RequestInfo, make_policy
+from mfs.proto import report_pb2 as pb
+
+log = logging.getLogger("mfs.engine")
+
+MAX_EVENTS_PER_HOST_PER_ROUND = 4096
+
+
+class Reject(Exception):
+    """An event is refused. ``reason`` is the counted category, ``str()`` the full message."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")
+
+
+@dataclass
+class FlowRec:
+    info: FlowInfo
+    host: str
+    key: FlowKey
+    started: float
+    level: int
+
+
+@dataclass
+class Batch:
+    host: str
+    events: list  # validated pb.Event, seq increasing
+    t_recv: float
+    future: asyncio.Future
+    rejected: list = field(default_factory=list)  # (seq, message)
+
+
+def to_level(x: float) -> int:
+    if x is None or math.isnan(x):
+        return levels.LOWEST_LEVEL
+    return levels.clamp(int(round(x)))
+
+
+class Engine:
+    def __init__(self, cfg: ControllerConfig, metrics: Metrics | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.policy = self._make_policy(cfg.policy)
+        self.desired: dict[FlowKey, int] = {}
+        self.flows: dict[int, FlowRec] = {}
+        self.requests: dict[int, RequestInfo] = {}
+        self.adopted: dict[FlowKey, tuple[int, float]] = {}  # key -> (level, expiry) after a controller restart
+        self.last_seen: dict[str, float] = {}
+        self.last_applied_seq: dict[str, int] = {}
+        self.queues: dict[str, deque[Batch]] = {}
+        self.supervisors: dict[str, SwitchSupervisor] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._last_tick = 0.0
+        self._dirty: set[FlowKey] = set()  # keys whose desired level changed outside a policy Changes dict
+        self.req_layer: dict[int, tuple[int, bool]] = {}  # request -> (current layer, prefill done), for replay
+        self.rounds = 0
+        self.hosts_by_port = {(h.switch, h.port): h.name for h in cfg.hosts if h.switch and h.port is not None}
+        for sw in cfg.switches:
+            self.supervisors[sw.name] = SwitchSupervisor(cfg, sw, self.desired, self.metrics,
+                                                         adopt=self.adopt, on_load=self.on_load)
+
+    @staticmethod
+    def _make_policy(pcfg: PolicyConfig):
+        pol = make_policy(config=pcfg)
+        if pol.num_levels is None:
+            raise ValueError(f"policy {pcfg.scheduler!r} is ideal (unlimited levels): the simulator can run it, "
+                             f"the controller cannot (switches have {levels.NUM_QUEUES} queues)")
+        return pol
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        for s in self.supervisors.values():
+            s.start()
+        self._tasks = [asyncio.create_task(self._run(), name="engine"),
+                       asyncio.create_task(self._timers(), name="engine-timers")]
+
+    async def stop(self) -> None:
+        await cancel_all(self._tasks)
+        await asyncio.gather(*(s.stop() for s in self.supervisors.values()))
+        for q in self.queues.values():
+            for b in q:
+                if not b.future.done():
+                    b.future.cancel()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in self.supervisors.values())), timeout)
+
+    # ------------------------------------------------------------------ input
+    def pending(self, host: str) -> int:
+        return len(self.queues.get(host, ()))
+
+    def submit(self, host: str, events: list, t_recv: float) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.queues.setdefault(host, deque()).append(Batch(host, events, t_recv, fut))
+        self.last_seen[host] = time.time()
+        self._wake.set()
+        return fut
+
+    def touch(self, host: str) -> None:
+        self.last_seen[host] = time.time()
+
+    # ------------------------------------------------------------------ rounds
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug in one round must not stop the controller
+                log.exception("engine round failed")
+
+    async def round(self) -> None:
+        now = time.time()
+        taken: list[Batch] = []
+        changes: dict[int, float] = {}
+        for host in list(self.queues):
+            q = self.queues[host]
+            budget = MAX_EVENTS_PER_HOST_PER_ROUND
+            while q and budget > 0:
+                b = q.popleft()
+                budget -= len(b.events)
+                taken.append(b)
+                self._apply_batch(now, b, changes)
+            if q:
+                self._wake.set()  # more next round
+        if now - self._last_tick >= max(0.001, self.cfg.policy.recheck_interval_s):
+            self._last_tick = now
+            changes.update(self.policy.tick(now))
+        keys = self._commit(changes) | self._dirty
+        self._dirty = set()
+        if keys:
+            await self.push(keys)
+        self.rounds += 1
+        t_done = time.perf_counter()
+        for b in taken:
+            if not b.future.done():
+                b.future.set_result(b.rejected)
+            self.metrics.observe("report_to_installed_seconds", t_done - b.t_recv)
+
+    def _commit(self, changes: dict[int, float]) -> set[FlowKey]:
+        """Merge policy changes into the desired state; return the keys that changed."""
+        keys = set()
+        for fid, lvl in changes.items():
+            rec = self.flows.get(fid)
+            if rec is None:
+                continue
+            new = to_level(lvl)
+            if self.desired.get(rec.key) != new:
+                if rec.key in self.desired and new < self.desired[rec.key]:
+                    self.metrics.count("promotions")
+                self.desired[rec.key] = new
+                rec.level = new
+                keys.add(rec.key)
+        return keys
+
+    async def push(self, keys: set[FlowKey]) -> None:
+        """Write ``keys`` to every ready switch concurrently (one Write each)."""
+        await asyncio.gather(*(s.sync(keys) for s in self.supervisors.values()))
+
+    # ------------------------------------------------------------------ events
+    def _apply_batch(self, now: float, b: Batch, changes: dict[int, float]) -> None:
+        for ev in b.events:
+            try:
+                self._apply(now, b.host, ev, changes)
+            except Reject as r:
+                b.rejected.append((ev.seq, str(r)))
+                self.metrics.count("rejected_reports", reason=r.reason)
+            self.last_applied_seq[b.host] = max(self.last_applied_seq.get(b.host, 0), ev.seq)
+
+    def _apply(self, now: float, host: str, ev: pb.Event, changes: dict[int, float]) -> None:
+        kind = ev.WhichOneof("kind")
+        pol = self.policy
+        if kind == "flow_start":
+            fs = ev.flow_start
+            if fs.flow_id in self.flows:
+                raise Reject("duplicate_flow", f"flow {fs.flow_id} already started (end it first)")
+            info = FlowInfo(flow_id=fs.flow_id, stage=fs.stage, request_id=fs.request_id, size_bytes=fs.size_bytes,
+                            deadline=fs.deadline or None, target_layer=fs.target_layer,
+                            current_layer=fs.current_layer, batch_id=fs.batch_id, src=host, dst=fs.dst,
+                            start_time=now)
+            try:
+                lvl = to_level(pol.flow_start(now, info))
+            except (ValueError, TypeError) as e:
+                raise Reject("policy", str(e)) from None
+            key = (fs.stage, fs.flow_id)
+            adopted = self.adopted.pop(key, None)
+            if adopted is not None and adopted[0] < lvl:
+                lvl = adopted[0]  # keep the promotion the switch already had (controller restart)
+            self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl)
+            for other in [(st, fs.flow_id) for st in (1, 2, 3) if st != fs.stage]:
+                if self.desired.pop(other, None) is not None:  # flow id reused with another stage
+                    self.adopted.pop(other, None)
+                    self._dirty.add(other)
+            if self.desired.get(key) != lvl:
+                self.desired[key] = lvl
+                self._dirty.add(key)
+            self.metrics.count("flows_started")
+        elif kind == "progress":
+            rec = self._own_flow(host, ev.progress.flow_id)
+            if ev.progress.bytes_sent > rec.info.size_bytes:
+                raise Reject("bad_bytes", f"flow {rec.info.flow_id}: bytes_sent={ev.progress.bytes_sent} exceeds "
+                                          f"size_bytes={rec.info.size_bytes}")
+            changes.update(pol.progress(now, rec.info.flow_id, ev.progress.bytes_sent))
+        elif kind == "flow_end":
+            rec = self._own_flow(host, ev.flow_end.flow_id)
+            self._end_flow(now, rec)
+        elif kind == "layer":
+            lb = ev.layer
+            req = self.requests.get(lb.request_id)
+            if req is not None and lb.current_layer > req.num_layers:
+                raise Reject("bad_layer", f"request {lb.request_id}: current_layer={lb.current_layer} > "
+                                          f"num_layers={req.num_layers}")
+            changes.update(pol.layer_boundary(now, lb.request_id, lb.current_layer, lb.prefill_done))
+            self.req_layer[lb.request_id] = (lb.current_layer, lb.prefill_done)
+        elif kind == "request_start":
+            rs = ev.request_start
+            req = RequestInfo(request_id=rs.request_id, batch_id=rs.batch_id, deadline=rs.deadline,
+                              arrival=rs.arrival or now, num_layers=rs.num_layers,
+                              remaining_compute=rs.remaining_compute, remaining_bytes=rs.remaining_bytes)
+            try:
+                changes.update(pol.request_start(now, req))
+            except (ValueError, TypeError) as e:
+                raise Reject("policy", str(e)) from None
+            self.requests[rs.request_id] = req
+        elif kind == "request_end":
+            rid = ev.request_end.request_id
+            if rid not in self.requests:
+                raise Reject("unknown_request", f"request {rid} was never started")
+            changes.update(pol.request_end(now, rid))
+            self.requests.pop(rid, None)
+            self.req_layer.pop(rid, None)
+        elif kind == "batch":
+            changes.update(pol.batch_event(now, ev.batch.batch_id, ev.batch.kind))
+        else:  # hostapi already refuses these; keep the engine safe on its own
+            raise Reject("no_kind", "event has no kind")
+
+    def _own_flow(self, host: str, flow_id: int) -> FlowRec:
+        rec = self.flows.get(flow_id)
+        if rec is None:
+            raise Reject("unknown_flow", f"flow {flow_id} was never started (or already ended)")
+        if rec.host != host:
+            raise Reject("not_owner", f"flow {flow_id} belongs to host {rec.host!r}")
+        return rec
+
+    def _end_flow(self, now: float, rec: FlowRec) -> None:
+        try:
+            self.policy.flow_end(now, rec.info.flow_id)
+        except KeyError:
+            pass
+        self.flows.pop(rec.info.flow_id, None)
+        if self.desired.pop(rec.key, None) is not None:
+            self._dirty.add(rec.key)
+        self.metrics.count("flows_ended")
+
+    # ------------------------------------------------------------------ restart / GC / load
+    def adopt(self, switch: str, entries: dict[FlowKey, int]) -> None:
+        """Flow entries found on a switch at the controller's first resync: keep them
+        (desired) until their host re-reports the flow or gc_timeout_s passes."""
+        expiry = time.time() + self.cfg.gc_timeout_s
+        for key, lvl in entries.items():
+            if key in self.desired:
+                continue
+            known = next((f for f in self.flows.values() if f.key == key), None)
+            if known is not None:
+                continue
+            self.desired[key] = lvl
+            self.adopted[key] = (lvl, expiry)
+            self.metrics.count("adopted_entries", switch=switch)
+        log.info("%s: adopted %d flow entries left by a previous controller", switch, len(entries))
+
+    def on_load(self, switch: str, rho: dict[int, float]) -> None:
+        now = time.time()
+        for port, r in rho.items():
+            host = self.hosts_by_port.get((switch, port))
+            if host is not None:
+                self.policy.link_load(now, r, host)
+
+    async def gc(self, now: float | None = None) -> int:
+        """End every flow of hosts silent for gc_timeout_s; drop expired adopted entries."""
+        now = time.time() if now is None else now
+        silent = {h for h, t in self.last_seen.items() if now - t > self.cfg.gc_timeout_s}
+        n = 0
+        for rec in [r for r in self.flows.values() if r.host in silent]:
+            self._end_flow(now, rec)
+            n += 1
+        for key, (_, exp) in list(self.adopted.items()):
+            if now > exp:
+                self.adopted.pop(key)
+                if self.desired.pop(key, None) is not None:
+                    self._dirty.add(key)
+                n += 1
+        if n:
+            self.metrics.count("gc_entries", n)
+            self._wake.set()
+        return n
+
+    async def _timers(self) -> None:
+        period = max(0.001, self.cfg.policy.recheck_interval_s)
+        last_gc = time.time()
+        while True:
+            await asyncio.sleep(period)
+            self._wake.set()  # tick
+            if time.time() - last_gc >= min(1.0, self.cfg.gc_timeout_s / 4):
+                last_gc = time.time()
+                await self.gc()
+
+    # ------------------------------------------------------------------ live policy change
+    def set_policy(self, updates: dict) -> PolicyConfig:
+        """Apply key=value changes; rebuild the policy and replay live requests/flows into it."""
+        base = self.cfg.policy.to_dict()
+        base.update(updates)
+        new_cfg = PolicyConfig.from_dict(base, "policy set")
+        new_pol = self._make_policy(new_cfg)
+        now = time.time()
+        changes: dict[int, float] = {}
+        for req in self.requests.values():
+            changes.update(new_pol.request_start(now, req))
+        sent_of = {st.info.flow_id: st.bytes_sent for st in self.policy.flows()}
+        for rec in self.flows.values():
+            sent = sent_of.get(rec.info.flow_id, 0)
+            changes[rec.info.flow_id] = new_pol.flow_start(now, rec.info)
+            if sent:
+                changes.update(new_pol.progress(now, rec.info.flow_id, sent))
+        for rid, (layer, done) in self.req_layer.items():
+            changes.update(new_pol.layer_boundary(now, rid, layer, done))
+        self.policy, self.cfg.policy = new_pol, new_cfg
+        for fid, lvl in changes.items():
+            rec = self.flows.get(fid)
+            if rec is not None and self.desired.get(rec.key) != to_level(lvl):
+                self.desired[rec.key] = rec.level = to_level(lvl)
+                self._dirty.add(rec.key)
+        self._wake.set()
+        return new_cfg
+
+    # ------------------------------------------------------------------ views
+    def flow_rows(self) -> list[dict]:
+        states = {s.info.flow_id: s for s in self.policy.flows()}
+        now = time.time()
+        out = []
+        for fid, rec in sorted(self.flows.items()):
+            st = states.get(fid)
+            dl = rec.info.deadline or (self.requests[rec.info.request_id].deadline
+                                       if rec.info.request_id in self.requests else None)
+            out.append({"flow_id": fid, "host": rec.host, "stage": rec.info.stage, "request_id": rec.info.request_id,
+                        "level": self.desired.get(rec.key), "policy_level": st.level if st else None,
+                        "bytes_left": st.bytes_left if st else rec.info.size_bytes,
+                        "size_bytes": rec.info.size_bytes, "mlu": st.mlu if st else None,
+                        "rli": st.rli if st else None, "scavenger": bool(st and st.scavenger),
+                        "laxity_s": (dl - now) if dl else None,
+                        "installed": {n: s.installed.get(rec.key) for n, s in self.supervisors.items()}})
+        for key, (lvl, exp) in sorted(self.adopted.items()):
+            out.append({"flow_id": key[1], "host": None, "stage": key[0], "level": lvl, "adopted_until": exp,
+                        "installed": {n: s.installed.get(key) for n, s in self.supervisors.items()}})
+        return out

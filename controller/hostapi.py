@@ -1,0 +1,241 @@
+"""HostReports gRPC server (mfs/proto/report.proto): authentication, validation, flood control.
+
+Semantics are documented in docs/report-api.md. In short:
+
+* Register(host, token, address) must match the config (constant-time token
+  compare); returns a fresh session, the host's flow-id range and the last seq
+  the controller applied for that host (0 after a controller restart).
+* Report(session, events): events with seq <= the last accepted one are
+  duplicates (acknowledged, ignored); seq must increase within a batch.
+  Stateless checks happen here (types, ranges, ownership of the flow-id
+  range); stateful ones (unknown flow, duplicate start) in the engine. Each
+  rejected event appears in ReportAck.rejected with "<reason>: <message>" and
+  is counted per reason. The call returns once the batch is applied (its
+  promotions written to the switches).
+* Flood control: a per-host token bucket (events/s, burst) and a bounded
+  per-host queue of pending batches; beyond them the whole batch fails with
+  RESOURCE_EXHAUSTED (nothing applied: retry later with the same seqs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from controller.config import ControllerConfig, HostConfig
+from controller.engine import Engine
+from controller.engine import Reject as Bad
+from controller.metrics import Metrics
+from mfs.header import VALID_STAGES
+from mfs.proto import report_pb2 as pb
+from mfs.proto import report_pb2_grpc as pbg
+
+log = logging.getLogger("mfs.hostapi")
+
+MAX_DST_LEN = 253
+BATCH_KINDS = ("arrival", "departure")
+
+
+@dataclass
+class HostSession:
+    cfg: HostConfig
+    session: str
+    accepted_seq: int  # highest seq accepted into the engine queue
+    tokens: float
+    t_tokens: float
+    flow_base: int
+
+
+class TokenBucket:
+    @staticmethod
+    def take(s: HostSession, n: int, rate: float, burst: float, now: float) -> bool:
+        s.tokens = min(burst, s.tokens + (now - s.t_tokens) * rate)
+        s.t_tokens = now
+        if n > s.tokens:
+            return False
+        s.tokens -= n
+        return True
+
+
+class HostApi(pbg.HostReportsServicer):
+    def __init__(self, cfg: ControllerConfig, engine: Engine, metrics: Metrics | None = None):
+        self.cfg, self.engine = cfg, engine
+        self.metrics = metrics or engine.metrics
+        self.by_session: dict[str, HostSession] = {}
+        self.by_host: dict[str, HostSession] = {}
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    # ------------------------------------------------------------------ server
+    async def start(self, address: str | None = None) -> int:
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pbg.add_HostReportsServicer_to_server(self, self.server)
+        addr = address or self.cfg.api_listen
+        self.port = self.server.add_insecure_port(addr)
+        if self.port == 0:
+            raise OSError(f"host API cannot listen on {addr} (address in use or invalid)")
+        await self.server.start()
+        return self.port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0.5)
+            self.server = None
+
+    def _reject_rpc(self, reason: str) -> None:
+        self.metrics.count("rejected_reports", reason=reason)
+
+    # ------------------------------------------------------------------ RPCs
+    async def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
+        h = self.cfg.host(request.host)
+        if h is None or not hmac.compare_digest(h.token.encode(), request.token.encode()) \
+                or h.address != request.address:
+            self._reject_rpc("auth")
+            # one message for every mismatch: do not reveal which part was wrong
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"register: host {request.host!r} with this token and address is not configured")
+        old = self.by_host.get(h.name)
+        if old is not None:
+            self.by_session.pop(old.session, None)
+        last = self.engine.last_applied_seq.get(h.name, 0)
+        accepted = max(last, old.accepted_seq) if old is not None else last  # batches may still be queued
+        s = HostSession(h, secrets.token_hex(16), accepted, self.cfg.limits.burst, time.monotonic(),
+                        h.host_id << self.cfg.limits.flow_id_bits)
+        self.by_session[s.session] = s
+        self.by_host[h.name] = s
+        self.engine.touch(h.name)
+        self.metrics.count("registrations", host=h.name)
+        return pb.RegisterResponse(session=s.session, host_id=h.host_id, flow_id_base=s.flow_base,
+                                   flow_id_bits=self.cfg.limits.flow_id_bits, last_seq=last,
+                                   server_time=time.time())
+
+    async def Report(self, request: pb.ReportBatch, context) -> pb.ReportAck:
+        t_recv = time.perf_counter()
+        s = self.by_session.get(request.session)
+        if s is None:
+            self._reject_rpc("session")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "report: unknown or expired session (Register again)")
+        lim = self.cfg.limits
+        n = len(request.events)
+        if n > lim.max_batch_events:
+            self._reject_rpc("batch_too_large")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"report: {n} events in one batch (limit {lim.max_batch_events})")
+        if not TokenBucket.take(s, max(1, n), lim.reports_per_s, lim.burst, time.monotonic()):
+            self._reject_rpc("flood")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"report: host {s.cfg.name} exceeds {lim.reports_per_s:g} events/s "
+                                f"(burst {lim.burst:g}); batch not applied, retry later")
+        if self.engine.pending(s.cfg.name) >= lim.queue_batches:
+            self._reject_rpc("queue_full")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"report: host {s.cfg.name} has {lim.queue_batches} batches pending; "
+                                f"batch not applied, retry later")
+        rejected: list[tuple[int, str]] = []
+        accepted = []
+        last = s.accepted_seq
+        now = time.time()
+        for ev in request.events:
+            if ev.seq <= s.accepted_seq:
+                self.metrics.count("duplicate_events", host=s.cfg.name)
+                continue  # already applied: ack, ignore
+            if ev.seq <= last:
+                rejected.append((ev.seq, f"seq_order: seq {ev.seq} after {last} in the same batch "
+                                         f"(seq must strictly increase)"))
+                self.metrics.count("rejected_reports", reason="seq_order")
+                continue
+            last = ev.seq
+            try:
+                self.validate(s, ev, now)
+                accepted.append(ev)
+            except Bad as b:
+                rejected.append((ev.seq, str(b)))
+                self.metrics.count("rejected_reports", reason=b.reason)
+        s.accepted_seq = last
+        if accepted:
+            fut = self.engine.submit(s.cfg.name, accepted, t_recv)
+            rejected.extend(await fut)
+        else:
+            self.engine.touch(s.cfg.name)
+        rejected.sort()
+        ack = pb.ReportAck(acked_seq=s.accepted_seq)
+        for seq, msg in rejected:
+            ack.rejected.add(seq=seq, reason=msg)
+        return ack
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, s: HostSession, ev: pb.Event, now: float) -> None:
+        lim = self.cfg.limits
+        kind = ev.WhichOneof("kind")
+        if kind is None:
+            raise Bad("no_kind", f"event seq {ev.seq} carries no event (set one of flow_start, layer, progress, "
+                                 f"flow_end, request_start, request_end, batch)")
+        if not math.isfinite(ev.time) or ev.time < 0:
+            raise Bad("bad_time", f"time={ev.time!r} is not a finite unix time")
+        if kind == "flow_start":
+            f = ev.flow_start
+            self._own(s, f.flow_id)
+            if f.stage not in VALID_STAGES:
+                raise Bad("bad_stage", f"flow_start.stage={f.stage} is not one of {VALID_STAGES}")
+            if not 1 <= f.size_bytes <= lim.max_flow_bytes:
+                raise Bad("bad_size", f"flow_start.size_bytes={f.size_bytes} is out of range "
+                                      f"(allowed: 1..{lim.max_flow_bytes})")
+            if f.deadline != 0:
+                self._deadline("flow_start.deadline", f.deadline, now)
+            for name in ("target_layer", "current_layer"):
+                v = getattr(f, name)
+                if not 0 <= v <= lim.max_layers:
+                    raise Bad("bad_layer", f"flow_start.{name}={v} is out of range (allowed: 0..{lim.max_layers})")
+            if len(f.dst) > MAX_DST_LEN:
+                raise Bad("bad_dst", f"flow_start.dst is {len(f.dst)} characters (limit {MAX_DST_LEN})")
+        elif kind == "progress":
+            self._own(s, ev.progress.flow_id)
+            if ev.progress.bytes_sent > lim.max_flow_bytes:
+                raise Bad("bad_bytes", f"progress.bytes_sent={ev.progress.bytes_sent} exceeds {lim.max_flow_bytes}")
+        elif kind == "flow_end":
+            self._own(s, ev.flow_end.flow_id)
+        elif kind == "layer":
+            if not 0 <= ev.layer.current_layer <= lim.max_layers:
+                raise Bad("bad_layer", f"layer.current_layer={ev.layer.current_layer} is out of range "
+                                       f"(allowed: 0..{lim.max_layers})")
+        elif kind == "request_start":
+            r = ev.request_start
+            self._deadline("request_start.deadline", r.deadline, now)
+            if not math.isfinite(r.arrival) or r.arrival < 0:
+                raise Bad("bad_time", f"request_start.arrival={r.arrival!r} is not a finite unix time")
+            if not 1 <= r.num_layers <= lim.max_layers:
+                raise Bad("bad_layer", f"request_start.num_layers={r.num_layers} is out of range "
+                                       f"(allowed: 1..{lim.max_layers})")
+            if not math.isfinite(r.remaining_compute) or not 0 <= r.remaining_compute <= lim.deadline_future_s:
+                raise Bad("bad_time", f"request_start.remaining_compute={r.remaining_compute!r} is out of range "
+                                      f"(allowed: 0..{lim.deadline_future_s:g} s)")
+            if r.remaining_bytes > lim.max_flow_bytes:
+                raise Bad("bad_size", f"request_start.remaining_bytes={r.remaining_bytes} exceeds {lim.max_flow_bytes}")
+        elif kind == "batch":
+            if ev.batch.kind not in BATCH_KINDS:
+                raise Bad("bad_kind", f"batch.kind={ev.batch.kind!r} is not allowed (allowed: {', '.join(BATCH_KINDS)})")
+
+    def _own(self, s: HostSession, flow_id: int) -> None:
+        base, bits = s.flow_base, self.cfg.limits.flow_id_bits
+        if not base <= flow_id < base + (1 << bits):
+            raise Bad("not_owner", f"flow_id {flow_id} is outside host {s.cfg.name}'s range "
+                                   f"[{base}, {base + (1 << bits)})")
+
+    def _deadline(self, what: str, v: float, now: float) -> None:
+        lim = self.cfg.limits
+        if not math.isfinite(v):
+            raise Bad("bad_deadline", f"{what}={v!r} is not finite")
+        if v < now - lim.deadline_past_s:
+            raise Bad("bad_deadline", f"{what}={v:.3f} is {now - v:.0f} s in the past "
+                                      f"(limit {lim.deadline_past_s:g} s; clocks in sync?)")
+        if v > now + lim.deadline_future_s:
+            raise Bad("bad_deadline", f"{what}={v:.3f} is {v - now:.0f} s in the future "
+                                      f"(limit {lim.deadline_future_s:g} s)")
