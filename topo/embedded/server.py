@@ -670,9 +670,15 @@ class SwitchHandle:
         self._max_workers = max_workers
         self._host = address.rsplit(":", 1)[0]
         self.server = None
-        self.port = self._start(address)
-        self.address = f"{self._host}:{self.port}"
         self.dataplane = dataplane_factory(self.switch) if dataplane_factory else None
+        try:
+            self.port = self._start(address)
+        except Exception:
+            if self.dataplane is not None:
+                self.dataplane.stop()
+            self.service.digests.stop()
+            raise
+        self.address = f"{self._host}:{self.port}"
 
     def _start(self, address: str) -> int:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="p4rt"),
