@@ -1,0 +1,68 @@
+"""The committed build outputs (p4src/build) are what p4c makes of p4src/.
+
+Skips, saying why, when p4c is not installed (docs/bmv2.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from finsy.proto import p4i
+from google.protobuf import text_format
+
+from mfs.tools import find_tool, missing_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "p4src" / "build"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _canonical(path: Path) -> p4i.P4Info:
+    """P4Info with repeated entities sorted by id (p4c's order is not part of the contract)."""
+    info = text_format.Parse(path.read_text(), p4i.P4Info())
+    for kind in ("tables", "actions", "counters", "registers", "digests"):
+        items = sorted(getattr(info, kind), key=lambda e: e.preamble.id)
+        del getattr(info, kind)[:]
+        getattr(info, kind).extend(items)
+    return info
+
+
+def _strip_sources(obj):
+    """bmv2 JSON without source_info / file paths (they differ between checkouts)."""
+    if isinstance(obj, dict):
+        return {k: _strip_sources(v) for k, v in obj.items() if k not in ("source_info", "program")}
+    if isinstance(obj, list):
+        return [_strip_sources(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    if not find_tool("p4c") and not Path("/opt/p4/env.sh").exists():
+        pytest.skip(missing_reason("p4c"))
+    out = tmp_path_factory.mktemp("p4build")
+    r = subprocess.run(["bash", str(ROOT / "p4src" / "compile.sh")], env={**os.environ, "OUT": str(out)},
+                       capture_output=True, text=True)
+    if r.returncode == 2:
+        pytest.skip(r.stderr.strip())
+    assert r.returncode == 0, f"compile.sh failed:\n{r.stdout}\n{r.stderr}"
+    return out
+
+
+def test_p4info_is_up_to_date(compiled):
+    fresh, committed = _canonical(compiled / "mfs.p4info.txtpb"), _canonical(BUILD / "mfs.p4info.txtpb")
+    assert fresh == committed, (
+        "p4src/build/mfs.p4info.txtpb differs from p4c's output: run `make p4` and commit.\n"
+        + text_format.MessageToString(fresh))
+
+
+def test_bmv2_json_is_up_to_date(compiled):
+    if not (BUILD / "mfs.json").exists():
+        pytest.fail("p4src/build/mfs.json is not committed: run `make p4` and commit it")
+    fresh = _strip_sources(json.loads((compiled / "mfs.json").read_text()))
+    committed = _strip_sources(json.loads((BUILD / "mfs.json").read_text()))
+    assert fresh == committed, "p4src/build/mfs.json is stale: run `make p4` and commit it"
