@@ -29,11 +29,11 @@ assert tuple(POLICIES) == SCHEDULERS
 def make_policy(name: str | None = None, config: PolicyConfig | None = None) -> Policy:
     """Build a policy by name (default: ``config.scheduler``). The config is validated
     again for that scheduler, so e.g. ``ideal: true`` with ``fair`` is refused."""
+    if name is not None and name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r} (allowed: {', '.join(POLICIES)})")
     if config is None:
         config = PolicyConfig(scheduler=name or "mfs")
     name = name or config.scheduler
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r} (allowed: {', '.join(POLICIES)})")
     if name != config.scheduler:
         config = PolicyConfig(**{**_fields(config), "scheduler": name})
     return POLICIES[name](config)
