@@ -141,7 +141,7 @@ class Network:
     def __init__(self, topo: Topology, *, tag: str = "", target: str | None = None, policy: str = "mfs",
                  controller: bool = True, agents: bool = True, logdir: str | Path | None = None,
                  pcap: bool = False, policy_options: dict | None = None, controller_extra: dict | None = None,
-                 switch_args: list[str] | None = None, python: str = sys.executable):
+                 switch_args: list[str] | None = None, python: str = sys.executable, program: bool = True):
         if tag and not (tag.isalnum() and tag.islower() or tag.isdigit()) or len(tag) > 4:
             raise ValueError(f"tag {tag!r}: up to 4 lowercase letters/digits")
         self.topo, self.tag = topo, tag
@@ -151,6 +151,7 @@ class Network:
         self.controller_extra = dict(controller_extra or {})
         self.switch_args = list(switch_args or [])
         self.pcap = pcap
+        self.program = program  # without a controller: install routes directly over P4Runtime
         self.python = python
         self.logdir = Path(logdir) if logdir else ROOT / "logs" / (tag or "")
         self.rundir = RUN_BASE / (tag or "main")
@@ -224,6 +225,10 @@ class Network:
                 self.start_switch(sw)
             if self.want_controller:
                 self.start_controller()
+            elif self.program:
+                for sw in self.topo.switches:
+                    if self.target_of(sw) != "lxbr":
+                        self.program_direct(sw)
             if self.want_agents:
                 for h in self.topo.hosts:
                     self.start_agent(h)
@@ -378,7 +383,7 @@ class Network:
         cmd += ["--grpc-server-addr", f"127.0.0.1:{port}", "--queue-buffer", str(s.queue_buffer),
                 "--p4info", str(DEFAULT_P4INFO), "--log-file", str(log)]
         if self.pcap:
-            cmd += ["--pcap-dir", str(self.logdir / "pcaps")]
+            cmd += ["--pcap", str(self.logdir / "pcaps")]
         return cmd + self.switch_args
 
     def start_switch(self, sw: str, timeout: float = 60) -> Proc | None:
@@ -410,21 +415,26 @@ class Network:
         time.sleep(down_s)
         return self.start_switch(sw)
 
+    def static_entries(self, sw: str) -> list[dict]:
+        """Routes of one switch by P4Info names: ``ipv4_lpm`` /32 per host -> port toward it."""
+        t, s = self.topo, self.topo.switches[sw]
+        out = []
+        for h, host in t.hosts.items():
+            p = t.next_port(sw, h)
+            out.append({"table": "MfsIngress.ipv4_lpm", "match": {"dst_addr": f"{host.address}/32"},
+                        "action": "MfsIngress.route",
+                        "params": {"port": p, "src_mac": s.port_mac(p), "dst_mac": host.mac}})
+        return out
+
     def controller_config(self) -> dict:
         """The controller YAML for this network (see docs/controller.md)."""
         t = self.topo
         switches = []
         for sw, s in t.switches.items():
             ports = self.topo.switch_ports(sw)
-            entries = []
-            for h, host in t.hosts.items():
-                p = t.next_port(sw, h)
-                entries.append({"table": "MfsIngress.ipv4_lpm", "match": {"dst_addr": f"{host.address}/32"},
-                                "action": "MfsIngress.route",
-                                "params": {"port": p, "src_mac": s.port_mac(p), "dst_mac": host.mac}})
             cfg = {"name": sw, "address": self.grpc_addr(sw), "device_id": s.device_id,
                    "ports": {p: {"rate_bps": ln.bandwidth_bps} for p, (ln, _) in ports.items()},
-                   "entries": entries, "multicast_ports": list(ports)}
+                   "entries": self.static_entries(sw), "multicast_ports": list(ports)}
             if self.target_of(sw) == "bmv2" and BMV2_JSON.exists():
                 cfg["device_config"] = str(BMV2_JSON)
             switches.append(cfg)
@@ -462,6 +472,38 @@ class Network:
         proc = self.popen(f"agent-{host}", cmd, ns=self.ns(host))
         wait_for(lambda: unix_open(str(sock)), timeout, f"waiting for the host agent of {host} on {sock}", proc)
         return proc
+
+    def program_direct(self, sw: str, extra: list[dict] | None = None) -> None:
+        """Without a controller: push the pipeline and install routes, DSCP rewrite on every
+        port and the default level->DSCP map directly over P4Runtime (one batch)."""
+        import asyncio
+
+        from controller.p4rt.client import SwitchClient, update
+        from mfs.levels import NUM_QUEUES, default_dscp
+        from mfs.p4info import P4Schema
+
+        schema = P4Schema.load(DEFAULT_P4INFO)
+        entries = self.static_entries(sw)
+        entries += [{"table": "MfsEgress.dscp_rewrite", "match": {"egress_port": p},
+                     "action": "MfsEgress.rewrite_dscp", "params": {}} for p in self.topo.switch_ports(sw)]
+        entries += [{"table": "MfsEgress.level_dscp", "match": {"level": lv}, "action": "MfsEgress.set_dscp",
+                     "params": {"dscp": default_dscp(lv)}} for lv in range(NUM_QUEUES)]
+        entries += list(extra or [])
+        device = BMV2_JSON.read_bytes() if self.target_of(sw) == "bmv2" and BMV2_JSON.exists() else b""
+
+        async def go():
+            c = SwitchClient(self.grpc_addr(sw), self.topo.switches[sw].device_id, election_id=1, name=sw)
+            if not await c.open():
+                raise BuildError(f"switch {sw}: no P4Runtime primary session on {self.grpc_addr(sw)}")
+            try:
+                await c.set_pipeline(schema.info, device)
+                errs = await c.write([update("insert", schema.table_entry(e["table"], e["match"], e["action"],
+                                                                           e["params"])) for e in entries])
+                if errs:
+                    raise BuildError(f"switch {sw}: {len(errs)} static entries refused, first: {errs[0]}")
+            finally:
+                await c.close()
+        asyncio.run(go())
 
     # ------------------------------------------------------------ using the network
     def exec(self, host: str, cmd: list[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
