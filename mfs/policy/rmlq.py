@@ -33,6 +33,8 @@ class MfsPolicy(BasePolicy):
         self._cutoffs = c.mlu_cutoffs()
         self._tiers = self.layout.p2d_tiers
         self._p2d_by_req: dict[int, set[int]] = {}  # request -> its live Stage-3 flow ids
+        self._watch: set[int] = set()  # prefill-done requests with live Stage-3 flows (tick set)
+        self._ports: dict[int, tuple[str, ...]] = {}  # flow id -> ports it loads (Algorithm 1)
         self._pruned: set[int] = set()  # requests parked in the scavenger level (sticky)
         self._batch_members: dict[int, set[int]] = {}  # batch id -> request ids
         self._active_batches: set[int] = set()
@@ -106,16 +108,23 @@ class MfsPolicy(BasePolicy):
 
     # --- bookkeeping hooks ----------------------------------------------------------
     def _on_flow_added(self, st: FlowState) -> None:
+        i = st.info
+        self._ports[i.flow_id] = tuple({f"tx:{i.src}" if i.src else "*", f"rx:{i.dst}" if i.dst else "*"})
         if st.info.stage == STAGE_P2D:
-            self._p2d_by_req.setdefault(st.info.request_id, set()).add(st.info.flow_id)
+            rid = st.info.request_id
+            self._p2d_by_req.setdefault(rid, set()).add(st.info.flow_id)
+            if rid in self._prefill_done:
+                self._watch.add(rid)
 
     def _on_flow_removed(self, st: FlowState) -> None:
+        del self._ports[st.info.flow_id]
         if st.info.stage == STAGE_P2D:
             s = self._p2d_by_req.get(st.info.request_id)
             if s is not None:
                 s.discard(st.info.flow_id)
                 if not s:
                     del self._p2d_by_req[st.info.request_id]
+                    self._watch.discard(st.info.request_id)
 
     def _on_request_start(self, now: float, req: RequestInfo) -> Changes:
         self._batch_members.setdefault(req.batch_id, set()).add(req.request_id)
@@ -132,10 +141,13 @@ class MfsPolicy(BasePolicy):
                     self._batch_rank.pop(req.batch_id, None)
         if request_id not in self._req_flows:
             self._pruned.discard(request_id)
+        self._watch.discard(request_id)
         return {}
 
     # --- events ---------------------------------------------------------------------
     def _on_layer(self, now: float, request_id: int) -> Changes:
+        if request_id in self._prefill_done and request_id in self._p2d_by_req:
+            self._watch.add(request_id)
         changes: Changes = {}
         for st in self.flows_of(request_id):
             self._recheck(now, st, changes)
@@ -147,8 +159,8 @@ class MfsPolicy(BasePolicy):
             return {}
         self._last_tick = now
         changes: Changes = {}
-        for rid in self._prefill_done:
-            for fid in self._p2d_by_req.get(rid, ()):
+        for rid in self._watch:
+            for fid in self._p2d_by_req[rid]:
                 self._recheck(now, self._flows[fid], changes)
         return changes
 
@@ -188,9 +200,10 @@ class MfsPolicy(BasePolicy):
         if req.remaining_bytes > 0:
             loads["*"] = float(req.remaining_bytes)
         else:
-            for st in self.flows_of(req.request_id):
-                left = st.bytes_left
-                for port in {f"tx:{st.info.src}" if st.info.src else "*", f"rx:{st.info.dst}" if st.info.dst else "*"}:
+            for fid in self._req_flows.get(req.request_id, ()):
+                st = self._flows[fid]
+                left = st.info.size_bytes - st.bytes_sent
+                for port in self._ports[fid]:
                     loads[port] = loads.get(port, 0.0) + left
         return RequestLoad(req.request_id, req.deadline, req.remaining_compute, loads)
 
