@@ -1,0 +1,3 @@
+from mfs.sim.cli import main
+
+raise SystemExit(main())
