@@ -180,9 +180,9 @@ class HostAgent:
                 return fid
         raise RuntimeError(f"all {size} flow ids of this host are in use")
 
-    def _emit(self, kind: str, **fields) -> None:
+    def _emit(self, event: str, /, **fields) -> None:
         if self.reporter is not None:
-            self.reporter.emit(kind, **fields)
+            self.reporter.emit(event, **fields)
 
     # ---- the runtime API -------------------------------------------------
     def submit(self, stage: int, peer: str, nbytes: int, request_id: int, *, batch_id: int = 0,

@@ -96,11 +96,11 @@ class Reporter:
         self.registered = threading.Event()
 
     # ---- producer side ---------------------------------------------------
-    def emit(self, kind: str, t: float | None = None, **fields) -> int:
-        """Queue one event (``kind`` one of EVENT_KINDS, fields of that message). Returns its seq."""
-        if kind not in EVENT_KINDS:
-            raise ValueError(f"event kind {kind!r} is not one of {EVENT_KINDS}")
-        ev = report_pb2.Event(time=time.time() if t is None else t, **{kind: fields})
+    def emit(self, event: str, /, **fields) -> int:
+        """Queue one event (``event`` one of EVENT_KINDS, ``fields`` of that message). Returns its seq."""
+        if event not in EVENT_KINDS:
+            raise ValueError(f"event kind {event!r} is not one of {EVENT_KINDS}")
+        ev = report_pb2.Event(time=time.time(), **{event: fields})
         with self._cv:
             if len(self._backlog) >= self.max_backlog:
                 self._shed()

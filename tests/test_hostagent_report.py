@@ -1,0 +1,209 @@
+"""Agent ↔ controller reporting against a HostReports server on a unix socket:
+batching and order, controller down at start and in the middle (events queued,
+resent with the same seq, applied once, in order), lost acks, wrong token, renumbering."""
+
+import time
+
+import pytest
+
+from hostagent.agent import AgentConfig, HostAgent
+from hostagent.report import Reporter, channel_target
+from hostagent.testing import FakeController, FakeHostReports, HostState, loopback_addresses
+
+
+def _wait(pred, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def sock(tmp_path):
+    return f"unix:{tmp_path}/ctl.sock"
+
+
+def _seqs(events):
+    return [e.seq for e in events]
+
+
+def _kinds(events):
+    return [e.WhichOneof("kind") for e in events]
+
+
+def test_batching_and_order(sock):
+    svc = FakeHostReports({"h1": "tok"})
+    ctl = FakeController(sock, svc).start()
+    r = Reporter(sock, "h1", "tok", "10.0.0.1", batch_max=50, flush_interval=0.02)
+    try:
+        for i in range(400):
+            r.emit("progress", flow_id=i, bytes_sent=i)
+        r.start()
+        assert r.flush(10)
+        ev = svc.applied("h1")
+        assert _seqs(ev) == list(range(1, 401))
+        assert [e.progress.flow_id for e in ev] == list(range(400))
+        batches = svc.hosts["h1"].batches
+        assert max(batches) <= 50 and len(batches) < 400 / 10  # batched, never above batch_max
+        assert svc.hosts["h1"].gaps == []
+    finally:
+        r.close()
+        ctl.stop()
+
+
+def test_controller_down_then_up_nothing_lost_or_duplicated(sock):
+    svc = FakeHostReports({"h1": "tok"})
+    r = Reporter(sock, "h1", "tok", "10.0.0.1", backoff_min=0.02, backoff_max=0.1)
+    r.start()
+    try:
+        for i in range(30):  # controller not there yet
+            r.emit("flow_end", flow_id=i)
+        time.sleep(0.3)
+        assert r.stats["rpc_errors"] > 0 and not r.connected and r.backlog() == 30
+        ctl = FakeController(sock, svc).start()
+        assert r.flush(10)
+        assert _seqs(svc.applied("h1")) == list(range(1, 31))
+        ctl.stop()  # controller goes away in the middle (state kept: same servicer)
+        for i in range(30, 60):
+            r.emit("flow_end", flow_id=i)
+        time.sleep(0.3)
+        assert r.backlog() == 30
+        ctl = FakeController(sock, svc).start()
+        assert r.flush(10)
+        ev = svc.applied("h1")
+        assert _seqs(ev) == list(range(1, 61))
+        assert [e.flow_end.flow_id for e in ev] == list(range(60))
+        assert svc.hosts["h1"].gaps == []
+        ctl.stop()
+    finally:
+        r.close(flush_timeout=0)
+
+
+def test_lost_ack_is_not_applied_twice(sock):
+    svc = FakeHostReports({"h1": "tok"})
+    ctl = FakeController(sock, svc).start()
+    r = Reporter(sock, "h1", "tok", "10.0.0.1", backoff_min=0.02)
+    try:
+        r.start()
+        assert r.registered.wait(10)
+        svc.fail_next_reports = 1  # the batch is applied but the ack is lost
+        for i in range(10):
+            r.emit("layer", request_id=7, current_layer=i)
+        assert r.flush(10)
+        ev = svc.applied("h1")
+        assert [e.layer.current_layer for e in ev] == list(range(10))  # once each, in order
+        assert svc.registers >= 2  # re-registered after the failure and dropped seq <= last_seq
+        assert sum(svc.hosts["h1"].batches) >= 10 and svc.fail_next_reports == 0
+    finally:
+        r.close()
+        ctl.stop()
+
+
+def test_first_registration_continues_controller_sequence(sock):
+    svc = FakeHostReports({"h1": "tok"})
+    svc.hosts["h1"] = HostState(host_id=1, last_seq=100)  # events applied from an earlier agent run
+    ctl = FakeController(sock, svc).start()
+    r = Reporter(sock, "h1", "tok", "10.0.0.1")
+    try:
+        r.emit("request_end", request_id=1)  # emitted before the first Register
+        r.start()
+        assert r.flush(10)
+        r.emit("request_end", request_id=2)
+        assert r.flush(10)
+        assert _seqs(svc.applied("h1")) == [101, 102]
+    finally:
+        r.close()
+        ctl.stop()
+
+
+def test_rejections_are_recorded_and_acked(sock):
+    svc = FakeHostReports({"h1": "tok"})
+    svc.reject = lambda e: "flow_id out of range" if e.WhichOneof("kind") == "flow_end" and e.flow_end.flow_id == 3 \
+        else None
+    ctl = FakeController(sock, svc).start()
+    r = Reporter(sock, "h1", "tok", "10.0.0.1")
+    try:
+        r.start()
+        for i in range(5):
+            r.emit("flow_end", flow_id=i)
+        assert r.flush(10)
+        assert list(r.rejections) == [(4, "flow_id out of range")]
+        assert r.backlog() == 0
+    finally:
+        r.close()
+        ctl.stop()
+
+
+def test_agent_traffic_flows_with_controller_down_then_reports_in_order(sock):
+    svc = FakeHostReports({"h1": "tok"}, flow_id_bits=10)
+    a_ip, b_ip = loopback_addresses(2)
+    a = HostAgent(AgentConfig("h1", a_ip, controller=sock, token="tok")).start()
+    b = HostAgent(AgentConfig("h2", b_ip)).start()
+    a.reporter.backoff_min = a.reporter.backoff_max = 0.05
+    try:
+        t1 = a.submit(2, b_ip, 50_000, request_id=1, target_layer=3, current_layer=3)
+        assert t1.wait(20).end_time is not None  # best effort without a controller
+        provisional = t1.flow_id
+        ctl = FakeController(sock, svc).start()
+        assert a.reporter.registered.wait(10)
+        base, bits = a.flow_id_range()
+        assert (base, bits) == (1 << 10, 10)
+        a.layer_boundary(1, 4)
+        t2 = a.submit(3, b_ip, 70_000, request_id=1, target_layer=4, deadline=time.time() + 5)
+        t2.wait(20)
+        assert base <= t2.flow_id < base + (1 << bits)
+        assert a.reporter.flush(10)
+        ev = svc.applied("h1")
+        assert _seqs(ev) == list(range(1, len(ev) + 1))
+        kinds = _kinds(ev)
+        assert kinds[0] == "flow_start" and ev[0].flow_start.flow_id == provisional
+        assert ev[0].flow_start.size_bytes == 50_000 and ev[0].flow_start.dst == b_ip
+        assert kinds.count("flow_start") == 2 and kinds.count("flow_end") == 2 and "layer" in kinds
+        fs2 = [e.flow_start for e in ev if e.WhichOneof("kind") == "flow_start"][1]
+        assert (fs2.flow_id, fs2.stage, fs2.size_bytes, fs2.target_layer, fs2.current_layer) == \
+            (t2.flow_id, 3, 70_000, 4, 4)
+        # flow_end after its flow_start, progress between them
+        pos = {(_kinds(ev)[i], getattr(e, _kinds(ev)[i]).flow_id): i for i, e in enumerate(ev)
+               if _kinds(ev)[i] in ("flow_start", "flow_end")}
+        assert pos[("flow_start", t2.flow_id)] < pos[("flow_end", t2.flow_id)]
+        ctl.stop()
+    finally:
+        a.close(flush_timeout=0)
+        b.close()
+
+
+def test_wrong_token_keeps_retrying_and_traffic_flows(sock):
+    svc = FakeHostReports({"h1": "right"})
+    ctl = FakeController(sock, svc).start()
+    a_ip, b_ip = loopback_addresses(2)
+    a = HostAgent(AgentConfig("h1", a_ip, controller=sock, token="wrong")).start()
+    b = HostAgent(AgentConfig("h2", b_ip)).start()
+    try:
+        a.submit(1, b_ip, 10_000, request_id=5, target_layer=2, current_layer=0).wait(20)
+        assert _wait(lambda: "UNAUTHENTICATED" in a.reporter.last_error)
+        assert not a.reporter.connected and svc.applied("h1") == []
+    finally:
+        a.close(flush_timeout=0)
+        b.close()
+        ctl.stop()
+
+
+def test_tcp_target_and_bad_targets():
+    svc = FakeHostReports({"h1": "tok"})
+    ctl = FakeController("127.0.0.1:0", svc).start()
+    r = Reporter(ctl.target, "h1", "tok", "10.0.0.1")
+    try:
+        r.start()
+        r.emit("batch", batch_id=1, kind="arrival")
+        assert r.flush(10)
+        assert svc.applied("h1")[0].batch.kind == "arrival"
+    finally:
+        r.close()
+        ctl.stop()
+    for bad in ("nohost", "unix:", "h:99999", ":5"):
+        with pytest.raises(ValueError, match="controller target"):
+            channel_target(bad)
+    with pytest.raises(ValueError, match="event kind"):
+        Reporter("unix:/x", "h", "t", "1.2.3.4").emit("bogus")
