@@ -9,11 +9,9 @@ starved. Bounds are generous (the machine is shared).
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from finsy.proto import p4r
 
 from mfs.p4info import P4Schema
 from tests.dataplane.embedded_target import P4RTClient, update
+from topo.embedded.testnet import TwoHosts
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -77,35 +76,10 @@ print(json.dumps(got), flush=True)
 """
 
 
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
 @pytest.fixture
 def topo():
-    tag = uuid.uuid4().hex[:6]
-    h1, h2 = f"mfs-h1-{tag}", f"mfs-h2-{tag}"
-    s1, s2 = f"mfs{tag}p1", f"mfs{tag}p2"
-    try:
-        for ns, swif, ip, mac in ((h1, s1, "10.9.0.1", "02:00:00:09:00:01"), (h2, s2, "10.9.0.2", "02:00:00:09:00:02")):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", swif, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "address", mac)
-            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            sh("ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off", "rx", "off", "gso", "off",
-               "tso", "off", "gro", "off", check=False)
-            sh("sysctl", "-q", "-w", f"net.ipv6.conf.{swif}.disable_ipv6=1", check=False)
-            sh("ip", "link", "set", swif, "up")
-        sh("ip", "netns", "exec", h1, "ip", "neigh", "add", "10.9.0.2", "lladdr", "02:00:00:09:00:02", "dev", "eth0")
-        sh("ip", "netns", "exec", h2, "ip", "neigh", "add", "10.9.0.1", "lladdr", "02:00:00:09:00:01", "dev", "eth0")
-        yield h1, h2, s1, s2
-    finally:
-        for ns in (h1, h2):
-            sh("ip", "netns", "del", ns, check=False)
-        for swif in (s1, s2):
-            sh("ip", "link", "del", swif, check=False)
+    with TwoHosts() as net:
+        yield net
 
 
 def _free_port():
@@ -117,7 +91,8 @@ def _free_port():
 
 @pytest.mark.netns
 def test_strict_priority_on_shaped_port(topo, tmp_path):
-    h1, h2, s1, s2 = topo
+    net = topo
+    s1, s2 = net.sw_if[1], net.sw_if[2]
     addr = f"127.0.0.1:{_free_port()}"
     sw = subprocess.Popen([PY, "-m", "topo.embedded.main", "--device-id", "1", "-i", f"1@{s1}", "-i", f"2@{s2}",
                            "--grpc-server-addr", addr, "--port-rate", f"2={RATE_BPS}", "--queue-buffer", "32",
@@ -135,10 +110,10 @@ def test_strict_priority_on_shaped_port(topo, tmp_path):
                  for mac, port in (("02:00:00:09:00:01", 1), ("02:00:00:09:00:02", 2))]
                 + [update(p4r.Update.INSERT, table_entry=schema.table_entry(
                     "mfs_flow", {"stage": 3, "flow_id": 1}, "set_level", {"level": 0}))])
-        rx = subprocess.Popen(["ip", "netns", "exec", h2, PY, "-c", RECEIVER, str(DURATION + 1.5)],
+        rx = subprocess.Popen(net.cmd(2, PY, "-c", RECEIVER, str(DURATION + 1.5)),
                               stdout=subprocess.PIPE, text=True)
         assert rx.stdout.readline().strip() == "listening"
-        tx = subprocess.run(["ip", "netns", "exec", h1, PY, "-c", SENDER, str(ROOT), str(DURATION), str(RATE_BPS)],
+        tx = subprocess.run(net.cmd(1, PY, "-c", SENDER, str(ROOT), str(DURATION), str(RATE_BPS)),
                             capture_output=True, text=True, timeout=60)
         assert tx.returncode == 0, tx.stderr
         n_hi, n_lo = map(int, tx.stdout.split())
