@@ -1,0 +1,138 @@
+"""P4Runtime targets for the controller's tests and benchmark: the embedded switch
+(always) and bmv2 ``simple_switch_grpc`` (when installed and the bmv2 JSON is built).
+
+    with open_target("embedded", table_sizes={"MfsIngress.mfs_flow": 4}) as t:
+        t.address, t.restart(), t.read_flow_entries()
+
+A target that cannot run raises :class:`TargetUnavailable` with the reason
+(tests turn it into a skip, the benchmark prints it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mfs.tools import find_tool, missing_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+BMV2_JSON = ROOT / "p4src" / "build" / "mfs.json"
+TARGETS = ("embedded", "bmv2")
+
+
+class TargetUnavailable(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedTarget:
+    name = "embedded"
+    resizable = True  # honours table_sizes
+
+    def __init__(self, device_id: int = 1, table_sizes: dict | None = None):
+        try:
+            from topo.embedded.server import start_server
+        except ImportError as e:
+            raise TargetUnavailable(f"embedded switch not importable: {e}") from None
+        self.handle = start_server(address="127.0.0.1:0", device_id=device_id, table_sizes=table_sizes)
+        self.address, self.device_id = self.handle.address, device_id
+
+    def restart(self) -> None:
+        self.handle.restart()
+
+    def stop(self) -> None:
+        self.handle.stop()
+
+
+class Bmv2Target:
+    name = "bmv2"
+    resizable = False  # table sizes come from the compiled program
+
+    def __init__(self, device_id: int = 1, table_sizes: dict | None = None):
+        exe = find_tool("simple_switch_grpc")
+        if exe is None:
+            raise TargetUnavailable(missing_reason("simple_switch_grpc"))
+        if not BMV2_JSON.exists():
+            raise TargetUnavailable(f"{BMV2_JSON.relative_to(ROOT)} is not built (run `make p4`; needs p4c)")
+        if table_sizes:
+            raise TargetUnavailable("bmv2 table sizes are fixed by the compiled P4 program")
+        self.exe, self.device_id = exe, device_id
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="bmv2-", suffix=".log", delete=False)
+        self.proc: subprocess.Popen | None = None
+        self._start()
+
+    def _start(self) -> None:
+        thrift = free_port()
+        cmd = [self.exe, "--no-p4", "--device-id", str(self.device_id), "--thrift-port", str(thrift),
+               "--", "--grpc-server-addr", self.address, "--priority-queues", "8"]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TargetUnavailable(f"simple_switch_grpc exited with {self.proc.returncode} (log {self.log.name})")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise TargetUnavailable(f"simple_switch_grpc did not listen on {self.address} within 20 s")
+
+    def restart(self) -> None:
+        self._kill()
+        self._start()
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def stop(self) -> None:
+        self._kill()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+
+@contextlib.contextmanager
+def open_target(kind: str, device_id: int = 1, table_sizes: dict | None = None):
+    if kind not in TARGETS:
+        raise ValueError(f"unknown target {kind!r} (allowed: {', '.join(TARGETS)})")
+    t = (EmbeddedTarget if kind == "embedded" else Bmv2Target)(device_id, table_sizes)
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+def config_data(addresses: list[str], **over) -> dict:
+    """A minimal controller config (as YAML data) for the given switch addresses."""
+    data = {
+        "api": {"listen": "127.0.0.1:0"},
+        "admin": {"listen": "127.0.0.1:0"},
+        "gc_timeout_s": 30,
+        "poll": {"counters_s": 0.5, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "switches": [{"name": f"s{i + 1}", "address": a, "device_id": 1, "election_id": 10,
+                      "ports": {1: {"rate_bps": 1e9}, 2: {"rate_bps": 1e9}}} for i, a in enumerate(addresses)],
+        "hosts": [{"name": "h1", "address": "10.0.0.1", "token": "token-of-h1", "switch": "s1", "port": 1,
+                   "trusted": True, "ceiling": 2},
+                  {"name": "h2", "address": "10.0.0.2", "token": "token-of-h2", "switch": "s1", "port": 2}],
+        "stage_defaults": [{"stage": 2, "level": 1}],
+        "policy": {"scheduler": "mfs", "K": 8, "bandwidth_bps": 1e9},
+    }
+    data.update(over)
+    return data
