@@ -70,3 +70,13 @@ def test_direct_construction_validates_too():
         PolicyConfig(K=9)
     with pytest.raises(ConfigError, match="layout.stage2"):
         PolicyConfig(K=4, layout=Layout(0, 4, (1,), (2,), 3))
+
+
+def test_to_dict_leaves_derived_values_null_so_k_can_change():
+    d = PolicyConfig().to_dict()
+    assert d["layout"] is None and d["sjf_thresholds"] is None and d["edf_thresholds_s"] is None
+    c4 = PolicyConfig.from_dict({**d, "K": 4})  # what `mfsctl policy set K=4` does
+    assert c4.layout.scavenger == 3 and len(c4.sjf_thresholds) == 3
+    custom = PolicyConfig(K=4, sjf_thresholds=[1, 2, 3])
+    assert custom.to_dict()["sjf_thresholds"] == [1.0, 2.0, 3.0]
+    assert PolicyConfig.from_dict(custom.to_dict()) == custom

@@ -120,8 +120,9 @@ class PolicyConfig:
         _positive(err, "threshold_base_bytes", self.threshold_base_bytes)
         _in_range(err, "threshold_ratio", self.threshold_ratio, 1.0, math.inf, lo_open=True)
         _positive(err, "edf_threshold_base_s", self.edf_threshold_base_s)
+        derived = self.derived_defaults()
         if self.layout is None:
-            self.layout = default_layout(self.K)
+            self.layout = derived["layout"]
         elif isinstance(self.layout, dict):
             self.layout = _layout_from_dict(err, self.layout, self.K)
         else:
@@ -129,18 +130,10 @@ class PolicyConfig:
         n_tiers = len(self.layout.p2d_tiers)
         if self.mlu_thresholds is not None:
             self.mlu_thresholds = _thresholds(err, "mlu_thresholds", self.mlu_thresholds, n_tiers - 1, decreasing=True)
-        self.sjf_thresholds = self._size_list(err, "sjf_thresholds", self.sjf_thresholds, self.K - 1)
-        self.karuna_thresholds = self._size_list(err, "karuna_thresholds", self.karuna_thresholds, self.K - 2)
-        self.pias_thresholds = self._size_list(err, "pias_thresholds", self.pias_thresholds, self.K - 1)
-        if self.edf_thresholds_s is None:
-            self.edf_thresholds_s = geometric(self.edf_threshold_base_s, self.threshold_ratio, self.K - 2)
-        else:
-            self.edf_thresholds_s = _thresholds(err, "edf_thresholds_s", self.edf_thresholds_s, self.K - 2)
-
-    def _size_list(self, err, key, value, n):
-        if value is None:
-            return geometric(self.threshold_base_bytes, self.threshold_ratio, n)
-        return _thresholds(err, key, value, n)
+        for key in ("sjf_thresholds", "karuna_thresholds", "pias_thresholds", "edf_thresholds_s"):
+            value = getattr(self, key)
+            n = len(derived[key])
+            setattr(self, key, derived[key] if value is None else _thresholds(err, key, value, n))
 
     # --- MLU thresholds -------------------------------------------------
     def mlu_cutoffs(self) -> list[float]:
@@ -192,12 +185,24 @@ class PolicyConfig:
     def from_dict(cls, data: dict | None, source: str = "<policy>") -> "PolicyConfig":
         return cls.from_section(Section(data, source))
 
+    def derived_defaults(self) -> dict:
+        """The values a key gets when left null: from K and the base/ratio knobs."""
+        geo = lambda n: geometric(self.threshold_base_bytes, self.threshold_ratio, n)  # noqa: E731
+        return {"layout": default_layout(self.K), "sjf_thresholds": geo(self.K - 1),
+                "karuna_thresholds": geo(self.K - 2), "pias_thresholds": geo(self.K - 1),
+                "edf_thresholds_s": geometric(self.edf_threshold_base_s, self.threshold_ratio, self.K - 2)}
+
     def to_dict(self) -> dict:
+        """Plain YAML-able values. Keys still at their derived default are null, so that
+        ``from_dict({**cfg.to_dict(), "K": 4})`` re-derives them for the new K."""
         out = {}
+        derived = self.derived_defaults()
         for f in fields(self):
             if f.name == "source":
                 continue
             v = getattr(self, f.name)
+            if f.name in derived and v == derived[f.name]:
+                v = None
             out[f.name] = v.to_dict() if isinstance(v, Layout) else (list(v) if isinstance(v, (list, tuple)) else v)
         return out
 
