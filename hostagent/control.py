@@ -87,6 +87,26 @@ def received_event(d: Delivered) -> dict:
             "target_layer": d.target_layer, "bytes": d.total, "first_time": d.first_time, "time": d.time}
 
 
+class LineTooLong(ValueError):
+    pass
+
+
+def read_lines(sock: socket.socket):
+    """Yield the non-empty newline-terminated lines of a stream socket until EOF."""
+    buf = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        buf += chunk
+        if len(buf) > MAX_LINE and b"\n" not in buf:
+            raise LineTooLong(f"line longer than {MAX_LINE} bytes")
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.strip():
+                yield line
+
+
 class _Conn:
     def __init__(self, server: "ControlServer", sock: socket.socket):
         self.server, self.sock = server, sock
@@ -109,20 +129,11 @@ class _Conn:
 
     def serve(self) -> None:
         agent = self.server.agent
-        buf = b""
         try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                if len(buf) > MAX_LINE and b"\n" not in buf:
-                    self.send({"ok": False, "error": f"request line longer than {MAX_LINE} bytes"})
-                    break
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        self.handle(line)
+            for line in read_lines(self.sock):
+                self.handle(line)
+        except LineTooLong as e:
+            self.send({"ok": False, "error": f"request {e}"})
         except OSError:
             pass
         finally:
@@ -256,17 +267,10 @@ class ControlClient:
         self._reader.start()
 
     def _read(self) -> None:
-        buf = b""
         try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    self._dispatch(json.loads(line))
-        except OSError:
+            for line in read_lines(self.sock):
+                self._dispatch(json.loads(line))
+        except (OSError, ValueError):
             pass
         err = ControlError(f"agent control connection {self.path} closed")
         with self._lock:

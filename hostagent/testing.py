@@ -116,3 +116,15 @@ def loopback_addresses(n: int, seed: int | None = None) -> list[str]:
     a, b = rng.randrange(16, 250), rng.randrange(1, 250)
     first = rng.randrange(1, 250 - n)
     return [f"127.{a}.{b}.{first + i}" for i in range(n)]
+
+
+def wait_for(pred, timeout: float = 20.0, step: float = 0.005) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds pass; returns whether it became true."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())

@@ -8,16 +8,8 @@ import pytest
 
 from hostagent.agent import AgentConfig, HostAgent
 from hostagent.report import Reporter, channel_target
-from hostagent.testing import FakeController, FakeHostReports, HostState, loopback_addresses
+from hostagent.testing import wait_for, FakeController, FakeHostReports, HostState, loopback_addresses
 
-
-def _wait(pred, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture
@@ -182,7 +174,7 @@ def test_wrong_token_keeps_retrying_and_traffic_flows(sock):
     b = HostAgent(AgentConfig("h2", b_ip)).start()
     try:
         a.submit(1, b_ip, 10_000, request_id=5, target_layer=2, current_layer=0).wait(20)
-        assert _wait(lambda: "UNAUTHENTICATED" in a.reporter.last_error)
+        assert wait_for(lambda: "UNAUTHENTICATED" in a.reporter.last_error)
         assert not a.reporter.connected and svc.applied("h1") == []
     finally:
         a.close(flush_timeout=0)

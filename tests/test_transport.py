@@ -8,17 +8,9 @@ import pytest
 from mfs import header as H
 from mfs.levels import default_dscp
 from hostagent import wire
-from hostagent.testing import loopback_addresses
+from hostagent.testing import wait_for, loopback_addresses
 from hostagent.transport import Transport
 
-
-def _wait(pred, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 @pytest.fixture
@@ -45,7 +37,7 @@ def test_transfers_complete_and_are_delivered_once(pair):
     done = []
     ts = [a.send(_hdr(f, stage=1 + f % 3, req=100 + f, layer=f), (b.address, b.port), n, on_done=done.append)
           for f, n in sizes.items()]
-    assert _wait(lambda: len(done) == len(ts) and len(got) == len(ts))
+    assert wait_for(lambda: len(done) == len(ts) and len(got) == len(ts))
     assert all(t.done and t.bytes_acked() == t.total for t in ts)
     by_flow = {d.flow_id: d for d in got}
     assert set(by_flow) == set(sizes)
@@ -62,7 +54,7 @@ def test_loss_recovery_drop_every_kth(pair):
     a, b, got = pair
     done = []
     ts = [a.send(_hdr(f), (b.address, b.port), 500_000 + f, on_done=done.append) for f in (10, 11, 12)]
-    assert _wait(lambda: len(done) == 3 and len(got) == 3, timeout=60)
+    assert wait_for(lambda: len(done) == 3 and len(got) == 3, timeout=60)
     assert a.stats["dropped_by_hook"] > 0 and b.stats["dropped_by_hook"] > 0  # data and acks were lost
     assert a.stats["retransmits"] >= a.stats["dropped_by_hook"] * 0.9  # lost data was resent
     assert sorted(d.total for d in got) == [500_010, 500_011, 500_012]
@@ -88,7 +80,7 @@ def _first_finish(priority_queue):
         ts["low"] = a.send(_hdr(1, stage=3), (b_ip, b.port), 3_000_000, rank=7, on_done=done)
         ts["high"] = a.send(_hdr(2, stage=2), (b_ip, b.port), 3_000_000, rank=0, on_done=done)
         a.start()
-        assert _wait(lambda: ts["low"].done and ts["high"].done, timeout=60)
+        assert wait_for(lambda: ts["low"].done and ts["high"].done, timeout=60)
         return first[0]
     finally:
         a.close()
@@ -135,7 +127,7 @@ def test_dscp_mode_transfer_completes():
     a.start(); b.start()
     try:
         t = a.send(_hdr(6), (b_ip, b.port), 200_000, dscp_mode=True, level=2)
-        assert _wait(lambda: t.done and got)
+        assert wait_for(lambda: t.done and got)
         assert got[0].total == 200_000 and got[0].flow_id == 6
     finally:
         a.close(); b.close()
@@ -147,9 +139,9 @@ def test_malformed_datagrams_are_counted_not_fatal(pair):
     for junk in (b"", b"\x10", b"\x20" + bytes(60), _hdr(1).pack() + b"\x07" * 24):
         s.sendto(junk, (b.address, b.port))
     s.close()
-    assert _wait(lambda: b.stats["malformed"] >= 3)
+    assert wait_for(lambda: b.stats["malformed"] >= 3)
     t = a.send(_hdr(9), (b.address, b.port), 5000)
-    assert _wait(lambda: t.done)
+    assert wait_for(lambda: t.done)
 
 
 def test_bad_arguments_are_named():
