@@ -112,8 +112,31 @@ def make_cfg(addresses, **over):
 async def started(cfg) -> Controller:
     c = Controller(cfg)
     await c.start()
-    await c.engine.wait_ready(15)
+    try:
+        await c.engine.wait_ready(15)
+    except BaseException:
+        await c.stop()
+        raise
     return c
+
+
+HOSTS = {"h1": ("h1", "token-of-h1", "10.0.0.1"), "h2": ("h2", "token-of-h2", "10.0.0.2")}
+
+
+@contextlib.asynccontextmanager
+async def running(t, hosts=("h1",), **over):
+    """A controller on target t with registered hosts; always cleaned up."""
+    c = await started(make_cfg([t.address], **over))
+    hs = []
+    try:
+        for n in hosts:
+            hs.append(Host(c.api_port, *HOSTS[n]))
+            await hs[-1].register()
+        yield c, c.engine.supervisors["s1"], hs
+    finally:
+        for h in hs:
+            await h.close()
+        await c.stop()
 
 
 # ------------------------------------------------------------------ arbitration
@@ -181,21 +204,16 @@ def test_two_controllers_only_the_primary_writes(target_kind):
 def test_one_write_per_round(target_kind):
     with _target(target_kind) as t:
         async def go():
-            c = await started(make_cfg([t.address]))
-            sup = c.engine.supervisors["s1"]
-            h = Host(c.api_port)
-            await h.register()
-            w0 = sup.client.writes
-            ack = await h.report(*[h.start(i, stage=1 + i % 3) for i in range(50)])
-            assert not ack.rejected and ack.acked_seq == 50
-            assert sup.client.writes - w0 == 1  # 50 inserts, one WriteRequest
-            assert len(await switch_flows(t.address)) == 50
-            w1 = sup.client.writes
-            ack = await h.report(*[h.end(i) for i in range(50)])
-            assert sup.client.writes - w1 == 1
-            assert await switch_flows(t.address) == {}
-            await h.close()
-            await c.stop()
+            async with running(t) as (c, sup, (h,)):
+                w0 = sup.client.writes
+                ack = await h.report(*[h.start(i, stage=1 + i % 3) for i in range(50)])
+                assert not ack.rejected and ack.acked_seq == 50
+                assert sup.client.writes - w0 == 1  # 50 inserts, one WriteRequest
+                assert len(await switch_flows(t.address)) == 50
+                w1 = sup.client.writes
+                ack = await h.report(*[h.end(i) for i in range(50)])
+                assert sup.client.writes - w1 == 1
+                assert await switch_flows(t.address) == {}
         run(go())
 
 
@@ -203,25 +221,20 @@ def test_one_write_per_round(target_kind):
 def test_resync_after_switch_restart(target_kind):
     with _target(target_kind) as t:
         async def go():
-            c = await started(make_cfg([t.address]))
-            sup = c.engine.supervisors["s1"]
-            h = Host(c.api_port)
-            await h.register()
-            await h.report(*[h.start(i) for i in range(10)])
-            before = await switch_flows(t.address)
-            assert len(before) == 10
-            pushes, resyncs = sup.pipeline_pushes, sup.resyncs
-            await asyncio.get_running_loop().run_in_executor(None, t.restart)
-            await until(lambda: sup.resyncs > resyncs and sup.ready.is_set(), timeout=20, what="resync")
-            assert sup.pipeline_pushes == pushes + 1  # the rebooted switch lost its pipeline
-            assert await switch_flows(t.address) == before
-            # promotions made while the switch is down are not lost
-            await asyncio.get_running_loop().run_in_executor(None, t.restart)
-            await h.report(*[h.end(i) for i in range(5)])
-            await until(lambda: sup.resyncs > resyncs + 1 and sup.ready.is_set(), timeout=20, what="resync 2")
-            assert await switch_flows(t.address) == {k: v for k, v in before.items() if k[1] >= 5}
-            await h.close()
-            await c.stop()
+            async with running(t) as (c, sup, (h,)):
+                await h.report(*[h.start(i) for i in range(10)])
+                before = await switch_flows(t.address)
+                assert len(before) == 10
+                pushes, resyncs = sup.pipeline_pushes, sup.resyncs
+                await asyncio.get_running_loop().run_in_executor(None, t.restart)
+                await until(lambda: sup.resyncs > resyncs and sup.ready.is_set(), timeout=20, what="resync")
+                assert sup.pipeline_pushes == pushes + 1  # the rebooted switch lost its pipeline
+                assert await switch_flows(t.address) == before
+                # promotions made while the switch is down are not lost
+                await asyncio.get_running_loop().run_in_executor(None, t.restart)
+                await h.report(*[h.end(i) for i in range(5)])
+                await until(lambda: sup.resyncs > resyncs + 1 and sup.ready.is_set(), timeout=20, what="resync 2")
+                assert await switch_flows(t.address) == {k: v for k, v in before.items() if k[1] >= 5}
         run(go())
 
 
@@ -261,25 +274,19 @@ def test_controller_restart_adopts_then_deletes_unclaimed(target_kind):
 def test_gc_of_silent_hosts(target_kind):
     with _target(target_kind) as t:
         async def go():
-            c = await started(make_cfg([t.address], gc_timeout_s=0.8))
-            h1, h2 = Host(c.api_port), Host(c.api_port, "h2", "token-of-h2", "10.0.0.2")
-            await h1.register()
-            await h2.register()
-            await h1.report(h1.start(1))
-            await h2.report(h2.start(1))
-            assert len(await switch_flows(t.address)) == 2
-            for _ in range(8):  # h2 keeps reporting, h1 is silent
-                await h2.report()
-                await asyncio.sleep(0.2)
-            flows = await switch_flows(t.address)
-            assert list(flows) == [(1, h2.reg.flow_id_base + 1)]
-            assert c.metrics.total("gc_entries") >= 1
-            # the silent host's flow is gone from the engine too: progress on it is "unknown_flow"
-            ack = await h1.report(h1.ev(progress=pb.Progress(flow_id=1, bytes_sent=10)))
-            assert ack.rejected[0].reason.startswith("unknown_flow")
-            for h in (h1, h2):
-                await h.close()
-            await c.stop()
+            async with running(t, hosts=("h1", "h2"), gc_timeout_s=0.8) as (c, sup, (h1, h2)):
+                await h1.report(h1.start(1))
+                await h2.report(h2.start(1))
+                assert len(await switch_flows(t.address)) == 2
+                for _ in range(8):  # h2 keeps reporting, h1 is silent
+                    await h2.report()
+                    await asyncio.sleep(0.2)
+                flows = await switch_flows(t.address)
+                assert list(flows) == [(1, h2.reg.flow_id_base + 1)]
+                assert c.metrics.total("gc_entries") >= 1
+                # the silent host's flow is gone from the engine too: progress on it is "unknown_flow"
+                ack = await h1.report(h1.ev(progress=pb.Progress(flow_id=1, bytes_sent=10)))
+                assert ack.rejected[0].reason.startswith("unknown_flow")
         run(go())
 
 
@@ -287,41 +294,33 @@ def test_gc_of_silent_hosts(target_kind):
 def test_full_table_falls_back_without_failing_the_batch(target_kind):
     with _target(target_kind, table_sizes={FLOW_TABLE: 4}) as t:
         async def go():
-            c = await started(make_cfg([t.address]))
-            sup = c.engine.supervisors["s1"]
-            h = Host(c.api_port)
-            await h.register()
-            ack = await h.report(*[h.start(i) for i in range(6)])
-            assert not ack.rejected  # the batch itself succeeds
-            flows = await switch_flows(t.address)
-            assert len(flows) == 4
-            assert len(sup.overflow) == 2
-            assert c.metrics.total("table_full_fallbacks") == 2
-            assert len(c.engine.flows) == 6  # every flow is still scheduled (on its stage default)
-            await h.report(h.end(0), h.end(1))  # space frees: the overflow flows get their entries
-            flows = await switch_flows(t.address)
-            assert set(flows) == {(1, i) for i in range(2, 6)}
-            assert not sup.overflow
-            await h.close()
-            await c.stop()
+            async with running(t) as (c, sup, (h,)):
+                ack = await h.report(*[h.start(i) for i in range(6)])
+                assert not ack.rejected  # the batch itself succeeds
+                flows = await switch_flows(t.address)
+                assert len(flows) == 4
+                assert len(sup.overflow) == 2
+                assert c.metrics.total("table_full_fallbacks") == 2
+                assert len(c.engine.flows) == 6  # every flow is still scheduled (on its stage default)
+                await h.report(h.end(0), h.end(1))  # space frees: the overflow flows get their entries
+                flows = await switch_flows(t.address)
+                assert set(flows) == {(1, i) for i in range(2, 6)}
+                assert not sup.overflow
         run(go())
 
 
 def test_static_entries_programmed_at_connect(target_kind):
     with _target(target_kind) as t:
         async def go():
-            c = await started(make_cfg([t.address]))
-            sup = c.engine.supervisors["s1"]
-            ents = await sup.client.read_table(0)
-            names = [SCHEMA.describe_table_entry(te) for te in ents]
-            by_table: dict[str, list] = {}
-            for s in names:
-                by_table.setdefault(s.table, []).append(s)
-            assert len(by_table["MfsEgress.level_dscp"]) == 8
-            assert {s.match["level"]: s.params["dscp"] for s in by_table["MfsEgress.level_dscp"]}[0] == 56
-            trust = by_table["MfsIngress.mfs_trust"]
-            assert [(s.match["ingress_port"], s.params["ceiling"]) for s in trust] == [(1, 2)]
-            assert {s.match["egress_port"] for s in by_table["MfsEgress.dscp_rewrite"]} == {1, 2}
-            assert [s.match["stage"] for s in by_table["MfsIngress.mfs_stage_default"]] == [2]
-            await c.stop()
+            async with running(t, hosts=()) as (c, sup, _):
+                ents = await sup.client.read_table(0)
+                by_table: dict[str, list] = {}
+                for spec in (SCHEMA.describe_table_entry(te) for te in ents):
+                    by_table.setdefault(spec.table, []).append(spec)
+                assert len(by_table["MfsEgress.level_dscp"]) == 8
+                assert {e.match["level"]: e.params["dscp"] for e in by_table["MfsEgress.level_dscp"]}[0] == 56
+                trust = by_table["MfsIngress.mfs_trust"]
+                assert [(e.match["ingress_port"], e.params["ceiling"]) for e in trust] == [(1, 2)]
+                assert {e.match["egress_port"] for e in by_table["MfsEgress.dscp_rewrite"]} == {1, 2}
+                assert [e.match["stage"] for e in by_table["MfsIngress.mfs_stage_default"]] == [2]
         run(go())
