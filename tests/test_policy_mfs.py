@@ -261,3 +261,42 @@ def test_default_layouts_respect_the_paper_order():
         assert lay.urgent_p2d == 0 and lay.scavenger == k - 1
         assert lay.stage2 <= lay.stage1[0] and lay.stage1[-1] <= lay.p2d[0]
         assert max(lay.stage1[-1], lay.p2d[-1]) <= lay.scavenger
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_events_only_promote_except_into_scavenger(seed):
+    rnd = random.Random(seed)
+    pol = mfs(bandwidth_bps=8e6, recheck_interval_s=0.0)
+    scav = pol.layout.scavenger
+    last = {}
+    for rid in range(10):
+        pol.request_start(0, RequestInfo(rid, rid % 4, deadline=rnd.uniform(0.5, 3), arrival=0, num_layers=6,
+                                         remaining_compute=0.2, remaining_bytes=rnd.choice([0, 10**6])))
+    fid = 0
+    for step in range(300):
+        now = step * 0.01
+        ev = rnd.random()
+        if ev < 0.3:
+            fid += 1
+            rid = rnd.randrange(10)
+            info = FlowInfo(fid, rnd.choice([1, 2, 3]), rid, rnd.randrange(1, 10**6), target_layer=rnd.randrange(6),
+                            src=f"h{rnd.randrange(3)}", dst=f"h{rnd.randrange(3)}")
+            last[fid] = pol.flow_start(now, info)
+            continue
+        if ev < 0.55:
+            ch = pol.layer_boundary(now, rnd.randrange(10), rnd.randrange(7), rnd.random() < 0.3)
+        elif ev < 0.75:
+            ch = pol.tick(now)
+        elif ev < 0.85:
+            ch = pol.batch_event(now, rnd.randrange(4), rnd.choice(["arrival", "departure"]))
+        elif ev < 0.95 and last:
+            f = rnd.choice(list(last))
+            ch = pol.progress(now, f, rnd.randrange(0, 10**5))
+        else:
+            pol.link_load(now, rnd.random())
+            continue
+        for f, lv in ch.items():
+            assert lv < last[f] or lv == scav, (f, last[f], lv)
+            assert lv == pol.level(f)
+            last[f] = lv
+    assert {s.info.flow_id: s.level for s in pol.flows()} == last
