@@ -48,7 +48,8 @@ def request(base: str, method: str, path: str, body: dict | None = None, timeout
 
 
 # ---------------------------------------------------------------------- output
-def table(rows: list[dict], cols: list[str], out=sys.stdout) -> None:
+def table(rows: list[dict], cols: list[str], out=None) -> None:
+    out = out or sys.stdout
     def fmt(v):
         if v is None:
             return "-"
