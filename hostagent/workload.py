@@ -1,0 +1,483 @@
+"""Emulated disaggregated prefill/decode serving on real hosts (the workload driver).
+
+Prefill instances are groups of hosts (the expert-parallel / sequence-parallel
+peers of one serving instance); decode instances are groups of hosts too. Each
+host stands for one GPU and its NIC. For every request (from
+:func:`mfs.sim.workload.make_workload` or any iterable of ``Request``):
+
+* **routing** (as the simulator): prefix blocks already held by an instance
+  (:class:`mfs.sim.workload.PrefixCache`) are reused; the request goes to the
+  prefill instance with the least queued compute plus prefix-fetch time; the
+  decode instance with the least outstanding Stage-3 bytes receives its KV;
+* **Stage 1** at arrival (lookahead prefetch): for every layer ``j`` and every
+  host ``i`` of the computing instance, the holder instance's host ``i mod n``
+  sends that layer's reused KV (per-GPU share) with ``target_layer = j``;
+  layer ``j`` may not start before all its Stage-1 bytes have landed;
+* **compute**: requests are batched FIFO up to ``max_batch_tokens`` new tokens;
+  layer ``l`` is a timed wait of ``CostModel.layer_compute_s`` (same cost model as
+  the simulator);
+* **Stage 3** after each layer: every prefill host pushes the layer's KV (per-GPU
+  share) to decode host ``i mod m`` (non-blocking);
+* **Stage 2** after each layer: every prefill host sends the per-GPU all-to-all
+  volume, split evenly, to each other host of its instance; layer ``l+1`` starts
+  only when all of it has been delivered (GPU blocked). A one-host instance has no
+  network peer: its Stage 2 is skipped (say so in the topology);
+* **TTFT** = (prefill done and last Stage-3 byte delivered) − arrival.
+
+Layer boundaries, request/batch start and end and every flow are reported to the
+controller by the agents, which stamp every datagram; the scheduler lives in the
+controller. The driver is policy-agnostic.
+
+**Scaling.** An emulated link of ``link_bps`` stands for the real NIC of
+``hw.nic_bw`` bytes/s. Bytes are multiplied by ``scale = link_bps/8 / nic_bw ×
+time_scale`` and compute seconds by ``time_scale`` (``CostModel(scale, time_scale)``),
+so every compute/communication ratio of the real cluster is kept. Request arrival
+times are multiplied by ``time_scale`` too. Results are reported in **real-cluster
+seconds** (emulated seconds ÷ ``time_scale``), so they compare point by point with
+the simulator's (same schema: :mod:`mfs.sim.results`). Use ``time_scale > 1`` when
+layer compute would be shorter than the host's timer resolution (~1 ms).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Protocol
+
+from mfs import header as H
+from mfs.sim.engine import MET_TOLERANCE_S, Simulator
+from mfs.sim.model import CostModel, Hardware, RequestProfile, get_model
+from mfs.sim.results import RequestRecord, Run, make_run, write_results
+from mfs.sim.workload import PrefixCache, Request
+
+log = logging.getLogger("mfs.hostagent.workload")
+
+
+class AgentHandle(Protocol):
+    """What the driver needs from an agent: HostAgent via control.LocalHandle, or control.ControlClient."""
+
+    def submit(self, stage: int, peer: str, nbytes: int, request_id: int, **kw) -> Future: ...
+    def layer_boundary(self, request_id: int, current_layer: int, prefill_done: bool = False) -> None: ...
+    def request_start(self, request_id: int, deadline: float, arrival: float, num_layers: int, **kw) -> None: ...
+    def request_end(self, request_id: int) -> None: ...
+    def batch_event(self, batch_id: int, kind: str) -> None: ...
+
+
+@dataclass
+class EmuCluster:
+    prefill: list[list[str]]  # host names of each prefill instance
+    decode: list[list[str]]  # host names of each decode instance
+    addresses: dict[str, str]  # host -> peer spec ("10.0.0.1" or "127.1.2.3:19782")
+
+    def validate(self, handles: dict[str, Any]) -> None:
+        if not self.prefill or not self.decode:
+            raise ValueError("the emulated cluster needs at least one prefill and one decode instance")
+        seen: set[str] = set()
+        for kind, groups in (("prefill", self.prefill), ("decode", self.decode)):
+            for g in groups:
+                if not g:
+                    raise ValueError(f"a {kind} instance has no hosts")
+                for h in g:
+                    if h in seen:
+                        raise ValueError(f"host {h!r} is in two instances")
+                    seen.add(h)
+                    if h not in self.addresses:
+                        raise ValueError(f"host {h!r} has no address")
+                    if h not in handles:
+                        raise ValueError(f"host {h!r} has no agent handle")
+
+
+@dataclass
+class EmuConfig:
+    model: str = "mixtral-8x22b"
+    link_bps: float = 100e6  # emulated NIC line rate (bits/s)
+    time_scale: float = 1.0
+    slo_scale: float = 3.0
+    lowload_ratio: float = 1.0  # low-load TTFT / ideal estimate (mfs.sim.runner.calibrate_slo)
+    max_batch_tokens: int = 16384
+    warmup: int = 0
+    hw: Hardware = field(default_factory=Hardware)
+    timeout: float = 600.0  # emulated seconds to wait for the last request after the last arrival
+
+    def validate(self) -> None:
+        for k in ("link_bps", "time_scale", "slo_scale", "lowload_ratio", "timeout"):
+            if not getattr(self, k) > 0:
+                raise ValueError(f"{k} must be > 0, got {getattr(self, k)!r}")
+        if self.max_batch_tokens < 1 or self.warmup < 0:
+            raise ValueError(f"max_batch_tokens must be >= 1 and warmup >= 0 "
+                             f"(got {self.max_batch_tokens}, {self.warmup})")
+
+    def cost_model(self) -> CostModel:
+        scale = (self.link_bps / 8) / self.hw.nic_bw * self.time_scale
+        return CostModel(get_model(self.model), self.hw, scale=scale, time_scale=self.time_scale)
+
+
+def ideal_ttft(cost, link_Bps: float, new: int, reused: int, hw: Hardware) -> float:
+    """The simulator's ideal TTFT (``Simulator.ideal_ttft``) on the emulated link, in emulated seconds."""
+    return Simulator.ideal_ttft(SimpleNamespace(cost=cost, hw=replace(hw, nic_bw=link_Bps)), new, reused)
+
+
+class _Req:
+    __slots__ = ("rid", "arrival", "new", "reused", "prof", "inst", "dec", "deadline", "rec", "s1_pending",
+                 "s3_left", "s3_last", "compute_done", "prefill_end", "batch", "finished", "holders", "block_tokens")
+
+    def __init__(self, r: Request):
+        self.rid = r.request_id
+        self.s1_pending: dict[int, int] = {}
+        self.s3_left = 0
+        self.s3_last = 0.0
+        self.compute_done = False
+        self.finished = False
+
+
+class _Batch:
+    def __init__(self, bid: int):
+        self.bid, self.reqs, self.tokens = bid, [], 0
+
+
+class _Instance:
+    def __init__(self, idx: int, hosts: list[str]):
+        self.idx, self.hosts = idx, hosts
+        self.queue: list[_Batch] = []
+        self.backlog = 0.0
+        self.cv = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+
+class Driver:
+    def __init__(self, handles: dict[str, AgentHandle], cluster: EmuCluster, config: EmuConfig,
+                 cost=None, on_record: Callable[[RequestRecord], None] | None = None):
+        cluster.validate(handles)
+        config.validate()
+        self.h, self.cl, self.cfg = handles, cluster, config
+        self.cost = cost if cost is not None else config.cost_model()
+        self.L = self.cost.model.num_layers
+        self.link_Bps = config.link_bps / 8
+        self.inst = [_Instance(i, g) for i, g in enumerate(cluster.prefill)]
+        self.dec_load = [0.0] * len(cluster.decode)
+        self.cache = PrefixCache()
+        self.lock = threading.Lock()
+        self.reqs: dict[int, _Req] = {}
+        self.records: list[RequestRecord] = []
+        self.on_record = on_record
+        self.bid = 0
+        self.t0 = 0.0
+        self.errors: list[str] = []
+        self.done_cv = threading.Condition()
+        self.finishq: queue.SimpleQueue = queue.SimpleQueue()
+        self.stop = False
+        self.flows = 0
+
+    # ---- clocks: emulated seconds since t0 <-> record seconds (real cluster) ----
+    def rel(self, unix: float) -> float:
+        return unix - self.t0
+
+    def real(self, emu: float) -> float:
+        return emu / self.cfg.time_scale
+
+    def addr(self, host: str) -> str:
+        return self.cl.addresses[host]
+
+    def _submit(self, src: str, dst: str, stage: int, nbytes: int, q: _Req, layer: int, bid: int,
+                current: int | None) -> Future:
+        self.flows += 1
+        return self.h[src].submit(stage, self.addr(dst), nbytes, q.rid, batch_id=bid,
+                                  deadline=self.t0 + q.deadline, target_layer=min(layer, 0xFFFF),
+                                  current_layer=current)
+
+    def _fail(self, what: str, e: BaseException) -> None:
+        msg = f"{what}: {type(e).__name__}: {e}"
+        log.error(msg)
+        with self.done_cv:
+            self.errors.append(msg)
+            self.done_cv.notify_all()
+
+    # ---- arrival ------------------------------------------------------------
+    def arrive(self, r: Request, index: int) -> None:
+        now = self.rel(time.time())
+        q = _Req(r)
+        q.arrival = now
+        holders = self.cache.lookup(r.hash_ids)
+        reused = min(len(holders) * r.block_tokens, r.input_tokens - 1)
+        nblk = -(-reused // r.block_tokens) if reused else 0
+        holders = holders[:nblk]
+        q.reused, q.new = reused, r.input_tokens - reused
+        q.prof = prof = self.cost.request_profile(q.new, reused)
+        est = ideal_ttft(self.cost, self.link_Bps, q.new, reused, self.cfg.hw)
+        q.deadline = now + self.cfg.slo_scale * self.cfg.lowload_ratio * est
+        kv_blk = prof.per_gpu(self.cost.stage1_bytes(r.block_tokens)) * self.L / self.link_Bps
+        inst = min(self.inst, key=lambda i: i.backlog + kv_blk * sum(1 for h in holders if h != i.idx))
+        q.inst = inst
+        q.dec = min(range(len(self.dec_load)), key=self.dec_load.__getitem__)
+        self.dec_load[q.dec] += prof.stage3_bytes * self.L
+        q.s3_left = self.L * len(inst.hosts)
+        measured = index >= self.cfg.warmup
+        q.rec = RequestRecord(q.rid, self.real(now), math.nan, self.real(q.deadline), False, measured,
+                              r.input_tokens, reused)
+        with inst.cv:
+            inst.backlog += prof.prefill_compute_s
+            last = inst.queue[-1] if inst.queue else None
+            if last is None or (last.reqs and last.tokens + q.new > self.cfg.max_batch_tokens):
+                self.bid += 1
+                last = _Batch(self.bid)
+                inst.queue.append(last)
+            last.reqs.append(q)
+            last.tokens += q.new
+            q.batch = last.bid
+        with self.lock:
+            self.reqs[q.rid] = q
+        first = self.h[inst.hosts[0]]
+        first.request_start(q.rid, self.t0 + q.deadline, self.t0 + now, self.L, batch_id=q.batch,
+                            remaining_compute=prof.prefill_compute_s)
+        # Stage 1: every layer's reused KV from the holder instance(s), right away
+        if reused:
+            by_holder: dict[int, int] = {}
+            for hld in holders:
+                if hld != inst.idx:
+                    by_holder[hld] = by_holder.get(hld, 0) + 1
+            tail = nblk * r.block_tokens - reused
+            for hld, n in by_holder.items():
+                tokens = n * r.block_tokens - (tail if holders[-1] == hld else 0)
+                size = prof.per_gpu(self.cost.stage1_bytes(tokens))
+                if size <= 0:
+                    continue
+                src_hosts = self.inst[hld].hosts
+                for j in range(self.L):
+                    for i, dst in enumerate(inst.hosts):
+                        with inst.cv:
+                            q.s1_pending[j] = q.s1_pending.get(j, 0) + 1
+                        f = self._submit(src_hosts[i % len(src_hosts)], dst, H.STAGE_KV_REUSE, size, q, j, 0, 0)
+                        f.add_done_callback(lambda fut, j=j: self._s1_done(q, j, fut))
+        self.cache.store(r.hash_ids, inst.idx)
+        with inst.cv:
+            inst.cv.notify_all()
+
+    def _s1_done(self, q: _Req, layer: int, fut: Future) -> None:
+        try:
+            ev = fut.result()
+        except Exception as e:
+            self._fail(f"request {q.rid} stage 1", e)
+            return
+        inst = q.inst
+        with inst.cv:
+            q.s1_pending[layer] -= 1
+            if q.s1_pending[layer] == 0:
+                del q.s1_pending[layer]
+                if not q.s1_pending:
+                    q.rec.stage1_done = self.real(self.rel(ev["end_time"]))
+            inst.cv.notify_all()
+
+    def _s3_done(self, q: _Req, fut: Future) -> None:
+        try:
+            ev = fut.result()
+        except Exception as e:
+            self._fail(f"request {q.rid} stage 3", e)
+            return
+        with q.inst.cv:
+            q.s3_left -= 1
+            q.s3_last = max(q.s3_last, self.rel(ev["end_time"]))
+            ready = q.s3_left == 0 and q.compute_done
+        if ready:
+            self.finishq.put(q)
+
+    # ---- prefill instances ----------------------------------------------------
+    def instance_loop(self, inst: _Instance) -> None:
+        try:
+            while True:
+                with inst.cv:
+                    while not inst.queue and not self.stop:
+                        inst.cv.wait(0.1)
+                    if self.stop and not inst.queue:
+                        return
+                    b = inst.queue.pop(0)
+                self.run_batch(inst, b)
+        except Exception as e:
+            self._fail(f"prefill instance {inst.idx}", e)
+
+    def run_batch(self, inst: _Instance, b: _Batch) -> None:
+        first = self.h[inst.hosts[0]]
+        first.batch_event(b.bid, "arrival")
+        hosts = inst.hosts
+        L = self.L
+        for layer in range(L):
+            with inst.cv:
+                t_wait = time.time()
+                waited = False
+                while any(layer in q.s1_pending for q in b.reqs):
+                    waited = True
+                    inst.cv.wait(0.05)
+                    if self.errors:
+                        raise RuntimeError("aborting: " + self.errors[0])
+                if waited:
+                    stall = self.real(time.time() - t_wait)
+                    for q in b.reqs:
+                        q.rec.stage1_stall += stall
+            now = self.rel(time.time())
+            for q in b.reqs:
+                if layer == 0:
+                    q.rec.prefill_start = self.real(now)
+                for hn in hosts:
+                    self.h[hn].layer_boundary(q.rid, layer)
+            time.sleep(self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs]))
+            # Stage 3: push this layer's KV to the decode instance (does not block compute)
+            for q in b.reqs:
+                size3 = q.prof.per_gpu(q.prof.stage3_bytes)
+                dhosts = self.cl.decode[q.dec]
+                for i, hn in enumerate(hosts):
+                    f = self._submit(hn, dhosts[i % len(dhosts)], H.STAGE_P2D, size3, q, layer, b.bid, layer)
+                    f.add_done_callback(lambda fut, q=q: self._s3_done(q, fut))
+            # Stage 2: all-to-all among the instance's hosts; blocks the next layer
+            size2 = -(-sum(self.cost.stage2_bytes(q.new, q.reused) for q in b.reqs) // self.cost.model.gpus)
+            if size2 > 0 and len(hosts) > 1:
+                t2 = time.time()
+                part = -(-size2 // (len(hosts) - 1))
+                futs = [self._submit(src, dst, H.STAGE_COLLECTIVE, part, b.reqs[0], layer, b.bid, layer)
+                        for src in hosts for dst in hosts if dst != src]
+                for f in futs:
+                    f.result(self.cfg.timeout)
+                cct = self.real(time.time() - t2)
+                for q in b.reqs:
+                    q.rec.stage2_cct += cct
+        now = self.rel(time.time())
+        ready = []
+        for q in b.reqs:
+            for hn in hosts:
+                self.h[hn].layer_boundary(q.rid, L, True)
+        first.batch_event(b.bid, "departure")
+        with inst.cv:
+            for q in b.reqs:
+                q.prefill_end = now
+                q.rec.prefill_end = self.real(now)
+                q.compute_done = True
+                inst.backlog = max(0.0, inst.backlog - q.prof.prefill_compute_s)
+                if q.s3_left == 0:
+                    ready.append(q)
+        for q in ready:
+            self.finishq.put(q)
+
+    def finish(self, q: _Req) -> None:
+        done = max(q.s3_last, q.prefill_end)
+        q.rec.stage3_done = self.real(q.s3_last)
+        q.rec.ttft = self.real(done - q.arrival)
+        q.rec.met = done <= q.deadline + MET_TOLERANCE_S
+        self.dec_load[q.dec] -= q.prof.stage3_bytes * self.L
+        self.h[q.inst.hosts[0]].request_end(q.rid)
+        with self.done_cv:
+            q.finished = True
+            self.records.append(q.rec)
+            self.done_cv.notify_all()
+        if self.on_record:
+            self.on_record(q.rec)
+
+    def finisher_loop(self) -> None:
+        while True:
+            q = self.finishq.get()
+            if q is None:
+                return
+            try:
+                self.finish(q)
+            except Exception as e:
+                self._fail(f"request {q.rid} end", e)
+
+    # ---- the run ----------------------------------------------------------------
+    def run(self, requests: Iterable[Request]) -> list[RequestRecord]:
+        self.t0 = time.time()
+        for inst in self.inst:
+            inst.thread = threading.Thread(target=self.instance_loop, args=(inst,), daemon=True,
+                                           name=f"emu-prefill-{inst.idx}")
+            inst.thread.start()
+        fin = threading.Thread(target=self.finisher_loop, daemon=True, name="emu-finisher")
+        fin.start()
+        n = 0
+        try:
+            for r in requests:
+                at = self.t0 + r.arrival * self.cfg.time_scale
+                while (d := at - time.time()) > 0:
+                    time.sleep(min(d, 0.5))
+                if self.errors:
+                    break
+                self.arrive(r, n)
+                n += 1
+            end = time.time() + self.cfg.timeout
+            with self.done_cv:
+                while len(self.records) < n and not self.errors and time.time() < end:
+                    self.done_cv.wait(0.1)
+        finally:
+            self.stop = True
+            for inst in self.inst:
+                with inst.cv:
+                    inst.cv.notify_all()
+            self.finishq.put(None)
+            fin.join(timeout=10)
+        if self.errors:
+            raise RuntimeError(f"emulation failed: {self.errors[0]}")
+        with self.lock:
+            unfinished = [q for q in self.reqs.values() if not q.finished]
+        for q in unfinished:  # timed out: counted as misses, TTFT = time waited so far
+            q.rec.ttft = self.real(self.rel(time.time()) - q.arrival)
+            q.rec.met = False
+            self.records.append(q.rec)
+        self.unfinished = len(unfinished)
+        return sorted(self.records, key=lambda r: r.request_id)
+
+
+def run_workload(handles: dict[str, AgentHandle], cluster: EmuCluster, requests: Iterable[Request],
+                 config: EmuConfig | None = None, *, scheduler: str = "unknown", rate: float = 0.0,
+                 out: str | None = None, cost=None, command: str = "", **meta) -> Run:
+    """Run ``requests`` on the emulated cluster; return (and with ``out`` write) a results Run.
+
+    ``handles`` maps host name → agent handle (``control.ControlClient`` for agents in
+    namespaces, ``control.LocalHandle`` for in-process agents). ``scheduler`` and
+    ``rate`` label the run (the scheduler itself runs in the controller). ``cost``
+    replaces the cost model (anything with ``model.num_layers``, ``model.gpus``,
+    ``request_profile``, ``layer_compute_s``, ``stage1_bytes``, ``stage2_bytes``).
+    """
+    config = config or EmuConfig()
+    d = Driver(handles, cluster, config, cost=cost)
+    t = time.perf_counter()
+    recs = d.run(requests)
+    run = make_run(scheduler, rate, recs, model=config.model if cost is None else "custom", emulated=True,
+                   link_bps=config.link_bps, time_scale=config.time_scale, slo_scale=config.slo_scale,
+                   lowload_ratio=config.lowload_ratio, warmup=config.warmup, measured=len(recs) - config.warmup,
+                   max_batch_tokens=config.max_batch_tokens, flows=d.flows, unfinished=d.unfinished,
+                   prefill=cluster.prefill, decode=cluster.decode, wall_s=round(time.perf_counter() - t, 3), **meta)
+    if out:
+        write_results(out, [run], command=command)
+    return run
+
+
+@dataclass(frozen=True)
+class FixedCost:
+    """A cost model with given per-layer figures, in emulated units (tests, hand-checked runs).
+
+    Bytes are instance totals per layer (hosts send the per-GPU share, ÷ ``gpus``)."""
+
+    num_layers: int
+    compute_s: float  # seconds per layer
+    stage1_per_token: float = 0.0  # bytes per reused token per layer
+    stage2: int = 0
+    stage3: int = 0
+    gpus: int = 1
+
+    @property
+    def model(self):
+        return SimpleNamespace(num_layers=self.num_layers, gpus=self.gpus, name="fixed")
+
+    def request_profile(self, new: int, reused: int = 0) -> RequestProfile:
+        return RequestProfile(self.num_layers, self.compute_s, self.stage1_bytes(reused), self.stage2,
+                              self.stage3, self.gpus)
+
+    def layer_compute_s(self, batch) -> float:
+        return self.compute_s
+
+    def stage1_bytes(self, reused: int) -> int:
+        return int(round(self.stage1_per_token * reused))
+
+    def stage2_bytes(self, new: int, reused: int = 0) -> int:
+        return self.stage2
