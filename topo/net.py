@@ -118,14 +118,18 @@ class Proc:
         return self.popen.poll() is None
 
 
-def kill_group(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM the process group of ``pid`` (started with its own session), then SIGKILL."""
+def kill_group(pid: int, timeout: float = 5.0, sig: int = signal.SIGTERM,
+               popen: subprocess.Popen | None = None) -> None:
+    """Signal the process group of ``pid`` (started with its own session), SIGKILL after ``timeout``.
+    Pass ``popen`` when the process is our child, so that it is reaped (a zombie still counts)."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         return
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        if popen is not None and popen.poll() is not None:
+            return
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
@@ -246,7 +250,7 @@ class Network:
             for name in reversed(list(self.procs)):
                 p = self.procs[name]
                 if p.alive:
-                    kill_group(p.popen.pid)
+                    kill_group(p.popen.pid, popen=p.popen)
                 p.popen.wait(timeout=10) if p.popen.poll() is None else None
             for ln in reversed(self.made_links):
                 netns.del_link(ln)
@@ -406,11 +410,12 @@ class Network:
         wait_for(lambda: tcp_open("127.0.0.1", port), timeout, f"waiting for switch {sw} on 127.0.0.1:{port}", proc)
         return proc
 
-    def restart_switch(self, sw: str, down_s: float = 0.0) -> Proc:
-        """Kill a switch process (losing all its state) and start it again on the same ports."""
+    def restart_switch(self, sw: str, down_s: float = 0.0, crash: bool = True) -> Proc:
+        """Kill a switch process (SIGKILL when ``crash``: it loses all its state) and start it
+        again on the same ports and P4Runtime address."""
         p = self.procs.get(sw)
         if p is not None and p.alive:
-            kill_group(p.popen.pid)
+            kill_group(p.popen.pid, sig=signal.SIGKILL if crash else signal.SIGTERM, popen=p.popen)
             p.popen.wait(timeout=10)
         time.sleep(down_s)
         return self.start_switch(sw)
@@ -448,7 +453,8 @@ class Network:
             hosts.append(e)
         cfg = {"switches": switches, "hosts": hosts,
                "policy": {"scheduler": self.policy, **self.policy_options},
-               "api": {"listen": f"unix:{self.controller_sock}"},
+               # host agents in namespaces reach the controller over a unix socket; without agents, loopback TCP
+               "api": {"listen": f"unix:{self.controller_sock}" if self.want_agents else f"127.0.0.1:{free_port()}"},
                "admin": {"listen": f"127.0.0.1:{free_port()}"}}
         for k, v in self.controller_extra.items():
             cfg[k] = v
@@ -460,9 +466,19 @@ class Network:
         self.admin_addr = cfg["admin"]["listen"]
         proc = self.popen("controller", [self.python, "-m", "controller.main", "--config",
                                          str(self.controller_config_path)])
-        sock = str(self.controller_sock)
-        wait_for(lambda: unix_open(sock), timeout, f"waiting for the controller API on {sock}", proc)
+        api = cfg["api"]["listen"]
+        if api.startswith("unix:"):
+            wait_for(lambda: unix_open(api[5:]), timeout, f"waiting for the controller API on {api}", proc)
+        else:
+            host, _, port = api.rpartition(":")
+            wait_for(lambda: tcp_open(host, int(port)), timeout, f"waiting for the controller API on {api}", proc)
         return proc
+
+    def admin_get(self, path: str, timeout: float = 5.0) -> dict:
+        """GET the controller's admin HTTP API (JSON), e.g. ``/api/status``."""
+        import urllib.request
+        with urllib.request.urlopen(f"http://{self.admin_addr}{path}", timeout=timeout) as r:
+            return json.loads(r.read())
 
     def start_agent(self, host: str, timeout: float = 60) -> Proc:
         sock = self.agent_sock(host)
