@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from mfs.tools import find_tool, missing_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 BMV2_JSON = ROOT / "p4src" / "build" / "mfs.json"
-TARGETS = ("embedded", "bmv2")
+TARGETS = ("embedded", "bmv2")  # what the component tests run against (in-process embedded: h.restart())
 
 
 class TargetUnavailable(RuntimeError):
@@ -54,39 +55,34 @@ class EmbeddedTarget:
         self.handle.stop()
 
 
-class Bmv2Target:
-    name = "bmv2"
-    resizable = False  # table sizes come from the compiled program
+class _ProcessTarget:
+    """A switch in its own process (as in deployment), listening on a loopback port."""
 
-    def __init__(self, device_id: int = 1, table_sizes: dict | None = None):
-        exe = find_tool("simple_switch_grpc")
-        if exe is None:
-            raise TargetUnavailable(missing_reason("simple_switch_grpc"))
-        if not BMV2_JSON.exists():
-            raise TargetUnavailable(f"{BMV2_JSON.relative_to(ROOT)} is not built (run `make p4`; needs p4c)")
-        if table_sizes:
-            raise TargetUnavailable("bmv2 table sizes are fixed by the compiled P4 program")
-        self.exe, self.device_id = exe, device_id
+    name = "process"
+    resizable = False
+
+    def __init__(self, device_id: int = 1):
+        self.device_id = device_id
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="bmv2-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
         self._start()
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
     def _start(self) -> None:
-        thrift = free_port()
-        cmd = [self.exe, "--no-p4", "--device-id", str(self.device_id), "--thrift-port", str(thrift),
-               "--", "--grpc-server-addr", self.address, "--priority-queues", "8"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise TargetUnavailable(f"simple_switch_grpc exited with {self.proc.returncode} (log {self.log.name})")
+                raise TargetUnavailable(f"{self.name} exited with {self.proc.returncode} (log {self.log.name})")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                 return
             time.sleep(0.1)
         self.stop()
-        raise TargetUnavailable(f"simple_switch_grpc did not listen on {self.address} within 20 s")
+        raise TargetUnavailable(f"{self.name} did not listen on {self.address} within 20 s")
 
     def restart(self) -> None:
         self._kill()
@@ -108,11 +104,50 @@ class Bmv2Target:
             os.unlink(self.log.name)
 
 
+class EmbeddedProcessTarget(_ProcessTarget):
+    """The embedded switch as its own process (`python -m topo.embedded.main`)."""
+
+    name = "embedded-process"
+
+    def __init__(self, device_id: int = 1, table_sizes: dict | None = None):
+        self.table_sizes = table_sizes or {}
+        super().__init__(device_id)
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "topo.embedded.main", "--device-id", str(self.device_id),
+               "--grpc-server-addr", self.address]
+        for t, n in self.table_sizes.items():
+            cmd += ["--table-size", f"{t}={n}"]
+        return cmd
+
+
+class Bmv2Target(_ProcessTarget):
+    name = "bmv2"
+
+    def __init__(self, device_id: int = 1, table_sizes: dict | None = None):
+        exe = find_tool("simple_switch_grpc")
+        if exe is None:
+            raise TargetUnavailable(missing_reason("simple_switch_grpc"))
+        if not BMV2_JSON.exists():
+            raise TargetUnavailable(f"{BMV2_JSON.relative_to(ROOT)} is not built (run `make p4`; needs p4c)")
+        if table_sizes:
+            raise TargetUnavailable("bmv2 table sizes are fixed by the compiled P4 program")
+        self.exe = exe
+        super().__init__(device_id)
+
+    def command(self) -> list[str]:
+        return [self.exe, "--no-p4", "--device-id", str(self.device_id), "--thrift-port", str(free_port()),
+                "--", "--grpc-server-addr", self.address, "--priority-queues", "8"]
+
+
+KINDS = {"embedded": EmbeddedTarget, "embedded-process": EmbeddedProcessTarget, "bmv2": Bmv2Target}
+
+
 @contextlib.contextmanager
 def open_target(kind: str, device_id: int = 1, table_sizes: dict | None = None):
-    if kind not in TARGETS:
-        raise ValueError(f"unknown target {kind!r} (allowed: {', '.join(TARGETS)})")
-    t = (EmbeddedTarget if kind == "embedded" else Bmv2Target)(device_id, table_sizes)
+    if kind not in KINDS:
+        raise ValueError(f"unknown target {kind!r} (allowed: {', '.join(KINDS)})")
+    t = KINDS[kind](device_id, table_sizes)
     try:
         yield t
     finally:
