@@ -324,3 +324,48 @@ def test_static_entries_programmed_at_connect(target_kind):
                 assert {e.match["egress_port"] for e in by_table["MfsEgress.dscp_rewrite"]} == {1, 2}
                 assert [e.match["stage"] for e in by_table["MfsIngress.mfs_stage_default"]] == [2]
         run(go())
+
+
+# ------------------------------------------------------------------ the process
+def test_controller_process_serves_and_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from controller import cli
+    from controller.testing import free_port
+
+    with _target("embedded") as t:
+        admin = free_port()
+        data = config_data([t.address], api={"listen": f"127.0.0.1:{free_port()}"},
+                           admin={"listen": f"127.0.0.1:{admin}"})
+        cfg = tmp_path / "ctl.yaml"
+        cfg.write_text(yaml.safe_dump(data))
+        proc = subprocess.Popen([sys.executable, "-m", "controller.main", "--config", str(cfg)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            url = f"http://127.0.0.1:{admin}"
+            deadline = time.monotonic() + 30
+            st = None
+            while time.monotonic() < deadline:
+                try:
+                    st = cli.request(url, "GET", "/api/status", timeout=2)
+                    if st["switches_ready"] == 1:
+                        break
+                except cli.CtlError:
+                    pass
+                time.sleep(0.1)
+            assert st and st["switches_ready"] == 1, st
+            import urllib.request
+            metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+            assert "mfs_switch_ready{switch=\"s1\"} 1" in metrics
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=20)
+            assert proc.returncode == 0, out
+            assert "shutting down" in out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
