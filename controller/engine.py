@@ -147,29 +147,31 @@ class Engine:
         now = time.time()
         taken: list[Batch] = []
         changes: dict[int, float] = {}
-        for host in list(self.queues):
-            q = self.queues[host]
-            budget = MAX_EVENTS_PER_HOST_PER_ROUND
-            while q and budget > 0:
-                b = q.popleft()
-                budget -= len(b.events)
-                taken.append(b)
-                self._apply_batch(now, b, changes)
-            if q:
-                self._wake.set()  # more next round
-        if now - self._last_tick >= max(0.001, self.cfg.policy.recheck_interval_s):
-            self._last_tick = now
-            changes.update(self.policy.tick(now))
-        keys = self._commit(changes) | self._dirty
-        self._dirty = set()
-        if keys:
-            await self.push(keys)
-        self.rounds += 1
-        t_done = time.perf_counter()
-        for b in taken:
-            if not b.future.done():
-                b.future.set_result(b.rejected)
-            self.metrics.observe("report_to_installed_seconds", t_done - b.t_recv)
+        try:
+            for host in list(self.queues):
+                q = self.queues[host]
+                budget = MAX_EVENTS_PER_HOST_PER_ROUND
+                while q and budget > 0:
+                    b = q.popleft()
+                    budget -= len(b.events)
+                    taken.append(b)
+                    self._apply_batch(now, b, changes)
+                if q:
+                    self._wake.set()  # more next round
+            if now - self._last_tick >= max(0.001, self.cfg.policy.recheck_interval_s):
+                self._last_tick = now
+                changes.update(self.policy.tick(now))
+            keys = self._commit(changes) | self._dirty
+            self._dirty = set()
+            if keys:
+                await self.push(keys)
+        finally:  # whatever happened, no host waits forever for its ack
+            self.rounds += 1
+            t_done = time.perf_counter()
+            for b in taken:
+                if not b.future.done():
+                    b.future.set_result(b.rejected)
+                self.metrics.observe("report_to_installed_seconds", t_done - b.t_recv)
 
     def _commit(self, changes: dict[int, float]) -> set[FlowKey]:
         """Merge policy changes into the desired state; return the keys that changed."""
@@ -199,6 +201,10 @@ class Engine:
             except Reject as r:
                 b.rejected.append((ev.seq, str(r)))
                 self.metrics.count("rejected_reports", reason=r.reason)
+            except Exception as e:  # noqa: BLE001 - the policy refused the event in its own way
+                log.warning("%s seq %d: policy error: %s", b.host, ev.seq, e)
+                b.rejected.append((ev.seq, f"policy: {type(e).__name__}: {e}"))
+                self.metrics.count("rejected_reports", reason="policy")
             self.last_applied_seq[b.host] = max(self.last_applied_seq.get(b.host, 0), ev.seq)
 
     def _apply(self, now: float, host: str, ev: pb.Event, changes: dict[int, float]) -> None:
