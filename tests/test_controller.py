@@ -369,3 +369,29 @@ def test_controller_process_serves_and_stops_cleanly_on_sigterm(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+
+
+# ------------------------------------------------------------------ several switches
+def test_several_switches_get_every_entry_and_restart_independently(target_kind):
+    with _target(target_kind) as t1, _target(target_kind) as t2:
+        async def go():
+            c = await started(make_cfg([t1.address, t2.address]))
+            h = Host(c.api_port)
+            try:
+                await h.register()
+                s1, s2 = c.engine.supervisors["s1"], c.engine.supervisors["s2"]
+                w1, w2 = s1.client.writes, s2.client.writes
+                await h.report(*[h.start(i) for i in range(20)])
+                assert (s1.client.writes - w1, s2.client.writes - w2) == (1, 1)  # one Write per switch
+                f1, f2 = await switch_flows(t1.address), await switch_flows(t2.address)
+                assert f1 == f2 and len(f1) == 20
+                r2 = s2.resyncs
+                await asyncio.get_running_loop().run_in_executor(None, t2.restart)
+                await h.report(*[h.end(i) for i in range(10)])  # s1 keeps working while s2 is down
+                assert len(await switch_flows(t1.address)) == 10
+                await until(lambda: s2.resyncs > r2 and s2.ready.is_set(), timeout=20, what="s2 resync")
+                assert await switch_flows(t2.address) == await switch_flows(t1.address)
+            finally:
+                await h.close()
+                await c.stop()
+        run(go())
