@@ -53,6 +53,13 @@ class FlowRec:
 
 
 @dataclass
+class Adopted:
+    level: int
+    since: float
+    owner: str | None  # host whose flow-id range holds the flow
+
+
+@dataclass
 class Batch:
     host: str
     events: list  # validated pb.Event, seq increasing
@@ -75,7 +82,10 @@ class Engine:
         self.desired: dict[FlowKey, int] = {}
         self.flows: dict[int, FlowRec] = {}
         self.requests: dict[int, RequestInfo] = {}
-        self.adopted: dict[FlowKey, tuple[int, float]] = {}  # key -> (level, expiry) after a controller restart
+        # after a controller restart: entries found on the switches, key -> Adopted (see adopt())
+        self.adopted: dict[FlowKey, Adopted] = {}
+        self.host_ranges = [(h.host_id << cfg.limits.flow_id_bits, (h.host_id + 1) << cfg.limits.flow_id_bits, h.name)
+                            for h in cfg.hosts]
         self.last_seen: dict[str, float] = {}
         self.last_applied_seq: dict[str, int] = {}
         self.queues: dict[str, deque[Batch]] = {}
@@ -224,8 +234,8 @@ class Engine:
                 raise Reject("policy", str(e)) from None
             key = (fs.stage, fs.flow_id)
             adopted = self.adopted.pop(key, None)
-            if adopted is not None and adopted[0] < lvl:
-                lvl = adopted[0]  # keep the promotion the switch already had (controller restart)
+            if adopted is not None and adopted.level < lvl:
+                lvl = adopted.level  # keep the promotion the switch already had (controller restart)
             self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl)
             for other in [(st, fs.flow_id) for st in (1, 2, 3) if st != fs.stage]:
                 if self.desired.pop(other, None) is not None:  # flow id reused with another stage
@@ -236,12 +246,22 @@ class Engine:
                 self._dirty.add(key)
             self.metrics.count("flows_started")
         elif kind == "progress":
+            if self._adopted_of(host, ev.progress.flow_id):
+                self.metrics.count("adopted_progress")
+                return  # a flow from before the restart: its entry keeps its level until it ends
             rec = self._own_flow(host, ev.progress.flow_id)
             if ev.progress.bytes_sent > rec.info.size_bytes:
                 raise Reject("bad_bytes", f"flow {rec.info.flow_id}: bytes_sent={ev.progress.bytes_sent} exceeds "
                                           f"size_bytes={rec.info.size_bytes}")
             changes.update(pol.progress(now, rec.info.flow_id, ev.progress.bytes_sent))
         elif kind == "flow_end":
+            keys = self._adopted_of(host, ev.flow_end.flow_id)
+            if keys and ev.flow_end.flow_id not in self.flows:
+                for k in keys:  # a flow from before the restart ends: delete its entry
+                    self.adopted.pop(k)
+                    if self.desired.pop(k, None) is not None:
+                        self._dirty.add(k)
+                return
             rec = self._own_flow(host, ev.flow_end.flow_id)
             self._end_flow(now, rec)
         elif kind == "layer":
@@ -274,6 +294,18 @@ class Engine:
         else:  # hostapi already refuses these; keep the engine safe on its own
             raise Reject("no_kind", "event has no kind")
 
+    def _adopted_of(self, host: str, flow_id: int) -> list[FlowKey]:
+        if not self.adopted or flow_id in self.flows:
+            return []
+        return [(st, flow_id) for st in (1, 2, 3) if (st, flow_id) in self.adopted
+                and self.adopted[(st, flow_id)].owner == host]
+
+    def owner_of(self, flow_id: int) -> str | None:
+        for lo, hi, name in self.host_ranges:
+            if lo <= flow_id < hi:
+                return name
+        return None
+
     def _own_flow(self, host: str, flow_id: int) -> FlowRec:
         rec = self.flows.get(flow_id)
         if rec is None:
@@ -294,19 +326,22 @@ class Engine:
 
     # ------------------------------------------------------------------ restart / GC / load
     def adopt(self, switch: str, entries: dict[FlowKey, int]) -> None:
-        """Flow entries found on a switch at the controller's first resync: keep them
-        (desired) until their host re-reports the flow or gc_timeout_s passes."""
-        expiry = time.time() + self.cfg.gc_timeout_s
+        """Flow entries found on a switch at the controller's first resync (a controller
+        restart). They are kept, with their level, and belong to the host whose flow-id
+        range holds them: re-reported by a flow_start they become normal flows (keeping the
+        better level); a flow_end deletes them; progress is acknowledged; they are deleted
+        when their host is silent for gc_timeout_s (or has not come back gc_timeout_s after
+        the adoption, or no configured host owns the id)."""
+        now = time.time()
+        n = 0
         for key, lvl in entries.items():
-            if key in self.desired:
-                continue
-            known = next((f for f in self.flows.values() if f.key == key), None)
-            if known is not None:
+            if key in self.desired or key[1] in self.flows:
                 continue
             self.desired[key] = lvl
-            self.adopted[key] = (lvl, expiry)
-            self.metrics.count("adopted_entries", switch=switch)
-        log.info("%s: adopted %d flow entries left by a previous controller", switch, len(entries))
+            self.adopted[key] = Adopted(lvl, now, self.owner_of(key[1]))
+            n += 1
+        self.metrics.count("adopted_entries", n, switch=switch)
+        log.info("%s: adopted %d flow entries left by a previous controller", switch, n)
 
     def on_load(self, switch: str, rho: dict[int, float]) -> None:
         now = time.time()
@@ -323,8 +358,9 @@ class Engine:
         for rec in [r for r in self.flows.values() if r.host in silent]:
             self._end_flow(now, rec)
             n += 1
-        for key, (_, exp) in list(self.adopted.items()):
-            if now > exp:
+        for key, a in list(self.adopted.items()):
+            seen = self.last_seen.get(a.owner, a.since) if a.owner else a.since
+            if now - max(seen, a.since) > self.cfg.gc_timeout_s:
                 self.adopted.pop(key)
                 if self.desired.pop(key, None) is not None:
                     self._dirty.add(key)
@@ -388,7 +424,7 @@ class Engine:
                         "rli": st.rli if st else None, "scavenger": bool(st and st.scavenger),
                         "laxity_s": (dl - now) if dl else None,
                         "installed": {n: s.installed.get(rec.key) for n, s in self.supervisors.items()}})
-        for key, (lvl, exp) in sorted(self.adopted.items()):
-            out.append({"flow_id": key[1], "host": None, "stage": key[0], "level": lvl, "adopted_until": exp,
+        for key, a in sorted(self.adopted.items()):
+            out.append({"flow_id": key[1], "host": a.owner, "stage": key[0], "level": a.level, "adopted": True,
                         "installed": {n: s.installed.get(key) for n, s in self.supervisors.items()}})
         return out

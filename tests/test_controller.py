@@ -239,34 +239,47 @@ def test_resync_after_switch_restart(target_kind):
 
 
 # ------------------------------------------------------------------ controller restart
-def test_controller_restart_adopts_then_deletes_unclaimed(target_kind):
+def test_controller_restart_rebuilds_state_from_the_switches(target_kind):
     with _target(target_kind) as t:
         async def go():
-            cfg = make_cfg([t.address])
-            a = await started(cfg)
-            h = Host(a.api_port)
+            a = await started(make_cfg([t.address]))
+            h, g = Host(a.api_port), Host(a.api_port, *HOSTS["h2"])
             await h.register()
+            await g.register()
             await h.report(h.start(1, stage=2), h.start(2, stage=1))
+            await g.report(g.start(3, stage=3, size=10_000_000))
             before = await switch_flows(t.address)
-            assert set(before) == {(2, 1), (1, 2)}
-            await h.close()
+            g_key = (3, g.reg.flow_id_base + 3)
+            assert set(before) == {(2, 1), (1, 2), g_key}
+            for x in (h, g):
+                await x.close()
             await a.stop()
-            # a second controller, fresh state, short GC timeout
+            # a second controller with fresh state (short GC timeout) rebuilds from the switch
             b = await started(make_cfg([t.address], gc_timeout_s=1.0))
-            assert b.engine.desired == before  # adopted: nothing deleted, no promotion lost
-            assert set(b.engine.adopted) == set(before)
             h2 = Host(b.api_port)
-            reg = await h2.register()
-            assert reg.last_seq == 0  # the agent resends its live flows
-            await h2.report(h2.start(1, stage=2))  # flow 1 is claimed again, flow 2 is not
-            for _ in range(6):
-                await h2.report()  # keepalive
-                await asyncio.sleep(0.3)
-            flows = await switch_flows(t.address)
-            assert flows == {(2, 1): before[(2, 1)]}  # the unclaimed entry was deleted, the claimed one kept
-            assert b.metrics.total("adopted_entries") == 2
-            await h2.close()
-            await b.stop()
+            try:
+                assert b.engine.desired == before  # adopted: nothing deleted, no promotion lost
+                assert {k: a.owner for k, a in b.engine.adopted.items()} == {(2, 1): "h1", (1, 2): "h1", g_key: "h2"}
+                reg = await h2.register()
+                assert reg.last_seq == 0
+                # the agent restates flow 1 and keeps reporting on flow 2 (not restated)
+                ack = await h2.report(h2.start(1, stage=2),
+                                      h2.ev(progress=pb.Progress(flow_id=2, bytes_sent=10)))
+                assert not ack.rejected
+                assert (2, 1) not in b.engine.adopted and 1 in b.engine.flows
+                assert b.engine.desired[(2, 1)] <= before[(2, 1)]  # the better level is kept
+                for _ in range(7):  # h1 stays alive; h2 never comes back
+                    await h2.report()
+                    await asyncio.sleep(0.25)
+                flows = await switch_flows(t.address)
+                assert set(flows) == {(2, 1), (1, 2)}  # h2's entry was deleted, h1's are kept
+                ack = await h2.report(h2.end(2))  # a flow from before the restart ends: its entry goes
+                assert not ack.rejected
+                assert set(await switch_flows(t.address)) == {(2, 1)}
+                assert b.metrics.total("adopted_entries") == 3
+            finally:
+                await h2.close()
+                await b.stop()
         run(go())
 
 
