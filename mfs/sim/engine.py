@@ -91,7 +91,7 @@ class Msg:
 
 
 class Conn:
-    __slots__ = ("key", "tx", "rx", "queue", "head", "rate", "t", "ver", "cap")
+    __slots__ = ("key", "tx", "rx", "queue", "head", "rate", "t", "ver", "cap", "stale")
 
     def __init__(self, key, tx, rx):
         self.key, self.tx, self.rx = key, tx, rx
@@ -100,7 +100,8 @@ class Conn:
         self.rate = 0.0
         self.t = 0.0
         self.ver = 0
-        self.cap: float | None = None
+        self.cap: float | None = None  # pacing rate (sum of its messages' caps), cached between re-reads
+        self.stale = True  # cap must be re-read from the policy at the next allocation
 
 
 class Network:
@@ -110,6 +111,16 @@ class Network:
     the owner calls :meth:`flush`, which re-allocates if the set of active
     connections, their levels or caps changed, and returns the connections
     whose completion time must be (re)scheduled.
+
+    Caps are cached per connection and re-read from the policy only when the
+    connection's messages change (a message joins, the head changes level or
+    identity other than by completing) and, through :meth:`repace`, when a
+    capped connection is served below its cap. A minimal-rate cap
+    (bytes_left / time_left, Karuna) is invariant while the connection is
+    served at its cap, and a completed head contributes ~0 to its connection's
+    sum, so re-reading it at every allocation (``exact_caps=True``, the old
+    behaviour, kept for tests) gives the same pacing at a cost of O(queued
+    messages) per active connection per allocation.
     """
 
     def __init__(self, nlinks: int, capacity: float, caps: Callable[[int], float | None],
@@ -126,6 +137,7 @@ class Network:
         self.touched: set[Conn] = set()
         self.allocations = 0
         self.link_rate = [0.0] * nlinks
+        self.exact_caps = False  # True: re-read every cap at every allocation (reference behaviour)
 
     def conn(self, key, tx, rx) -> Conn:
         c = self.conns.get(key)
@@ -149,9 +161,14 @@ class Network:
         heapq.heappush(c.queue, (m.level, m.seq, m))
         if c.head is None or m.level < c.head.level:
             self._rehead(c, now)
+        elif c.cap is not None and c in self.active:
+            c.stale = True  # the connection's pacing rate includes every queued message's cap
+            self.dirty = True
 
-    def _rehead(self, c: Conn, now: float) -> None:
-        """Make the best queued message the head (after an arrival, a level change or a completion)."""
+    def _rehead(self, c: Conn, now: float, flag: bool = True) -> None:
+        """Make the best queued message the head (after an arrival, a level change or a completion).
+
+        ``flag=False`` (completion): the caller decides whether the allocation changed."""
         self.settle(c, now)
         old = c.head
         if old is not None:
@@ -172,9 +189,10 @@ class Network:
             return
         if c not in self.active:
             self.active.add(c)
-            self.dirty = True
-        elif old is None or old.level != c.head.level or c.cap is not None or self.caps(c.head.fid) is not None:
-            self.dirty = True
+            c.stale = self.dirty = True
+        elif flag and old is not c.head and (old is None or old.level != c.head.level or c.cap is not None
+                                    or self.caps(c.head.fid) is not None):
+            c.stale = self.dirty = True
 
     def set_level(self, m: Msg, level: float, now: float) -> None:
         if m.level == level or m.fid not in self.msgs:
@@ -183,24 +201,38 @@ class Network:
         c = m.conn
         if c.head is m:
             self._rehead(c, now)
-            self.dirty = True
+            c.stale = self.dirty = True
         else:
             heapq.heappush(c.queue, (m.level, m.seq, m))
             if m.level < c.head.level:
                 self._rehead(c, now)
+            elif c.cap is not None:
+                c.stale = self.dirty = True  # a queued message's cap may have changed with its level
 
     def finish_head(self, c: Conn, now: float) -> Msg:
         m = c.head
         self.settle(c, now)
         del self.msgs[m.fid]
-        prev = m.level
+        prev, prev_cap = m.level, c.cap
         c.head = None
-        self._rehead(c, now)
-        if c.head is not None and c.head.level == prev and c.cap is None and self.caps(c.head.fid) is None:
-            pass  # same level, same cap: the allocation is unchanged
-        elif c.head is not None:
-            self.dirty = True
+        self._rehead(c, now, flag=False)
+        h = c.head
+        if h is None or h.level != prev:
+            if h is not None:
+                c.stale = self.dirty = True
+        elif (prev_cap is None) != (self.caps(h.fid) is None):
+            c.stale = self.dirty = True
+        elif prev_cap is not None and self.exact_caps:
+            c.stale = self.dirty = True
+        # else: same level and (for a capped connection) the same pacing rate: the finished head's
+        # minimal-rate cap was ~0, so the sum over the remaining messages is unchanged
         return m
+
+    def repace(self, now: float) -> None:
+        """Re-read the caps of capped connections served below their cap (their minimal rate has grown)."""
+        for c in self.active:
+            if c.cap is not None and c.rate < c.cap * (1 - 1e-9):
+                c.stale = self.dirty = True
 
     def _conn_cap(self, c: Conn) -> float | None:
         """A connection is paced at the sum of its messages' caps (each paced flow keeps its
@@ -239,7 +271,9 @@ class Network:
         for c in self.active:
             self.settle(c, now)
             old[c] = c.rate
-            c.cap = self._conn_cap(c)
+            if c.stale or self.exact_caps:
+                c.cap = self._conn_cap(c)
+                c.stale = False
             key = (c.head.level, rank(c.head.fid) if rank else 0.0)
             by_level.setdefault(key, []).append(c)
         resid = [self.cap] * self.nlinks
@@ -486,6 +520,7 @@ class Simulator:
                     changes.update(ch)
         changes.update(pol.tick(now) or {})
         self._apply(changes)
+        net.repace(now)  # re-pace connections served below their (grown) minimal rate, every tick_s
         if net.msgs or any(i.batch for i in self.inst):
             self._push(now + self.cluster.tick_s, TICK)
         else:
