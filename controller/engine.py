@@ -199,6 +199,12 @@ class Engine:
                 keys.add(rec.key)
         return keys
 
+    async def flush(self) -> None:
+        """Write the pending desired-state changes now (e.g. after a live policy change)."""
+        keys, self._dirty = self._dirty, set()
+        if keys:
+            await self.push(keys)
+
     async def push(self, keys: set[FlowKey]) -> None:
         """Write ``keys`` to every ready switch concurrently (one Write each)."""
         await asyncio.gather(*(s.sync(keys) for s in self.supervisors.values()))

@@ -142,6 +142,7 @@ class Controller:
                 port_ups.append((sw.ports[port], parts[3], v))
         if pol:
             self.engine.set_policy(pol)
+            await self.engine.flush()  # the new levels are on the switches when the call returns
         for h, key, v in host_ups:
             setattr(h, key, v)
             static_changed = True

@@ -171,3 +171,39 @@ def config_data(addresses: list[str], **over) -> dict:
     }
     data.update(over)
     return data
+
+
+class LiveController:
+    """A controller on its own asyncio loop in a thread, as in production: other clients
+    (mfsctl, host agents' threaded reporters) talk to it over the network only."""
+
+    def __init__(self, cfg):
+        import asyncio
+        import threading
+
+        from controller.main import Controller
+
+        self.cfg = cfg
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.c = Controller(cfg)
+        try:
+            self.call(self.c.start())
+            self.call(self.c.engine.wait_ready(15))
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"http://127.0.0.1:{self.c.admin_port}"
+
+    def call(self, coro, timeout: float = 30):
+        import asyncio
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.c.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import grpc
@@ -12,38 +11,12 @@ import pytest
 
 from controller import cli
 from controller import config as config_mod
-from controller.main import Controller
-from controller.testing import TargetUnavailable, config_data, open_target
+from controller.testing import LiveController, TargetUnavailable, config_data, open_target
 from mfs.p4info import P4Schema
 from mfs.proto import report_pb2 as pb
 from mfs.proto import report_pb2_grpc as pbg
 
 SCHEMA = P4Schema.load()
-
-
-class LiveController:
-    """A controller on its own loop in a thread (as in production, mfsctl is another client)."""
-
-    def __init__(self, address: str):
-        self.cfg = config_mod.parse(config_data([address]), "mfsctl-test.yaml")
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.c = Controller(self.cfg)
-        self.call(self.c.start())
-        self.call(self.c.engine.wait_ready(15))
-        self.url = f"http://127.0.0.1:{self.c.admin_port}"
-
-    def call(self, coro, timeout=30):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self):
-        try:
-            self.call(self.c.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
 
 
 @pytest.fixture
@@ -53,7 +26,7 @@ def live():
         t = cm.__enter__()
     except TargetUnavailable as e:
         pytest.skip(str(e))
-    lc = LiveController(t.address)
+    lc = LiveController(config_mod.parse(config_data([t.address]), "mfsctl-test.yaml"))
     try:
         # one host with two flows, so that flows/queues have content
         async def report():

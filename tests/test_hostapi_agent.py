@@ -1,0 +1,69 @@
+"""Interop: the real host agent reporter (hostagent.report.Reporter) against the real
+controller and the embedded switch, including a controller restart in the middle."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from controller import config as config_mod
+from controller.testing import LiveController, TargetUnavailable, config_data, free_port, open_target
+from mfs.p4info import P4Schema
+
+SCHEMA = P4Schema.load()
+
+
+def wait(cond, timeout=20.0, what="condition"):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_agent_reporter_survives_a_controller_restart():
+    Reporter = pytest.importorskip("hostagent.report", reason="host agent not importable").Reporter
+    try:
+        cm = open_target("embedded")
+        t = cm.__enter__()
+    except TargetUnavailable as e:
+        pytest.skip(str(e))
+    api = free_port()
+    cfg = lambda: config_mod.parse(config_data([t.address], api={"listen": f"127.0.0.1:{api}"}, gc_timeout_s=5),
+                                   "agent-test.yaml")  # noqa: E731
+    lc = LiveController(cfg())
+    rep = Reporter(f"127.0.0.1:{api}", "h1", "token-of-h1", "10.0.0.1", flush_interval=0.0,
+                   backoff_min=0.05, backoff_max=0.5, rpc_timeout=5)
+    try:
+        rep.start()
+        assert rep.registered.wait(10)
+        now = time.time()
+        rep.emit("request_start", request_id=1, deadline=now + 5, arrival=now, num_layers=8)
+        rep.emit("flow_start", flow_id=1, stage=3, request_id=1, size_bytes=5_000_000, target_layer=7)
+        rep.emit("flow_start", flow_id=2, stage=1, request_id=1, size_bytes=100_000, target_layer=3)
+        assert rep.flush(10)
+        assert not rep.rejections
+        flows = lambda: {(e["stage"], e["flow_id"]): e["installed"]["s1"] for e in lc.call(lc.c.flows())}  # noqa: E731
+        before = flows()
+        assert set(before) == {(3, 1), (1, 2)} and all(v is not None for v in before.values())
+
+        lc.stop()  # controller restart; entries stay on the switch
+        lc = LiveController(cfg())
+        assert {k: a.level for k, a in lc.c.engine.adopted.items()} == before
+        rep.emit("progress", flow_id=2, bytes_sent=50_000)
+        rep.emit("flow_end", flow_id=2)
+        assert rep.flush(15)
+        wait(lambda: rep.stats["registers"] >= 2, what="the agent to re-register")
+        assert not rep.rejections, rep.rejections
+        assert set(flows()) == {(3, 1)}  # flow 2 ended: its adopted entry is deleted
+
+        async def on_switch():
+            sup = lc.c.engine.supervisors["s1"]
+            return {(s.match["stage"], s.match["flow_id"]) for s in
+                    (SCHEMA.describe_table_entry(te) for te in await sup.client.read_table(sup.flow_table.id))}
+        assert lc.call(on_switch()) == {(3, 1)}
+    finally:
+        rep.close(flush_timeout=0)
+        lc.stop()
+        cm.__exit__(None, None, None)
