@@ -48,16 +48,18 @@ def request(base: str, method: str, path: str, body: dict | None = None, timeout
 
 
 # ---------------------------------------------------------------------- output
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ",".join(f"{k}={fmt(x)}" for k, x in v.items()) or "-"
+    return str(v)
+
+
 def table(rows: list[dict], cols: list[str], out=None) -> None:
     out = out or sys.stdout
-    def fmt(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        if isinstance(v, dict):
-            return ",".join(f"{k}={fmt(x)}" for k, x in v.items()) or "-"
-        return str(v)
     cells = [[fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip(), file=out)
@@ -92,7 +94,7 @@ def cmd_status(a) -> int:
     if a.json:
         return _dump(st)
     for k, v in st.items():
-        print(f"{k:24s} {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+        print(f"{k:24s} {fmt(v)}")
     return 0
 
 
