@@ -408,3 +408,38 @@ def test_several_switches_get_every_entry_and_restart_independently(target_kind)
                 await h.close()
                 await c.stop()
         run(go())
+
+
+# ------------------------------------------------------------------ link load
+def test_link_load_from_queue_counters_reaches_the_policy():
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    with _target("embedded") as t:
+        async def go():
+            data = config_data([t.address])
+            data["switches"][0]["ports"] = {1: {"rate_bps": 1e9}, 2: {"rate_bps": 80_000.0}}  # 10 kB/s
+            data["poll"]["counters_s"] = 60  # polled by hand below
+            c = await started(config_mod.parse(data, "rho.yaml"))
+            try:
+                sup = c.engine.supervisors["s1"]
+                assert await sup.poll_once() == {}  # first sample: no rate yet
+                frame = bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.0.1", dst="10.0.0.2") / UDP()
+                              / (b"x" * 958))  # 1000 bytes
+                t0 = time.monotonic()
+                for _ in range(10):  # flooded from port 1 to port 2
+                    t.handle.switch.process(1, frame)
+                await asyncio.sleep(0.5)
+                rho = await sup.poll_once()
+                dt = time.monotonic() - t0
+                assert rho[1] == 0.0
+                # 10 kB over ~0.5 s on a 10 kB/s port: rho ~ 1/dt (capped at 0.999)
+                assert 0.3 < rho[2] <= 0.999 and abs(rho[2] - min(0.999, 1.0 / dt)) < 0.35
+                # the policy sees it as the load of h2's link (h2 sits on port 2)
+                from mfs.policy import FlowInfo
+                via_h2 = FlowInfo(flow_id=0, stage=1, request_id=0, size_bytes=1, src="h2", dst="h1")
+                assert c.engine.policy.rho_for(via_h2) == pytest.approx(min(rho[2], c.cfg.policy.rho_cap))
+                assert "mfs_port_rho" in c.metrics.prometheus()
+            finally:
+                await c.stop()
+        run(go())
