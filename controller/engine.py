@@ -96,6 +96,7 @@ class Engine:
         self._dirty: set[FlowKey] = set()  # keys whose desired level changed outside a policy Changes dict
         self.req_layer: dict[int, tuple[int, bool]] = {}  # request -> (current layer, prefill done), for replay
         self.rounds = 0
+        self.host_by_address = {h.address: h.name for h in cfg.hosts}
         self.hosts_by_port = {(h.switch, h.port): h.name for h in cfg.hosts if h.switch and h.port is not None}
         for sw in cfg.switches:
             self.supervisors[sw.name] = SwitchSupervisor(cfg, sw, self.desired, self.metrics,
@@ -232,7 +233,8 @@ class Engine:
                 raise Reject("duplicate_flow", f"flow {fs.flow_id} already started (end it first)")
             info = FlowInfo(flow_id=fs.flow_id, stage=fs.stage, request_id=fs.request_id, size_bytes=fs.size_bytes,
                             deadline=fs.deadline or None, target_layer=fs.target_layer,
-                            current_layer=fs.current_layer, batch_id=fs.batch_id, src=host, dst=fs.dst,
+                            current_layer=fs.current_layer, batch_id=fs.batch_id, src=host,
+                            dst=self.host_by_address.get(fs.dst, fs.dst),  # the policy names links by host
                             start_time=now)
             try:
                 lvl = to_level(pol.flow_start(now, info))
