@@ -61,26 +61,27 @@ def stamp_only(seconds: float) -> float:
     return _rate(run, seconds)
 
 
-def udp_fast(seconds: float, dst: tuple[str, int]) -> float:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def _stamp_send(seconds: float, view, send) -> float:
+    """Packets/s of: stamp the MFS header + transport header into ``view`` in place, then ``send()``."""
     st = H.Stamper(_header())
-    buf = bytearray(H.MFS_HEADER_LEN + wire.TH_LEN + PAYLOAD)
     pack = wire.TH.pack_into
-    send = s.sendto
 
     def run(k):
         for i in range(k):
-            st.stamp_into(buf, False)
-            pack(buf, 16, wire.T_DATA, 0, PAYLOAD, 4097, i * PAYLOAD, 1 << 30)
+            st.stamp_into(view, False)
+            pack(view, 16, wire.T_DATA, 0, PAYLOAD, 4097, i * PAYLOAD, 1 << 30)
             try:
-                send(buf, dst)
-            except OSError:  # ENOBUFS from a full qdisc: the packet was still stamped and handed over
+                send()
+            except OSError:  # ENOBUFS from a full queue: the packet was still stamped and handed over
                 pass
         return k
-    try:
-        return _rate(run, seconds)
-    finally:
-        s.close()
+    return _rate(run, seconds)
+
+
+def udp_fast(seconds: float, dst: tuple[str, int]) -> float:
+    buf = bytearray(H.MFS_HEADER_LEN + wire.TH_LEN + PAYLOAD)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        return _stamp_send(seconds, buf, lambda: s.sendto(buf, dst))
 
 
 def _frame_prefix() -> bytes:
@@ -94,25 +95,9 @@ def _frame_prefix() -> bytes:
 def packet_fast(seconds: float) -> float:
     frame = bytearray(_frame_prefix())
     off = len(frame) - (H.MFS_HEADER_LEN + wire.TH_LEN + PAYLOAD)
-    view = memoryview(frame)[off:]
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    s.bind((IFACE, 0))
-    st = H.Stamper(_header())
-    pack = wire.TH.pack_into
-
-    def run(k):
-        for i in range(k):
-            st.stamp_into(view, False)
-            pack(view, 16, wire.T_DATA, 0, PAYLOAD, 4097, i * PAYLOAD, 1 << 30)
-            try:
-                s.send(frame)
-            except OSError:
-                pass
-        return k
-    try:
-        return _rate(run, seconds)
-    finally:
-        s.close()
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((IFACE, 0))
+        return _stamp_send(seconds, memoryview(frame)[off:], lambda: s.send(frame))
 
 
 def _scapy_packets(n: int, l2: bool):
