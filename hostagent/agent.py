@@ -95,6 +95,7 @@ class Transfer:
     end_time: float | None = None
     packets: int = 0
     retransmits: int = 0
+    reported: bool = True
     _tx: TxTransfer | None = None
 
     def wait(self, timeout: float | None = None) -> "Transfer":
@@ -212,9 +213,11 @@ class HostAgent:
             self._by_request.setdefault(request_id, set()).add(fid)
         if on_done is not None:
             tr.future.add_done_callback(lambda f: on_done(f.result()))
-        self._emit("flow_start", flow_id=fid, stage=stage, request_id=request_id, batch_id=batch_id,
-                   size_bytes=nbytes, deadline=deadline or 0.0, target_layer=target_layer,
-                   current_layer=cur if cur is not None else 0, dst=addr[0])
+        tr.reported = nbytes > 0  # an empty transfer has nothing to schedule (the controller refuses size 0)
+        if tr.reported:
+            self._emit("flow_start", flow_id=fid, stage=stage, request_id=request_id, batch_id=batch_id,
+                       size_bytes=nbytes, deadline=deadline or 0.0, target_layer=target_layer,
+                       current_layer=cur if cur is not None else 0, dst=addr[0])
         hdr = H.MfsHeader(stage=stage, flow_id=fid, request_id=request_id & 0xFFFFFFFF,
                           target_layer=target_layer, rli=H.RLI_UNKNOWN if rli is None else rli, proposed=level)
         steps = self.config.progress_steps
@@ -255,7 +258,8 @@ class HostAgent:
         if tr is None:
             return
         tr.end_time, tr.packets, tr.retransmits = t.end_time, t.packets, t.retransmits
-        self._emit("flow_end", flow_id=t.flow_id)
+        if tr.reported:
+            self._emit("flow_end", flow_id=t.flow_id)
         tr.future.set_result(tr)
         for cb in list(self._done_listeners):
             try:

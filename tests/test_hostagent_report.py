@@ -143,6 +143,7 @@ def test_agent_traffic_flows_with_controller_down_then_reports_in_order(sock):
         base, bits = a.flow_id_range()
         assert (base, bits) == (1 << 10, 10)
         a.layer_boundary(1, 4)
+        a.submit(3, b_ip, 0, request_id=1, target_layer=4).wait(20)  # empty: delivered, not reported
         t2 = a.submit(3, b_ip, 70_000, request_id=1, target_layer=4, deadline=time.time() + 5)
         t2.wait(20)
         assert base <= t2.flow_id < base + (1 << bits)
