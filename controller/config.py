@@ -124,11 +124,18 @@ class ControllerConfig:
 
 
 # ---------------------------------------------------------------- parsing
-def _address(sec: Section, name: str, default: Any = ...) -> str:
+def _address(sec: Section, name: str, default: Any = ..., unix: bool = False) -> str:
     v = sec.string(name) if default is ... else sec.string(name, default)
+    if unix and v.startswith("unix:"):
+        path = v[len("unix:"):]
+        if not path.startswith("/") or len(path) > 100:
+            raise sec.error(name, f"{v!r}: a unix socket needs an absolute path of at most 100 characters "
+                                  "(e.g. unix:/run/mfs/controller.sock)")
+        return v
     host, sep, port = v.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise sec.error(name, f"{v!r} is not host:port (e.g. 127.0.0.1:9559; port 0 = pick a free one)")
+        alt = " or unix:/absolute/path" if unix else ""
+        raise sec.error(name, f"{v!r} is not host:port{alt} (e.g. 127.0.0.1:9559; port 0 = pick a free one)")
     return v
 
 
@@ -289,7 +296,7 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
     cfg = ControllerConfig(source=source, switches=switches, hosts=hosts,
                            policy=parse_policy(top.section("policy")))
     api = top.section("api")
-    cfg.api_listen = _address(api, "listen", cfg.api_listen)
+    cfg.api_listen = _address(api, "listen", cfg.api_listen, unix=True)  # hosts in netns reach a unix socket
     api.done()
     admin = top.section("admin")
     cfg.admin_listen = _address(admin, "listen", cfg.admin_listen)

@@ -26,6 +26,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -78,6 +79,10 @@ class HostApi(pbg.HostReportsServicer):
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pbg.add_HostReportsServicer_to_server(self, self.server)
         addr = address or self.cfg.api_listen
+        if addr.startswith("unix:"):
+            sock = Path(addr[len("unix:"):])
+            sock.parent.mkdir(parents=True, exist_ok=True)
+            sock.unlink(missing_ok=True)  # a stale socket from a crashed controller
         self.port = self.server.add_insecure_port(addr)
         if self.port == 0:
             raise OSError(f"host API cannot listen on {addr} (address in use or invalid)")

@@ -67,6 +67,8 @@ BAD = [
     ("gc_timeout_s", 0, "gc_timeout_s", "out of range"),
     ("limits", {"flow_id_bits": 31}, "limits.flow_id_bits", "4..28"),
     ("api", {"listen": "1.2.3.4:99999"}, "api.listen", "host:port"),
+    ("api", {"listen": "unix:relative.sock"}, "api.listen", "absolute path"),
+    ("admin", {"listen": "unix:/run/mfs/admin.sock"}, "admin.listen", "host:port"),
     ("typo_key", 1, "typo_key", "unknown key"),
 ]
 
@@ -105,3 +107,9 @@ def test_ideal_policy_is_refused_by_the_controller():
     with pytest.raises(ValueError, match="simulator can run it, the controller cannot"):
         Engine(cfg)
 
+
+
+def test_host_api_may_listen_on_a_unix_socket():
+    data = copy.deepcopy(config_data(["127.0.0.1:9559"]))
+    data["api"] = {"listen": "unix:/run/mfs/ctl.sock"}
+    assert config_mod.parse(data, "ctl.yaml").api_listen == "unix:/run/mfs/ctl.sock"
