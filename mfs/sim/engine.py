@@ -52,8 +52,22 @@ class ClusterConfig:
     slo_scale: float = 3.0  # deadline = arrival + slo_scale * low-load TTFT estimate of the request
     lowload_ratio: float = 1.0  # low-load TTFT / ideal estimate (from calibrate_slo)
     prefix_capacity: int = 500_000
+    # model choices (docs/simulator.md, "Model changes"); the defaults are the faithful ones
+    stage1_issue: str = "schedule"  # "schedule": KV loads start when the request's batch starts (vLLM
+    #                                  KV connector start_load_kv); "arrival": prefetch on arrival
+    stage1_conns: str = "per_layer"  # "per_layer": each layer's blocks are a separate transfer, posted
+    #                                   together (NIXL/Mooncake batch transfer); "shared": one FIFO connection
+    rho_source: str = "blocking"  # link load told to the policy: "blocking" = Stage-1/2 traffic only; "all"
+    kv_placement: str = "owner"  # prefix block KV stays at the instance that computed it ("owner") or
+    #                              moves to the last instance that used it ("last")
+    ideal_network: bool = False  # bound: links 1e6x faster (transfers take ~0 s); deadlines unchanged
 
     def validate(self, model: ModelConfig) -> None:
+        for key, allowed in (("stage1_issue", ("schedule", "arrival")), ("stage1_conns", ("per_layer", "shared")),
+                             ("rho_source", ("blocking", "all")), ("kv_placement", ("owner", "last"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"ClusterConfig.{key}={getattr(self, key)!r} is not allowed "
+                                 f"(allowed: {', '.join(allowed)})")
         if self.servers < 1 or self.gpus_per_server < 1:
             raise ValueError(f"servers and gpus_per_server must be >= 1 (got {self.servers}, {self.gpus_per_server})")
         if not 0 < self.prefill_fraction < 1:
@@ -137,6 +151,7 @@ class Network:
         self.touched: set[Conn] = set()
         self.allocations = 0
         self.link_rate = [0.0] * nlinks
+        self.link_rate_blocking = [0.0] * nlinks  # the part used by Stage-1/2 (GPU-blocking) traffic
         self.exact_caps = False  # True: re-read every cap at every allocation (reference behaviour)
 
     def conn(self, key, tx, rx) -> Conn:
@@ -284,6 +299,13 @@ class Network:
             if c.rate < tiny:
                 c.rate = 0.0  # float leftovers of a saturated link
         self.link_rate = [self.cap - r for r in resid]
+        blk = [0.0] * self.nlinks
+        for c in self.active:
+            if c.rate > 0 and c.head.stage != 3:
+                blk[c.tx] += c.rate
+                if c.rx != c.tx:
+                    blk[c.rx] += c.rate
+        self.link_rate_blocking = blk
         self.dirty = False
         return {c for c, r in old.items() if abs(c.rate - r) > 1e-9 * self.cap}
 
@@ -341,7 +363,7 @@ def _fill(conns: list[Conn], resid: list[float]) -> None:
 
 class Req:
     __slots__ = ("r", "rid", "arrival", "deadline", "new", "reused", "inst", "dec", "rec", "layer",
-                 "s1_pending", "s3_left", "measured", "compute_done", "est", "conns")
+                 "s1_pending", "s3_left", "measured", "compute_done", "est", "conns", "holders")
 
     def __init__(self, r: Request):
         self.r, self.rid, self.arrival = r, r.request_id, r.arrival
@@ -400,7 +422,8 @@ class Simulator:
         self.np = c.prefill_instances(self.model)
         self.nd = c.decode_instances(self.model)
         nodes = self.np + self.nd
-        self.net = Network(2 * nodes, self.hw.nic_bw, self.policy.rate_limit, getattr(self.policy, "rank", None),
+        bw = self.hw.nic_bw * (1e6 if c.ideal_network else 1.0)
+        self.net = Network(2 * nodes, bw, self.policy.rate_limit, getattr(self.policy, "rank", None),
                            self._sync)  # link 2n = tx(n), 2n+1 = rx(n)
         self.inst = [Instance(i, i) for i in range(self.np)]
         self.dec_load = [0.0] * self.nd
@@ -503,7 +526,7 @@ class Simulator:
 
     def _tick(self):
         pol, now, net = self.policy, self.now, self.net
-        for l, used in enumerate(net.link_rate):
+        for l, used in enumerate(net.link_rate if self.cluster.rho_source == "all" else net.link_rate_blocking):
             if used > 0 or self._rho.get(l):
                 rho = min(0.95, 0.5 * self._rho.get(l, 0.0) + 0.5 * used / net.cap)
                 self._rho[l] = rho
@@ -577,27 +600,40 @@ class Simulator:
         last.reqs.append(q)
         last.tokens += q.new
         self.policy.request_start(now, RequestInfo(q.rid, last.bid, q.deadline, r.arrival, L, prof.prefill_compute_s, 0))
-        # Stage 1: prefetch every layer's reused KV from its holder(s) right away (lookahead prefetch)
-        if reused:
-            by_holder: dict[int, int] = {}
-            for h in holders:
-                if h != inst.idx:
-                    by_holder[h] = by_holder.get(h, 0) + 1
-            tail = nblk * r.block_tokens - reused  # the last block may be partial
-            for h, n in by_holder.items():
-                tokens = n * r.block_tokens - (tail if holders[-1] == h else 0)
-                size = prof.per_gpu(self.cost.stage1_bytes(tokens))
-                if size <= 0:
-                    continue
-                conn = self.net.conn((h, inst.idx, q.rid, 1), 2 * h, 2 * inst.idx + 1)
-                q.conns.append(conn.key)
-                for j in range(L):
-                    self._start_flow(1, size, conn, q, j, q.rid, 0, self.names[h], self.names[inst.idx], q.deadline)
-                    q.s1_pending[j] = q.s1_pending.get(j, 0) + 1
-        self.cache.store(r.hash_ids, inst.idx)
+        q.holders = holders
+        self.cache.store(r.hash_ids, inst.idx, keep_owner=self.cluster.kv_placement == "owner")
+        if self.cluster.stage1_issue == "arrival":
+            self._issue_stage1(q, last.bid)
         if inst.batch is None:
             self._start_batch(inst)
         self._ensure_tick()
+
+    def _issue_stage1(self, q: Req, bid: int) -> None:
+        """Stage 1: every layer's reused KV from its holder(s), all posted at once; layer j's message
+        targets layer j (RLI = j - current layer). One connection per (holder, layer) with
+        ``stage1_conns="per_layer"`` (separate concurrent transfers), else one FIFO connection per holder."""
+        if not q.reused:
+            return
+        r, inst, holders = q.r, q.inst, q.holders
+        prof = self.cost.request_profile(q.new, q.reused)
+        per_layer = self.cluster.stage1_conns == "per_layer"
+        by_holder: dict[int, int] = {}
+        for h in holders:
+            if h != inst.idx:
+                by_holder[h] = by_holder.get(h, 0) + 1
+        tail = len(holders) * r.block_tokens - q.reused  # the last block may be partial
+        for h, n in by_holder.items():
+            tokens = n * r.block_tokens - (tail if holders[-1] == h else 0)
+            size = prof.per_gpu(self.cost.stage1_bytes(tokens))
+            if size <= 0:
+                continue
+            conn = None
+            for j in range(prof.num_layers):
+                if conn is None or per_layer:
+                    conn = self.net.conn((h, inst.idx, q.rid, 1, j if per_layer else -1), 2 * h, 2 * inst.idx + 1)
+                    q.conns.append(conn.key)
+                self._start_flow(1, size, conn, q, j, q.rid, bid, self.names[h], self.names[inst.idx], q.deadline)
+                q.s1_pending[j] = q.s1_pending.get(j, 0) + 1
 
     def _start_flow(self, stage, size, conn, owner, layer, rid, bid, src, dst, deadline) -> Msg:
         self.fid += 1
@@ -646,6 +682,9 @@ class Simulator:
         b.stall_from = self.now
         self._apply(self.policy.batch_event(self.now, b.bid, "arrival"))
         self.net.dirty = True  # RED ranks (within-level order) may have changed
+        if self.cluster.stage1_issue == "schedule":
+            for q in b.reqs:  # KV loads start when the batch is scheduled (GPU memory is allocated)
+                self._issue_stage1(q, b.bid)
         self._try_layer(inst)
 
     def _try_layer(self, inst: Instance) -> None:

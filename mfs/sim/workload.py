@@ -200,12 +200,17 @@ class PrefixCache:
             out.append(who)
         return out
 
-    def store(self, hash_ids: tuple[int, ...], instance: int) -> None:
+    def store(self, hash_ids: tuple[int, ...], instance: int, keep_owner: bool = False) -> None:
+        """``instance`` used these blocks. ``keep_owner``: a block already held stays where it is
+        (a KV pool keeps one copy at the unit that computed it, so hot blocks make "victim"
+        units); otherwise the block moves to ``instance``."""
+        held = self._holder
         for h in hash_ids:
-            self._holder[h] = instance
-            self._holder.move_to_end(h)
-        while len(self._holder) > self.capacity:
-            self._holder.popitem(last=False)
+            if not (keep_owner and h in held):
+                held[h] = instance
+            held.move_to_end(h)
+        while len(held) > self.capacity:
+            held.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._holder)
