@@ -388,3 +388,16 @@ class LocalHandle:
 
     def close(self) -> None:
         pass
+
+
+def connect_all(agents: dict[str, tuple[str, str]], timeout: float = 10.0) -> dict[str, ControlClient]:
+    """``{host: (control socket, address)}`` → ``{host: ControlClient}`` (closes them all on failure)."""
+    out: dict[str, ControlClient] = {}
+    try:
+        for host, (path, address) in agents.items():
+            out[host] = ControlClient(path, address=address, timeout=timeout)
+    except BaseException:
+        for c in out.values():
+            c.close()
+        raise
+    return out

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import select
 import socket

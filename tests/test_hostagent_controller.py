@@ -7,7 +7,7 @@ import time
 import pytest
 
 from hostagent.agent import AgentConfig, HostAgent
-from hostagent.testing import loopback_addresses, wait_for
+from hostagent.testing import loopback_addresses
 
 controller_testing = pytest.importorskip("controller.testing")
 config_mod = pytest.importorskip("controller.config")

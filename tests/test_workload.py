@@ -9,7 +9,7 @@ import pytest
 from mfs.sim.results import read_results
 from mfs.sim.workload import Request
 from hostagent.agent import AgentConfig, HostAgent
-from hostagent.control import ControlClient, ControlServer, LocalHandle
+from hostagent.control import ControlServer, LocalHandle, connect_all
 from hostagent.testing import loopback_addresses
 from hostagent.workload import EmuCluster, EmuConfig, FixedCost, run_workload
 
@@ -112,7 +112,7 @@ def test_hand_checked_ttft_and_dependencies(cluster, tmp_path):
 def test_driver_over_control_sockets(cluster, tmp_path):
     agents, _ = cluster
     servers = {n: ControlServer(a, f"unix:{tmp_path}/{n}.sock").start() for n, a in agents.items()}
-    clients = {n: ControlClient(s.path, address=agents[n].config.address) for n, s in servers.items()}
+    clients = connect_all({n: (s.path, agents[n].config.address) for n, s in servers.items()})
     try:
         cl = EmuCluster(prefill=[["p0", "p1"], ["p2", "p3"]], decode=[["d0"]],
                         addresses={n: c.address for n, c in clients.items()})
