@@ -2,7 +2,7 @@
 
     python -m mfs.sim run --model dbrx --workload conversation --scheduler mfs --rate 0.7
     python -m mfs.sim sweep --model dbrx --workload conversation --rates 0.4,0.6,0.8 --out out/sim/dbrx
-    python -m mfs.sim report --out docs/results.md        # the reduced paper sweep (~15 min on 2 cores)
+    python -m mfs.sim report --servers 32 --out docs/results.md   # the reduced paper sweep (~25 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--img", default="docs/img", help="directory for the plots")
     p.add_argument("--data", default="out/sim/report", help="directory for the raw JSON/CSV")
-    p.add_argument("--servers", type=int, default=64, help="servers (default 64: reduced from 256 to fit the budget)")
+    p.add_argument("--servers", type=int, default=32, help="servers (default 32: reduced from 256 to fit ~25 min on 2 shared cores)")
     p.add_argument("--warmup", type=int, default=128)
     p.add_argument("--measured", type=int, default=256)
     p.add_argument("--jobs", type=int, default=None)

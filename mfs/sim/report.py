@@ -19,8 +19,8 @@ CASES = [(m, w) for m in ("mixtral-8x22b", "grok-2", "dbrx", "qwen3-coder") for 
 SCHEDS = ["mfs", "fair", "sjf", "edf", "karuna"]
 # rates as multiples of the "knee": the rate at which fair sharing falls to TARGET attainment (found by
 # bisection per case), dense around it so that the high-load points where schedulers differ are sampled
-KNEE_GRID = (0.8, 0.9, 1.0, 1.08, 1.16, 1.25, 1.4)
-KNEE_STEPS = 5  # geometric bisection steps between 0.05 and 1.2 x the compute capacity estimate (±5 %)
+KNEE_GRID = (0.85, 1.0, 1.1, 1.2, 1.3, 1.45)
+KNEE_STEPS = 4  # geometric bisection steps between 0.05 and 1.2 x the compute capacity estimate (±10 %)
 TARGET = 0.9
 HIGH_MIN = 0.2  # a "high-load point": rate >= knee where MFS still meets >= HIGH_MIN (ratios of ~0 are noise)
 
