@@ -38,6 +38,7 @@ echo "compile.sh: v1model with $P4C_BIN -> $OUT"
     -o "$OUT" "$HERE/v1model/mfs.p4"
 # p4c names the JSON after the source file: $OUT/mfs.json
 test -f "$OUT/mfs.json"
+rm -f "$OUT/mfs.p4i"   # the driver's preprocessed source; not a build product we keep
 echo "compile.sh: wrote $OUT/mfs.json and $OUT/mfs.p4info.txtpb"
 
 TNA_DONE=0
@@ -46,11 +47,13 @@ if command -v bf-p4c >/dev/null 2>&1; then
     bf-p4c --target tofino --arch tna -o "$OUT/tna" \
         --p4runtime-files "$OUT/tna/mfs.p4info.txtpb" "$HERE/tna/mfs.p4"
     TNA_DONE=1
-elif "$P4C_BIN" --target tofino --arch tna --help >/dev/null 2>&1; then
+elif "$P4C_BIN" --help-targets 2>/dev/null | grep -q '^tofino-tna'; then
+    # `p4c --target tofino --help` succeeds even without the back end; only
+    # --help-targets says whether this p4c was built with bf-p4c (tofino-tna)
     echo "compile.sh: TNA with $P4C_BIN --target tofino"
     "$P4C_BIN" --target tofino --arch tna -o "$OUT/tna" "$HERE/tna/mfs.p4"
     TNA_DONE=1
 fi
 if [ "$TNA_DONE" = 0 ]; then
-    echo "compile.sh: TNA not checked: bf-p4c (Intel P4 Studio / open-p4studio) is not installed"
+    echo "compile.sh: TNA not checked: neither bf-p4c nor a p4c with the tofino-tna target is installed"
 fi

@@ -63,7 +63,8 @@ def test_pipeline_config_actions_and_cookie(sw):
     c.open()
     bad = p4i.P4Info()
     bad.CopyFrom(SCHEMA.info)
-    bad.tables[2].preamble.name = "MfsIngress.renamed"
+    (tab,) = [t for t in bad.tables if t.preamble.name == "MfsIngress.mfs_flow"]
+    tab.preamble.name = "MfsIngress.renamed"
     with pytest.raises(grpc.RpcError) as e:
         c.set_pipeline(bad)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "MfsIngress.mfs_flow" in e.value.details()

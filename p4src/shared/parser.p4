@@ -13,7 +13,7 @@
 
 #include "headers.p4"
 
-parser MfsHeaderParser(packet_in pkt, inout headers_t hdr, inout mfs_meta_t meta) {
+parser MfsHeaderParser(packet_in pkt, out headers_t hdr, inout mfs_meta_t meta) {
     state start {
         pkt.extract(hdr.ethernet);
         transition select(hdr.ethernet.ether_type) {
