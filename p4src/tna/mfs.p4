@@ -147,7 +147,7 @@ control MfsIngressDeparser(packet_out pkt, inout ig_headers_t hdr, in ig_meta_t 
     Checksum() ipv4_csum;
 
     apply {
-        if (hdr.h.ipv4.isValid() && meta.mfs.csum) {
+        if (meta.mfs.csum) {   /* only ever set for a valid IPv4 header */
             hdr.h.ipv4.hdr_checksum = ipv4_csum.update({
                 hdr.h.ipv4.version, hdr.h.ipv4.ihl, hdr.h.ipv4.dscp, hdr.h.ipv4.ecn,
                 hdr.h.ipv4.total_len, hdr.h.ipv4.identification, hdr.h.ipv4.flags,
@@ -163,20 +163,20 @@ control MfsIngressDeparser(packet_out pkt, inout ig_headers_t hdr, in ig_meta_t 
 }
 
 struct eg_headers_t {
-    headers_t h;
+    bridged_md_h bridged;   /* extracted, never emitted */
+    headers_t    h;
 }
 
 parser MfsEgressParser(packet_in pkt, out eg_headers_t hdr, out eg_meta_t meta,
                        out egress_intrinsic_metadata_t eg_intr_md) {
     MfsHeaderParser() headers_parser;
-    bridged_md_h bridged;
     state start {
         pkt.extract(eg_intr_md);
-        pkt.extract(bridged);
+        pkt.extract(hdr.bridged);
         meta.mfs = {false, false, false, false, false, false, 0, 0, 0};
-        meta.mfs.level = bridged.level;
-        meta.mfs.flood = bridged.flood == 1;
-        meta.ingress_port = bridged.ingress_port;
+        meta.mfs.level = hdr.bridged.level;
+        meta.mfs.flood = hdr.bridged.flood == 1;
+        meta.ingress_port = hdr.bridged.ingress_port;
         headers_parser.apply(pkt, hdr.h, meta.mfs);
         transition accept;
     }
@@ -194,6 +194,18 @@ control MfsEgress(inout eg_headers_t hdr, inout eg_meta_t meta,
     @id(0x16000002) @name(".MfsEgress.queue_delay")
     Register<bit<32>, bit<32>>(QUEUE_STATS_SIZE) queue_delay;
 
+    RegisterAction<bit<32>, bit<32>, bit<32>>(queue_depth) store_depth = {
+        void apply(inout bit<32> value) {
+            value = (bit<32>)eg_intr_md.deq_qdepth;
+        }
+    };
+    /* deq_timedelta is in ns; >> 10 approximates microseconds */
+    RegisterAction<bit<32>, bit<32>, bit<32>>(queue_delay) store_delay = {
+        void apply(inout bit<32> value) {
+            value = (bit<32>)(eg_intr_md.deq_timedelta >> 10);
+        }
+    };
+
     MfsDscp() dscp;
 
     apply {
@@ -204,9 +216,8 @@ control MfsEgress(inout eg_headers_t hdr, inout eg_meta_t meta,
             bit<32> idx = ((bit<32>)(eg_intr_md.egress_port & (STAT_PORTS - 1))) * 8
                           + (bit<32>)meta.mfs.level;
             queue_counter.count(idx);
-            queue_depth.write(idx, (bit<32>)eg_intr_md.deq_qdepth);
-            /* deq_timedelta is in ns; >> 10 approximates microseconds */
-            queue_delay.write(idx, (bit<32>)(eg_intr_md.deq_timedelta >> 10));
+            store_depth.execute(idx);
+            store_delay.execute(idx);
         }
     }
 }
@@ -215,14 +226,14 @@ control MfsEgressDeparser(packet_out pkt, inout eg_headers_t hdr, in eg_meta_t m
                           in egress_intrinsic_metadata_for_deparser_t eg_dprsr_md) {
     Checksum() ipv4_csum;
     apply {
-        if (hdr.h.ipv4.isValid() && meta.mfs.csum) {
+        if (meta.mfs.csum) {   /* only ever set for a valid IPv4 header */
             hdr.h.ipv4.hdr_checksum = ipv4_csum.update({
                 hdr.h.ipv4.version, hdr.h.ipv4.ihl, hdr.h.ipv4.dscp, hdr.h.ipv4.ecn,
                 hdr.h.ipv4.total_len, hdr.h.ipv4.identification, hdr.h.ipv4.flags,
                 hdr.h.ipv4.frag_offset, hdr.h.ipv4.ttl, hdr.h.ipv4.protocol,
                 hdr.h.ipv4.src_addr, hdr.h.ipv4.dst_addr });
         }
-        pkt.emit(hdr);
+        pkt.emit(hdr.h);   /* the bridged header ends here */
     }
 }
 
