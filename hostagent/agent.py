@@ -66,6 +66,7 @@ class AgentConfig:
     batch_max: int = 256
     flush_interval: float = 0.005
     progress_steps: int = 4  # Progress events per flow (at each 1/steps of its bytes)
+    register_wait: float = 5.0  # s after start: submits wait for the first registration (real flow ids)
     drop_every: int = 0  # test hook: drop every k-th outgoing datagram
 
     def __post_init__(self):
@@ -142,6 +143,7 @@ class HostAgent:
 
     # ---- lifecycle -------------------------------------------------------
     def start(self) -> "HostAgent":
+        self._started = time.monotonic()
         self.transport.start()
         if self.reporter is not None:
             self.reporter.start()
@@ -201,6 +203,13 @@ class HostAgent:
         if level is not None and not 0 <= level <= 255:
             raise ValueError(f"level={level!r} must be in 0..255")
         addr = parse_peer(peer, self.config.port)
+        rep = self.reporter
+        if rep is not None and not rep.registered.is_set():
+            # provisional flow ids are refused by the controller (not_owner) and would leave the flow
+            # best effort: shortly after start, wait for the controller's range instead
+            left = self.config.register_wait - (time.monotonic() - getattr(self, "_started", 0.0))
+            if left > 0:
+                rep.wait_registered(left)
         with self._lock:
             if current_layer is not None:
                 self._layers[request_id] = max(current_layer, self._layers.get(request_id, current_layer))

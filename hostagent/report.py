@@ -7,8 +7,12 @@ ordered backlog until the controller acknowledges them. One thread:
    events with ``seq <= last_seq`` are dropped from the backlog (already applied).
    On the agent's *first* successful registration the backlog is renumbered to start
    at ``last_seq + 1`` (a restarted agent continues the controller's sequence).
-2. Report(batch) with the oldest ``batch_max`` unacked events, in seq order, after
-   waiting up to ``flush_interval`` for more events to join the batch.
+2. Report(batch) with the oldest ``batch_max`` unacked events, in seq order. The first
+   event after a quiet spell goes out at once (a flow's level should be installed before
+   much of it is sent); batches follow each other at most every ``flush_interval``, so a
+   burst is gathered while the previous Report is in flight or within that interval.
+   With nothing to report, an empty batch is sent every ``keepalive`` seconds (the
+   controller ends the flows of a host silent for ``gc_timeout_s``, 30 s by default).
    ReportAck.acked_seq removes acknowledged events; rejections are logged and kept
    in ``rejections`` (they are acknowledged too — resending would not help).
 3. Any RPC failure (controller down, unknown session after a controller restart,
@@ -69,15 +73,20 @@ def channel_target(target: str) -> str:
 class Reporter:
     def __init__(self, target: str, host: str, token: str, address: str, *, batch_max: int = 256,
                  flush_interval: float = 0.005, backoff_min: float = 0.05, backoff_max: float = 2.0,
-                 rpc_timeout: float = 2.0, max_backlog: int = 1_000_000,
+                 rpc_timeout: float = 2.0, max_backlog: int = 1_000_000, keepalive: float = 10.0,
                  on_register: Callable[[Registration], None] | None = None):
         if batch_max < 1:
             raise ValueError(f"batch_max={batch_max} must be >= 1")
+        if not keepalive > 0:
+            raise ValueError(f"keepalive={keepalive!r} must be > 0 seconds (at most the controller's gc_timeout_s / 3)")
         self.target = channel_target(target)
         self.host, self.token, self.address = host, token, address
         self.batch_max, self.flush_interval = batch_max, flush_interval
         self.backoff_min, self.backoff_max, self.rpc_timeout = backoff_min, backoff_max, rpc_timeout
         self.max_backlog = max_backlog
+        self.keepalive = keepalive
+        self._last_send = 0.0  # monotonic time of the last Report (keep-alives included)
+        self._last_batch = -1e9  # ... of the last Report that carried events
         self.on_register = on_register
         self._cv = threading.Condition()
         self._backlog: deque[report_pb2.Event] = deque()
@@ -91,7 +100,7 @@ class Reporter:
         self.acked_seq = 0
         self.rejections: deque[tuple[int, str]] = deque(maxlen=1000)
         self.stats = {"batches": 0, "events_sent": 0, "events_acked": 0, "rejected": 0, "registers": 0,
-                      "rpc_errors": 0, "dropped_progress": 0, "resent": 0}
+                      "rpc_errors": 0, "dropped_progress": 0, "resent": 0, "keepalives": 0}
         self.last_error: str = ""
         self.registered = threading.Event()
 
@@ -121,6 +130,10 @@ class Reporter:
     def backlog(self) -> int:
         with self._cv:
             return len(self._backlog)
+
+    def wait_registered(self, timeout: float | None = None) -> bool:
+        """Block until the first successful registration (True) or ``timeout`` seconds (False)."""
+        return self.registered.wait(timeout)
 
     @property
     def connected(self) -> bool:
@@ -185,11 +198,11 @@ class Reporter:
             self.registration = reg
             self.stats["registers"] += 1
             self._cv.notify_all()
-        self.registered.set()
         log.info("%s registered with %s: host_id=%d flow ids %d/+2^%d last_seq=%d", self.host, self.target,
                  reg.host_id, reg.flow_id_base, reg.flow_id_bits, reg.last_seq)
         if self.on_register is not None:
-            self.on_register(reg)
+            self.on_register(reg)  # before waiters wake: they must see the new flow-id range
+        self.registered.set()
 
     def _run(self) -> None:
         backoff = self.backoff_min
@@ -209,16 +222,22 @@ class Reporter:
                     continue
             with self._cv:
                 if not self._backlog and not self._stop:
-                    self._cv.wait(0.5)
+                    self._cv.wait(min(0.5, max(0.0, self._last_send + self.keepalive - time.monotonic())))
                 if self._stop:
                     return
-                if not self._backlog:
+                if not self._backlog and time.monotonic() < self._last_send + self.keepalive:
                     continue
-                if len(self._backlog) < self.batch_max and self.flush_interval > 0:
-                    self._cv.wait(self.flush_interval)  # let a burst join the batch
+                gap = self._last_batch + self.flush_interval - time.monotonic()
+                if self._backlog and len(self._backlog) < self.batch_max and gap > 0:
+                    self._cv.wait(gap)  # batches at most every flush_interval: let a burst join
                 n = min(self.batch_max, len(self._backlog))
                 events = [self._backlog[i] for i in range(n)]
                 session = self._session
+                self._last_send = time.monotonic()
+                if events:
+                    self._last_batch = self._last_send
+                else:
+                    self.stats["keepalives"] += 1
             try:
                 ack = self._stub().Report(report_pb2.ReportBatch(session=session, events=events),
                                           timeout=self.rpc_timeout)

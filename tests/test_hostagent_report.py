@@ -131,7 +131,7 @@ def test_rejections_are_recorded_and_acked(sock):
 def test_agent_traffic_flows_with_controller_down_then_reports_in_order(sock):
     svc = FakeHostReports({"h1": "tok"}, flow_id_bits=10)
     a_ip, b_ip = loopback_addresses(2)
-    a = HostAgent(AgentConfig("h1", a_ip, controller=sock, token="tok")).start()
+    a = HostAgent(AgentConfig("h1", a_ip, controller=sock, token="tok", register_wait=0.2)).start()
     b = HostAgent(AgentConfig("h2", b_ip)).start()
     a.reporter.backoff_min = a.reporter.backoff_max = 0.05
     try:
@@ -171,7 +171,7 @@ def test_wrong_token_keeps_retrying_and_traffic_flows(sock):
     svc = FakeHostReports({"h1": "right"})
     ctl = FakeController(sock, svc).start()
     a_ip, b_ip = loopback_addresses(2)
-    a = HostAgent(AgentConfig("h1", a_ip, controller=sock, token="wrong")).start()
+    a = HostAgent(AgentConfig("h1", a_ip, controller=sock, token="wrong", register_wait=0.2)).start()
     b = HostAgent(AgentConfig("h2", b_ip)).start()
     try:
         a.submit(1, b_ip, 10_000, request_id=5, target_layer=2, current_layer=0).wait(20)
@@ -181,6 +181,68 @@ def test_wrong_token_keeps_retrying_and_traffic_flows(sock):
         a.close(flush_timeout=0)
         b.close()
         ctl.stop()
+
+
+def test_keepalive_batches_while_idle(sock):
+    svc = FakeHostReports({"h1": "tok"})
+    ctl = FakeController(sock, svc).start()
+    r = Reporter(sock, "h1", "tok", "10.0.0.1", keepalive=0.1)
+    try:
+        r.start()
+        assert r.registered.wait(10)
+        assert wait_for(lambda: svc.hosts["h1"].batches.count(0) >= 3, timeout=10)  # empty batches
+        assert r.stats["keepalives"] >= 3 and svc.applied("h1") == []
+        r.emit("request_end", request_id=1)  # real events still flow
+        assert r.flush(10) and len(svc.applied("h1")) == 1
+    finally:
+        r.close()
+        ctl.stop()
+    with pytest.raises(ValueError, match="keepalive"):
+        Reporter(sock, "h1", "tok", "10.0.0.1", keepalive=0)
+
+
+def test_first_event_after_quiet_is_not_held_for_flush_interval(sock):
+    svc = FakeHostReports({"h1": "tok"})
+    ctl = FakeController(sock, svc).start()
+    r = Reporter(sock, "h1", "tok", "10.0.0.1", flush_interval=30.0)
+    try:
+        r.start()
+        assert r.registered.wait(10)
+        time.sleep(0.1)  # the keep-alive right after registering has gone
+        r.emit("request_end", request_id=1)
+        assert r.flush(10)  # far less than flush_interval: sent at once
+        r.emit("request_end", request_id=2)
+        r.emit("request_end", request_id=3)
+        assert not r.flush(0.5)  # a second batch within flush_interval waits (bursts are batched)
+    finally:
+        r.close(flush_timeout=0)
+        ctl.stop()
+
+
+def test_flows_submitted_before_registration_get_real_ids(sock):
+    svc = FakeHostReports({"h1": "tok"}, flow_id_bits=10)
+    a_ip, b_ip = loopback_addresses(2)
+    a = HostAgent(AgentConfig("h1", a_ip, controller=sock, token="tok")).start()
+    b = HostAgent(AgentConfig("h2", b_ip)).start()
+    a.reporter.backoff_min = a.reporter.backoff_max = 0.05
+    ctl = None
+    try:
+        import threading
+        starter = threading.Timer(0.3, lambda: setattr(starter, "ctl", FakeController(sock, svc).start()))
+        starter.start()
+        t = a.submit(2, b_ip, 20_000, request_id=1, target_layer=0)  # controller not up yet: waits
+        starter.join()
+        ctl = starter.ctl
+        t.wait(20)
+        base, bits = a.flow_id_range()
+        assert (base, bits) == (1 << 10, 10) and base <= t.flow_id < base + (1 << bits)
+        assert a.reporter.flush(10)
+        assert [e.flow_start.flow_id for e in svc.applied("h1") if e.WhichOneof("kind") == "flow_start"] == [t.flow_id]
+    finally:
+        a.close(flush_timeout=0)
+        b.close()
+        if ctl is not None:
+            ctl.stop()
 
 
 def test_tcp_target_and_bad_targets():
