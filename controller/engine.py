@@ -351,12 +351,19 @@ class Engine:
         self.metrics.count("adopted_entries", n, switch=switch)
         log.info("%s: adopted %d flow entries left by a previous controller", switch, n)
 
-    def on_load(self, switch: str, rho: dict[int, float]) -> None:
+    def on_load(self, switch: str, util: dict[int, list[float]]) -> None:
+        """Per-port, per-level utilisation from the switch counters -> policy.link_load.
+
+        MLU's rho is the load of the traffic that outranks deferred transfers: for a policy
+        with a level layout (MFS) the Stage-1/2 levels, as the simulator does
+        (mfs/sim rho_source "blocking"); for the others the whole port."""
         now = time.time()
-        for port, r in rho.items():
+        layout = getattr(self.policy, "layout", None)
+        levels = sorted({layout.stage2, *layout.stage1}) if layout is not None else range(8)
+        for port, per_level in util.items():
             host = self.hosts_by_port.get((switch, port))
             if host is not None:
-                self.policy.link_load(now, r, host)
+                self.policy.link_load(now, min(0.999, sum(per_level[lv] for lv in levels)), host)
 
     async def gc(self, now: float | None = None) -> int:
         """End every flow of hosts silent for gc_timeout_s; drop expired adopted entries."""

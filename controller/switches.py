@@ -98,7 +98,7 @@ def flood_group(sw: SwitchConfig) -> p4r.Entity | None:
 class SwitchSupervisor:
     def __init__(self, cfg: ControllerConfig, sw: SwitchConfig, desired: dict[FlowKey, int],
                  metrics: "Metrics", adopt: Callable[[str, dict[FlowKey, int]], None] | None = None,
-                 on_load: Callable[[str, dict[int, float]], None] | None = None):
+                 on_load: Callable[[str, dict[int, list[float]]], None] | None = None):
         self.cfg, self.sw, self.desired, self.metrics = cfg, sw, desired, metrics
         self.schema = P4Schema.load(sw.p4info)
         self.flow_table = self.schema.table(FLOW_TABLE)
@@ -117,7 +117,7 @@ class SwitchSupervisor:
         self.pipeline_pushes = 0
         self.first_sync_done = False
         self.rho: dict[int, float] = {}
-        self._last_bytes: dict[int, int] = {}
+        self._last_bytes: dict[int, list[int]] = {}  # port -> bytes per level at the last poll
         self._last_poll = 0.0
         self._stop = asyncio.Event()
         self._primary_changed = asyncio.Event()
@@ -419,29 +419,35 @@ class SwitchSupervisor:
                 log.info("%s: counter poll failed: %s", self.sw.name, e)
 
     async def poll_once(self) -> dict[int, float]:
-        """Read MfsEgress.queue_counter; update and return rho per configured port."""
+        """Read MfsEgress.queue_counter; update and return rho per configured port.
+
+        ``self.rho`` is the whole port's utilisation (shown by mfsctl); ``on_load`` gets the
+        utilisation per level, so the engine can give the policy the load that matters to it
+        (MFS: the Stage-1/2 levels, docs/policy.md)."""
         client = self.client
         if client is None:
             return {}
         cells = await client.read_counter(self.schema.counter("MfsEgress.queue_counter").id)
         now = time.monotonic()
-        per_port: dict[int, int] = {}
+        per_level: dict[int, list[int]] = {}
         for port in self.sw.ports:
             base = (port % 64) * 8
-            per_port[port] = sum(cells.get(base + lv, (0, 0))[1] for lv in range(8))
+            per_level[port] = [cells.get(base + lv, (0, 0))[1] for lv in range(8)]
+        util: dict[int, list[float]] = {}
         if self._last_poll:
             dt = max(1e-6, now - self._last_poll)
-            for port, b in per_port.items():
+            for port, now_bytes in per_level.items():
                 prev = self._last_bytes.get(port)
-                if prev is None or b < prev:  # first sample or counters reset (switch restart)
-                    continue
-                rate = self.sw.ports[port].rate_bps
-                self.rho[port] = min(0.999, (b - prev) * 8 / dt / rate)
-        self._last_bytes, self._last_poll = per_port, now
+                if prev is None or any(b < a for a, b in zip(prev, now_bytes)):
+                    continue  # first sample, or counters reset (switch restart)
+                bps = self.sw.ports[port].rate_bps * dt / 8
+                util[port] = [(b - a) / bps for a, b in zip(prev, now_bytes)]
+                self.rho[port] = min(0.999, sum(util[port]))
+        self._last_bytes, self._last_poll = per_level, now
         for port, r in self.rho.items():
             self.metrics.gauge("port_rho", r, switch=self.sw.name, port=str(port))
-        if self.on_load and self.rho:
-            self.on_load(self.sw.name, dict(self.rho))
+        if self.on_load and util:
+            self.on_load(self.sw.name, util)
         return dict(self.rho)
 
     async def read_queues(self) -> list[dict]:

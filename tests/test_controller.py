@@ -20,6 +20,7 @@ from controller.main import Controller
 from controller.p4rt.client import NotPrimary, SwitchClient
 from controller.switches import FLOW_TABLE
 from controller.testing import TARGETS, TargetUnavailable, config_data, open_target
+from mfs.header import MFS_UDP_PORT, pack
 from mfs.p4info import P4Schema
 from mfs.proto import report_pb2 as pb
 from mfs.proto import report_pb2_grpc as pbg
@@ -424,21 +425,27 @@ def test_link_load_from_queue_counters_reaches_the_policy():
             try:
                 sup = c.engine.supervisors["s1"]
                 assert await sup.poll_once() == {}  # first sample: no rate yet
-                frame = bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.0.1", dst="10.0.0.2") / UDP()
-                              / (b"x" * 958))  # 1000 bytes
+                eth_ip = Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.0.1", dst="10.0.0.2")
+                best_effort = bytes(eth_ip / UDP() / (b"x" * 958))  # 1000 bytes, level 7
+                stage2 = bytes(eth_ip / UDP(dport=MFS_UDP_PORT) / pack(2, 77)
+                               / (b"x" * 942))  # 1000 bytes, stage default -> level 1
                 t0 = time.monotonic()
                 for _ in range(10):  # flooded from port 1 to port 2
-                    t.handle.switch.process(1, frame)
+                    t.handle.switch.process(1, best_effort)
+                    t.handle.switch.process(1, stage2)
                 await asyncio.sleep(0.5)
                 rho = await sup.poll_once()
                 dt = time.monotonic() - t0
                 assert rho[1] == 0.0
-                # 10 kB over ~0.5 s on a 10 kB/s port: rho ~ 1/dt (capped at 0.999)
-                assert 0.3 < rho[2] <= 0.999 and abs(rho[2] - min(0.999, 1.0 / dt)) < 0.35
-                # the policy sees it as the load of h2's link (h2 sits on port 2)
+                # 20 kB over ~0.5 s on a 10 kB/s port: the port is saturated
+                assert rho[2] == pytest.approx(0.999)
+                # the policy sees, as the load of h2's link (h2 sits on port 2), only the Stage-1/2
+                # levels: 10 kB of the 20 kB, rho ~ 1/dt
                 from mfs.policy import FlowInfo
                 via_h2 = FlowInfo(flow_id=0, stage=1, request_id=0, size_bytes=1, src="h2", dst="h1")
-                assert c.engine.policy.rho_for(via_h2) == pytest.approx(min(rho[2], c.cfg.policy.rho_cap))
+                seen = c.engine.policy.rho_for(via_h2)
+                assert 0.3 < seen <= c.cfg.policy.rho_cap
+                assert seen == pytest.approx(min(1.0 / dt, c.cfg.policy.rho_cap), abs=0.35)
                 assert "mfs_port_rho" in c.metrics.prometheus()
             finally:
                 await c.stop()
