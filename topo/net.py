@@ -340,7 +340,12 @@ class Network:
                     netns.up(iface, mac=t.switches[ep.node].port_mac(ep.port))
                     if ln.latency_s:
                         netns.shape(iface, None, ln.latency_s / 2)
-        for h, host in t.hosts.items():
+        self.host_routes()
+
+    def host_routes(self) -> None:
+        """In every host namespace: ``default dev eth0`` and a permanent ARP entry per other host."""
+        t = self.topo
+        for h in t.hosts:
             ns = self.ns(h)
             netns.run(["ip", "route", "replace", "default", "dev", "eth0"], ns=ns)
             for other, o in t.hosts.items():
