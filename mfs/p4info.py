@@ -66,6 +66,8 @@ def _parse_str(s: str, what: str) -> int:
 
 def decode(data: bytes, bitwidth: int | None = None, what: str = "value") -> int:
     """P4Runtime bytes -> int; checks the width (non-canonical leading zeros are accepted)."""
+    if not data:
+        raise P4InfoError(f"{what}: empty byte string (P4Runtime values have at least one byte)")
     n = int.from_bytes(data, "big")
     if bitwidth is not None and n >> bitwidth:
         raise P4InfoError(f"{what}: value 0x{data.hex()} does not fit in {bitwidth} bits")
