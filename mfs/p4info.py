@@ -341,6 +341,8 @@ class P4Schema:
                 prm = act.params_by_id.get(p.param_id)
                 if prm is None:
                     raise P4InfoError(f"action {act.name}: unknown param id {p.param_id}")
+                if prm.name in spec.params:
+                    raise P4InfoError(f"action {act.name}: param {prm.name} given twice")
                 spec.params[prm.name] = decode(p.value, prm.bitwidth, f"{act.name}.{prm.name}")
             missing = sorted(set(act.params) - set(spec.params))
             if missing:
