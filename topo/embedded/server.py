@@ -517,6 +517,8 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
             self.digests.configure(upd.type, de.digest_id, cfg)
         elif kind in ("counter_entry", "register_entry"):
             self._write_indexed(upd.type, kind, getattr(ent, kind))
+        elif kind is None:
+            raise EntityError(Code.INVALID_ARGUMENT, "update has no entity")
         else:
             raise EntityError(Code.UNIMPLEMENTED, f"writing {kind} is not supported by the MFS program")
 
