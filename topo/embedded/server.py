@@ -539,6 +539,9 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         idxs = [e.index.index] if e.HasField("index") else range(size)
         if e.HasField("index") and not 0 <= e.index.index < size:
             raise EntityError(Code.OUT_OF_RANGE, f"{kind}: index {e.index.index} not in 0..{size - 1}")
+        if kind == "counter_entry" and (e.data.packet_count < 0 or e.data.byte_count < 0):
+            raise EntityError(Code.INVALID_ARGUMENT, f"counter_entry: negative count (packets "
+                                                     f"{e.data.packet_count}, bytes {e.data.byte_count})")
         with sw.lock:
             for i in idxs:
                 if kind == "counter_entry":
