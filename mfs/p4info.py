@@ -70,7 +70,8 @@ def decode(data: bytes, bitwidth: int | None = None, what: str = "value") -> int
         raise P4InfoError(f"{what}: empty byte string (P4Runtime values have at least one byte)")
     n = int.from_bytes(data, "big")
     if bitwidth is not None and n >> bitwidth:
-        raise P4InfoError(f"{what}: value 0x{data.hex()} does not fit in {bitwidth} bits")
+        shown = data.hex() if len(data) <= 16 else f"{data[:8].hex()}...({len(data)} bytes)"
+        raise P4InfoError(f"{what}: value 0x{shown} does not fit in {bitwidth} bits")
     return n
 
 

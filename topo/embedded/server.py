@@ -29,7 +29,7 @@ import grpc
 from finsy.proto import p4d, p4i, p4r, p4r_grpc, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
-from mfs.p4info import DEFAULT_P4INFO, P4Schema
+from mfs.p4info import DEFAULT_P4INFO, P4InfoError, P4Schema, decode
 from topo.embedded.pipeline import EntityError, Pipeline
 
 log = logging.getLogger("mfs.switch.p4rt")
@@ -503,7 +503,13 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
             g = pre.multicast_group_entry
             reps = []
             for r in g.replicas:
-                port = int.from_bytes(r.port, "big") if r.WhichOneof("port_kind") == "port" else r.egress_port
+                if r.WhichOneof("port_kind") == "port":
+                    try:
+                        port = decode(r.port, 9, f"multicast group {g.multicast_group_id}: replica port")
+                    except P4InfoError as e:
+                        raise EntityError(Code.INVALID_ARGUMENT, str(e)) from None
+                else:
+                    port = r.egress_port
                 reps.append((port, r.instance))
             sw.write_group(upd.type, g.multicast_group_id, reps)
         elif kind == "digest_entry":
