@@ -15,28 +15,12 @@ from finsy.proto import p4r, rpc_code
 
 from mfs.p4info import P4Schema
 from tests.dataplane.embedded_target import P4RTClient, WriteFailed, update
-from topo.embedded.server import start_server
+from tests.test_embedded_p4rt import cli, sw  # noqa: F401 - fixtures: switch on loopback, primary client
 
 C = rpc_code.Code
 INS, MOD, DEL = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
 S = P4Schema.load()
 FLOW = S.table("mfs_flow")
-
-
-@pytest.fixture
-def sw():
-    h = start_server(address="127.0.0.1:0", device_id=1)
-    yield h
-    h.stop()
-
-
-@pytest.fixture
-def cli(sw):
-    c = P4RTClient(sw.address, device_id=1, election_id=10)
-    assert c.open().status.code == C.OK
-    c.set_pipeline(S.info)
-    yield c
-    c.close()
 
 
 def flow(fid: int, level: int = 1, stage: int = 3) -> p4r.TableEntry:
