@@ -39,6 +39,7 @@ def free_port() -> int:
 class EmbeddedTarget:
     name = "embedded"
     resizable = True  # honours table_sizes
+    device_config = b""  # what SetForwardingPipelineConfig needs besides the P4Info
 
     def __init__(self, device_id: int = 1, table_sizes: dict | None = None):
         try:
@@ -60,6 +61,7 @@ class _ProcessTarget:
 
     name = "process"
     resizable = False
+    device_config = b""
 
     def __init__(self, device_id: int = 1):
         self.device_id = device_id
@@ -133,6 +135,7 @@ class Bmv2Target(_ProcessTarget):
         if table_sizes:
             raise TargetUnavailable("bmv2 table sizes are fixed by the compiled P4 program")
         self.exe = exe
+        self.device_config = BMV2_JSON.read_bytes()  # bmv2 runs nothing without its JSON
         super().__init__(device_id)
 
     def command(self) -> list[str]:

@@ -39,3 +39,33 @@ def bmv2():
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case_on_bmv2(bmv2, case):
     runner.run_case(bmv2, case)
+
+
+def test_pipeline_repush_does_not_duplicate_flood_copies(bmv2):
+    """bmv2 (PI) forgets multicast groups on SetForwardingPipelineConfig but keeps replicating them:
+    the controller's client deletes them before a push, so a re-installed flood group gives one
+    copy per port, not two."""
+    import asyncio
+
+    from controller.p4rt.client import SwitchClient, update
+    from finsy.proto import p4r
+
+    bmv2.reset()
+    bmv2.write([{"multicast_group": 1, "ports": [1, 2, 3]}])
+    group = p4r.Entity(packet_replication_engine_entry=p4r.PacketReplicationEngineEntry(
+        multicast_group_entry=p4r.MulticastGroupEntry(multicast_group_id=1, replicas=[
+            p4r.Replica(egress_port=p, instance=1) for p in (1, 2, 3)])))
+
+    async def repush():
+        c = SwitchClient(bmv2.address, bmv2.device_id, election_id=2, name="bmv2")
+        assert await c.open(), "the controller's client did not become primary"
+        try:
+            assert await c.set_pipeline(bmv2.schema.info, BMV2_JSON.read_bytes(), force=True)
+            assert await c.write([update("insert", group)]) == []
+        finally:
+            await c.close()
+
+    asyncio.run(repush())
+    arp = bytes.fromhex("ffffffffffff" "020000000004" "0806") + bytes(46)
+    outs = bmv2.send(4, arp)
+    assert sorted(p for p, _, _ in outs) == [1, 2, 3]

@@ -263,6 +263,7 @@ class SwitchClient:
         cookie = pipeline_cookie(p4info, device_config)
         if not force and await self.get_cookie() == cookie:
             return False
+        await self._clear_multicast_groups()
         cfg = p4r.ForwardingPipelineConfig(p4info=p4info, p4_device_config=device_config)
         cfg.cookie.cookie = cookie
         req = p4r.SetForwardingPipelineConfigRequest(
@@ -273,6 +274,23 @@ class SwitchClient:
         except grpc.aio.AioRpcError as e:
             raise P4RTError(f"{self.name} SetForwardingPipelineConfig", e.code().value[0], e.details()) from None
         return True
+
+    async def _clear_multicast_groups(self) -> None:
+        """Delete the device's multicast groups before a new pipeline replaces the old one.
+
+        bmv2 (PI) forgets its groups on SetForwardingPipelineConfig while bmv2 keeps replicating
+        them, so a group re-inserted after the push would replicate every packet twice
+        (docs/bmv2.md). Without a pipeline there is nothing to read, hence nothing to delete."""
+        try:
+            ents = await self.read([p4r.Entity(packet_replication_engine_entry=p4r.PacketReplicationEngineEntry(
+                multicast_group_entry=p4r.MulticastGroupEntry()))])
+        except P4RTError:
+            return
+        groups = [e for e in ents if e.WhichOneof("entity") == "packet_replication_engine_entry"
+                  and e.packet_replication_engine_entry.WhichOneof("type") == "multicast_group_entry"]
+        for err in await self.write([update("delete", e) for e in groups]):
+            raise P4RTError(f"{self.name} Write (delete multicast groups before a new pipeline)", err.code,
+                            err.message)
 
     # ------------------------------------------------------------ write / read
     async def write(self, updates: Iterable[p4r.Update], timeout: float = 10.0) -> list[UpdateError]:
