@@ -199,7 +199,8 @@ def bench_netns() -> dict[str, float]:
             def bmv2():
                 addr = f"127.0.0.1:{_free_port()}"
                 p = subprocess.Popen([ss, "-i", f"1@{net.sw_if[1]}", "-i", f"2@{net.sw_if[2]}", "--no-p4",
-                                      "--device-id", "1", "--", "--grpc-server-addr", addr, "--priority-queues", "8"],
+                                      "--device-id", "1", "--thrift-port", str(_free_port()), "--",
+                                      "--grpc-server-addr", addr, "--priority-queues", "8"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 deadline = time.monotonic() + 20
                 while True:

@@ -19,10 +19,12 @@ TARGETS = [pytest.param("embedded", id="embedded"),
            pytest.param("bmv2", id="bmv2", marks=pytest.mark.bmv2)]
 
 
-def require_target(target: str) -> None:
+def require_target(target: str, shared_bottleneck: bool = True) -> None:
+    """Skip (with the reason) when ``target`` cannot run this test: bmv2 absent, or the test
+    needs strict priority behind a shared rate-limited port, which bmv2 cannot emulate."""
     if target == "bmv2" and not find_tool("simple_switch_grpc"):
         pytest.skip(f"bmv2: {missing_reason('simple_switch_grpc')}")
-    if target == "bmv2":
+    if target == "bmv2" and shared_bottleneck:
         pytest.skip("bmv2 cannot emulate strict priority on a rate-limited port (per-queue pps rates, "
                     "docs/emulation.md 'bmv2 rate caveat'); this test needs a shared bottleneck")
 

@@ -15,8 +15,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_switch_restart_controller_resyncs(target, tmp_path):
-    if target == "bmv2":
-        require_target(target)
+    require_target(target, shared_bottleneck=False)
     fid, n, rate = 41, 1200, 1e6  # 500 B packets at 1 Mb/s: ~4.8 s of traffic
     with Network(load("line2"), tag=unique_tag(), target=target, controller=True, agents=False,
                  logdir=tmp_path / "logs") as net:
