@@ -270,7 +270,11 @@ class P4Schema:
             fm.optional.value = encode(value, f.bitwidth, what)
         elif f.match_type == "lpm":
             v, plen = _pair(value, (f.bitwidth,), what, "(value, prefix_len)")
-            if not 0 <= int(plen) <= f.bitwidth:
+            if isinstance(plen, str) and plen.strip().isdigit():
+                plen = int(plen)
+            if isinstance(plen, bool) or not isinstance(plen, int):
+                raise P4InfoError(f"{what}: prefix length {plen!r} is not an integer")
+            if not 0 <= plen <= f.bitwidth:
                 raise P4InfoError(f"{what}: prefix length {plen} not in 0..{f.bitwidth}")
             n = decode(encode(v, f.bitwidth, what))
             n &= ((1 << f.bitwidth) - 1) ^ ((1 << (f.bitwidth - int(plen))) - 1)  # P4Runtime: masked-off bits must be 0
@@ -354,6 +358,8 @@ class P4Schema:
 def _pair(value, _unused, what: str, shape: str):
     if isinstance(value, str) and "/" in value:
         v, plen = value.split("/", 1)
+        if not plen.strip().isdigit():
+            raise P4InfoError(f"{what}: {value!r}: prefix length {plen!r} is not an integer")
         return v, int(plen)
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return value[0], value[1]
