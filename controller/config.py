@@ -15,7 +15,7 @@ from typing import Any
 from mfs import levels
 from mfs.configutil import ConfigError, Section, load_yaml
 from mfs.header import VALID_STAGES
-from mfs.p4info import DEFAULT_P4INFO
+from mfs.p4info import DEFAULT_P4INFO, P4InfoError, P4Schema
 
 DSCP_MODES = ("rewrite", "clear", "leave")
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,6 +228,15 @@ def _switch(sec: Section, source: str) -> SwitchConfig:
         sw.multicast_ports = list(mp)
     if not sw.p4info.exists():
         raise sec.error("p4info", f"file {sw.p4info} does not exist")
+    try:  # names in static entries are checked now, so --check catches a typo (not the first resync)
+        schema = P4Schema.load(sw.p4info)
+    except P4InfoError as e:
+        raise sec.error("p4info", str(e)) from None
+    for i, e in enumerate(sw.entries):
+        try:
+            schema.table_entry(e.table, e.match, e.action, e.params, e.priority, e.default)
+        except P4InfoError as err:
+            raise ConfigError(source, f"{sec.key('entries')}[{i}]", str(err)) from None
     sec.done()
     return sw
 
