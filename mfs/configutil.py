@@ -60,7 +60,7 @@ class Section:
         return ConfigError(self.source, self.key(name), message)
 
     def _raw(self, name: str, default: Any) -> Any:
-        self._seen.add(name)
+        self._seen.add(str(name))  # YAML keys may be ints (level_dscp: {0: 56}); done() compares strings
         if name in self.data:
             return self.data[name]
         if default is _MISSING:
