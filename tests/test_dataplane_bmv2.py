@@ -69,3 +69,31 @@ def test_pipeline_repush_does_not_duplicate_flood_copies(bmv2):
     arp = bytes.fromhex("ffffffffffff" "020000000004" "0806") + bytes(46)
     outs = bmv2.send(4, arp)
     assert sorted(p for p, _, _ in outs) == [1, 2, 3]
+
+
+def test_many_failing_updates_in_one_write_are_reported_per_update(bmv2):
+    """PI returns per-update errors in gRPC trailing metadata; 2,000 of them exceed gRPC's default
+    16 KiB metadata limit (RESOURCE_EXHAUSTED for the whole RPC) unless the client raises
+    grpc.max_metadata_size, as controller.p4rt.client does."""
+    import asyncio
+
+    from controller.p4rt.client import SwitchClient, update
+
+    bmv2.reset()
+    n = 2000
+    ok = bmv2.schema.table_entry("MfsIngress.mfs_flow", {"stage": 1, "flow_id": 1}, "MfsIngress.set_level",
+                                 {"level": 2})
+    missing = [bmv2.schema.table_entry("MfsIngress.mfs_flow", {"stage": 2, "flow_id": i}, "MfsIngress.set_level",
+                                       {"level": 2}) for i in range(n)]
+
+    async def go():
+        c = SwitchClient(bmv2.address, bmv2.device_id, election_id=2, name="bmv2")
+        assert await c.open()
+        try:
+            return await c.write([update("insert", ok)] + [update("delete", te) for te in missing])
+        finally:
+            await c.close()
+
+    errs = asyncio.run(go())
+    assert [e.index for e in errs] == list(range(1, n + 1))   # the insert (index 0) went through
+    assert {e.code_name for e in errs} == {"NOT_FOUND"}, {e.code_name for e in errs}
