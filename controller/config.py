@@ -55,7 +55,7 @@ class SwitchConfig:
     multicast_ports: list[int] | None = None  # flood group 1; None = every configured port
 
     def device_config_bytes(self) -> bytes:
-        if self.device_config is None or not self.device_config.exists():
+        if self.device_config is None or not _exists(self.device_config):
             return b""
         return self.device_config.read_bytes()
 
@@ -139,12 +139,19 @@ def _address(sec: Section, name: str, default: Any = ..., unix: bool = False) ->
     return v
 
 
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError:  # e.g. ENAMETOOLONG: such a file cannot exist
+        return False
+
+
 def _path(source: str, v: str) -> Path:
     p = Path(v)
     if not p.is_absolute():
-        base = Path(source).resolve().parent if Path(source).exists() else ROOT
+        base = Path(source).resolve().parent if _exists(Path(source)) else ROOT
         cand = base / p
-        p = cand if cand.exists() or not (ROOT / p).exists() else ROOT / p
+        p = cand if _exists(cand) or not _exists(ROOT / p) else ROOT / p
     return p
 
 
@@ -226,7 +233,7 @@ def _switch(sec: Section, source: str) -> SwitchConfig:
                                                for x in mp):
             raise sec.error("multicast_ports", f"{mp!r} is not a list of port numbers 0..510")
         sw.multicast_ports = list(mp)
-    if not sw.p4info.exists():
+    if not _exists(sw.p4info):
         raise sec.error("p4info", f"file {sw.p4info} does not exist")
     try:  # names in static entries are checked now, so --check catches a typo (not the first resync)
         schema = P4Schema.load(sw.p4info)
