@@ -31,6 +31,8 @@ def load_yaml(path: str | Path) -> Any:
         text = p.read_text()
     except OSError as e:
         raise ConfigError(str(p), "", f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(p), "", f"not valid YAML: not UTF-8 text (byte {e.start})") from None
     try:
         return yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as e:
