@@ -191,6 +191,8 @@ def load(path: str | Path) -> Topology:
             data = json.loads(p.read_text())
         except OSError as e:
             raise ConfigError(str(p), "", f"cannot read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(str(p), "", f"not valid JSON: not UTF-8 text (byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise ConfigError(str(p), "", f"not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
         return from_tutorials(data, str(p), default_name=p.parent.name if p.stem == "topology" else p.stem)
