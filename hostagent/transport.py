@@ -292,6 +292,11 @@ class Transport:
                 _, fid, hdr, rank = cmd
                 t = self._tx.get(fid)
                 if t is not None:
+                    if hdr.rli < t.header.rli or (rank is not None and rank < t.rank):
+                        # promoted: its datagrams still queued at the old (deferred) level would hold the
+                        # window for a backed-off RTO (up to 1 s); forget the RTT learnt while deferred
+                        # so they are declared lost after MIN_RTO and resent at the new level
+                        t.srtt, t.rttvar, t.rto = None, 0.0, MIN_RTO
                     t.header = hdr
                     if t.stamper is not None:
                         t.stamper = H.Stamper(hdr)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import statistics
 import threading
 import time
 from concurrent.futures import Future
@@ -123,13 +124,72 @@ def ideal_ttft(cost, link_Bps: float, new: int, reused: int, hw: Hardware) -> fl
     return Simulator.ideal_ttft(SimpleNamespace(cost=cost, hw=replace(hw, nic_bw=link_Bps)), new, reused)
 
 
+def prefix_plan(cache: PrefixCache, r: Request) -> tuple[list[int], int, int]:
+    """Reused prefix of ``r`` (as the simulator): holder instance of each reused block, reused tokens
+    (at least one token is computed), number of blocks."""
+    holders = cache.lookup(r.hash_ids)
+    reused = min(len(holders) * r.block_tokens, r.input_tokens - 1)
+    nblk = -(-reused // r.block_tokens) if reused else 0
+    return holders[:nblk], reused, nblk
+
+
+def warm_cache(cache: PrefixCache, warm: Iterable[Request], instances: int) -> None:
+    """Make ``cache`` look like a cluster that has served ``warm`` (earlier trace lines): their prefix
+    blocks are held, owners spread round robin over the ``instances`` prefill instances."""
+    for i, r in enumerate(warm):
+        cache.store(r.hash_ids, i % instances, keep_owner=True)
+
+
+def token_counts(requests: Iterable[Request], warm: Iterable[Request] = ()) -> list[tuple[int, int]]:
+    """(new, reused) tokens of each request as the driver will see them (routing does not change them)."""
+    cache = PrefixCache()
+    warm_cache(cache, warm, 1)
+    out = []
+    for r in requests:
+        _, reused, _ = prefix_plan(cache, r)
+        cache.store(r.hash_ids, 0, keep_owner=True)
+        out.append((r.input_tokens - reused, reused))
+    return out
+
+
+def choose_time_scale(model: str, requests: Iterable[Request], warm: Iterable[Request] = (),
+                      layer_s: float = 0.02, hw: Hardware | None = None) -> float:
+    """``time_scale`` that makes the median request's layer compute (alone) last ``layer_s`` emulated
+    seconds: long against the ~1 ms an agent/controller round costs, short enough to replay quickly."""
+    if not layer_s > 0:
+        raise ValueError(f"layer_s must be > 0, got {layer_s!r}")
+    cm = CostModel(get_model(model), hw or Hardware())
+    counts = token_counts(requests, warm)
+    if not counts:
+        raise ValueError("no requests to choose a time_scale for")
+    return layer_s / statistics.median(cm.layer_compute_s(c) for c in counts)
+
+
+def service_s(model: str, new: int, reused: int, hw: Hardware | None = None) -> float:
+    """Real-cluster seconds a prefill instance is busy with one request alone: every layer's
+    compute plus its (GPU-blocking) Stage-2 transfer at the NIC rate."""
+    hw = hw or Hardware()
+    p = CostModel(get_model(model), hw).request_profile(new, reused)
+    return p.num_layers * (p.layer_compute_s + p.per_gpu(p.stage2_bytes) / hw.nic_bw)
+
+
+def capacity_rate(model: str, requests: list[Request], instances: int, warm: Iterable[Request] = (),
+                  hw: Hardware | None = None) -> float:
+    """Request rate (real req/s, whole cluster) at which ``instances`` prefill instances are busy all the time."""
+    counts = token_counts(requests, warm)
+    if not counts or instances < 1:
+        raise ValueError("capacity_rate needs requests and at least one instance")
+    return instances * len(counts) / sum(service_s(model, n, u, hw) for n, u in counts)
+
+
 class _Req:
     __slots__ = ("rid", "arrival", "new", "reused", "prof", "inst", "dec", "deadline", "rec", "s1_pending",
-                 "s3_left", "s3_last", "compute_done", "prefill_end", "batch", "finished", "holders", "block_tokens")
+                 "s3_left", "s3_last", "compute_done", "prefill_end", "batch", "finished", "holders", "block_tokens", "nblk", "s1_src")
 
     def __init__(self, r: Request):
         self.rid = r.request_id
         self.s1_pending: dict[int, int] = {}
+        self.s1_src: list[str] = []  # hosts sending its Stage-1 data
         self.s3_left = 0
         self.s3_last = 0.0
         self.compute_done = False
@@ -152,7 +212,8 @@ class _Instance:
 
 class Driver:
     def __init__(self, handles: dict[str, AgentHandle], cluster: EmuCluster, config: EmuConfig,
-                 cost=None, on_record: Callable[[RequestRecord], None] | None = None):
+                 cost=None, on_record: Callable[[RequestRecord], None] | None = None,
+                 warm: Iterable[Request] = ()):
         cluster.validate(handles)
         config.validate()
         self.h, self.cl, self.cfg = handles, cluster, config
@@ -162,6 +223,7 @@ class Driver:
         self.inst = [_Instance(i, g) for i, g in enumerate(cluster.prefill)]
         self.dec_load = [0.0] * len(cluster.decode)
         self.cache = PrefixCache()
+        warm_cache(self.cache, warm, len(self.inst))
         self.lock = threading.Lock()
         self.reqs: dict[int, _Req] = {}
         self.records: list[RequestRecord] = []
@@ -203,12 +265,10 @@ class Driver:
         now = self.rel(time.time())
         q = _Req(r)
         q.arrival = now
-        holders = self.cache.lookup(r.hash_ids)
-        reused = min(len(holders) * r.block_tokens, r.input_tokens - 1)
-        nblk = -(-reused // r.block_tokens) if reused else 0
-        holders = holders[:nblk]
+        holders, reused, nblk = prefix_plan(self.cache, r)
         q.reused, q.new = reused, r.input_tokens - reused
         q.prof = prof = self.cost.request_profile(q.new, reused)
+        q.holders, q.nblk, q.block_tokens = holders, nblk, r.block_tokens
         est = ideal_ttft(self.cost, self.link_Bps, q.new, reused, self.cfg.hw)
         q.deadline = now + self.cfg.slo_scale * self.cfg.lowload_ratio * est
         kv_blk = prof.per_gpu(self.cost.stage1_bytes(r.block_tokens)) * self.L / self.link_Bps
@@ -227,36 +287,42 @@ class Driver:
                 self.bid += 1
                 last = _Batch(self.bid)
                 inst.queue.append(last)
+            q.batch = last.bid
+            # reported before the batch can start (the instance thread waits on inst.cv)
+            self.h[inst.hosts[0]].request_start(q.rid, self.t0 + q.deadline, self.t0 + now, self.L,
+                                                batch_id=q.batch, remaining_compute=prof.prefill_compute_s)
             last.reqs.append(q)
             last.tokens += q.new
-            q.batch = last.bid
         with self.lock:
             self.reqs[q.rid] = q
-        first = self.h[inst.hosts[0]]
-        first.request_start(q.rid, self.t0 + q.deadline, self.t0 + now, self.L, batch_id=q.batch,
-                            remaining_compute=prof.prefill_compute_s)
-        # Stage 1: every layer's reused KV from the holder instance(s), right away
-        if reused:
-            by_holder: dict[int, int] = {}
-            for hld in holders:
-                if hld != inst.idx:
-                    by_holder[hld] = by_holder.get(hld, 0) + 1
-            tail = nblk * r.block_tokens - reused
-            for hld, n in by_holder.items():
-                tokens = n * r.block_tokens - (tail if holders[-1] == hld else 0)
-                size = prof.per_gpu(self.cost.stage1_bytes(tokens))
-                if size <= 0:
-                    continue
-                src_hosts = self.inst[hld].hosts
-                for j in range(self.L):
-                    for i, dst in enumerate(inst.hosts):
-                        with inst.cv:
-                            q.s1_pending[j] = q.s1_pending.get(j, 0) + 1
-                        f = self._submit(src_hosts[i % len(src_hosts)], dst, H.STAGE_KV_REUSE, size, q, j, 0, 0)
-                        f.add_done_callback(lambda fut, j=j: self._s1_done(q, j, fut))
-        self.cache.store(r.hash_ids, inst.idx)
+        self.cache.store(r.hash_ids, inst.idx, keep_owner=True)  # KV blocks stay at their owner
         with inst.cv:
             inst.cv.notify_all()
+
+    def _issue_stage1(self, q: _Req, bid: int) -> None:
+        """Stage 1 when the request's batch is scheduled: every layer's reused KV from the holder
+        instance(s), one transfer per (holder host, layer, computing host), all posted at once."""
+        if not q.reused:
+            return
+        inst, holders = q.inst, q.holders
+        by_holder: dict[int, int] = {}
+        for hld in holders:
+            if hld != inst.idx:
+                by_holder[hld] = by_holder.get(hld, 0) + 1
+        tail = q.nblk * q.block_tokens - q.reused
+        for hld, n in by_holder.items():
+            tokens = n * q.block_tokens - (tail if holders[-1] == hld else 0)
+            size = q.prof.per_gpu(self.cost.stage1_bytes(tokens))
+            if size <= 0:
+                continue
+            src_hosts = self.inst[hld].hosts
+            q.s1_src.extend(h for h in src_hosts[:len(inst.hosts)] if h not in q.s1_src)
+            for j in range(self.L):
+                for i, dst in enumerate(inst.hosts):
+                    with inst.cv:
+                        q.s1_pending[j] = q.s1_pending.get(j, 0) + 1
+                    f = self._submit(src_hosts[i % len(src_hosts)], dst, H.STAGE_KV_REUSE, size, q, j, bid, 0)
+                    f.add_done_callback(lambda fut, j=j: self._s1_done(q, j, fut))
 
     def _s1_done(self, q: _Req, layer: int, fut: Future) -> None:
         try:
@@ -303,6 +369,8 @@ class Driver:
     def run_batch(self, inst: _Instance, b: _Batch) -> None:
         first = self.h[inst.hosts[0]]
         first.batch_event(b.bid, "arrival")
+        for q in b.reqs:  # KV loads start when the batch is scheduled (as the simulator's default)
+            self._issue_stage1(q, b.bid)
         hosts = inst.hosts
         L = self.L
         for layer in range(L):
@@ -322,7 +390,9 @@ class Driver:
             for q in b.reqs:
                 if layer == 0:
                     q.rec.prefill_start = self.real(now)
-                for hn in hosts:
+                # the senders of its pending Stage-1 data learn the layer too: their agents re-stamp the
+                # RLI (and re-rank, re-arm the retransmit timer) of the transfers it promotes
+                for hn in hosts + ([h for h in q.s1_src if h not in hosts] if q.s1_pending else []):
                     self.h[hn].layer_boundary(q.rid, layer)
             time.sleep(self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs]))
             # Stage 3: push this layer's KV to the decode instance (does not block compute)
@@ -429,27 +499,62 @@ class Driver:
 
 def run_workload(handles: dict[str, AgentHandle], cluster: EmuCluster, requests: Iterable[Request],
                  config: EmuConfig | None = None, *, scheduler: str = "unknown", rate: float = 0.0,
-                 out: str | None = None, cost=None, command: str = "", **meta) -> Run:
+                 out: str | None = None, cost=None, command: str = "", warm: Iterable[Request] = (),
+                 on_record: Callable[[RequestRecord], None] | None = None, **meta) -> Run:
     """Run ``requests`` on the emulated cluster; return (and with ``out`` write) a results Run.
 
     ``handles`` maps host name → agent handle (``control.ControlClient`` for agents in
     namespaces, ``control.LocalHandle`` for in-process agents). ``scheduler`` and
     ``rate`` label the run (the scheduler itself runs in the controller). ``cost``
     replaces the cost model (anything with ``model.num_layers``, ``model.gpus``,
-    ``request_profile``, ``layer_compute_s``, ``stage1_bytes``, ``stage2_bytes``).
+    ``request_profile``, ``layer_compute_s``, ``stage1_bytes``, ``stage2_bytes``). ``warm``:
+    earlier requests whose prefix blocks the cluster already holds (:func:`warm_cache`).
     """
     config = config or EmuConfig()
-    d = Driver(handles, cluster, config, cost=cost)
+    warm = list(warm)
+    d = Driver(handles, cluster, config, cost=cost, warm=warm, on_record=on_record)
     t = time.perf_counter()
     recs = d.run(requests)
     run = make_run(scheduler, rate, recs, model=config.model if cost is None else "custom", emulated=True,
                    link_bps=config.link_bps, time_scale=config.time_scale, slo_scale=config.slo_scale,
                    lowload_ratio=config.lowload_ratio, warmup=config.warmup, measured=len(recs) - config.warmup,
                    max_batch_tokens=config.max_batch_tokens, flows=d.flows, unfinished=d.unfinished,
-                   prefill=cluster.prefill, decode=cluster.decode, wall_s=round(time.perf_counter() - t, 3), **meta)
+                   prefill=cluster.prefill, decode=cluster.decode, warm=len(warm),
+                   wall_s=round(time.perf_counter() - t, 3), **meta)
     if out:
         write_results(out, [run], command=command)
     return run
+
+
+def calibrate_lowload(handles: dict[str, AgentHandle], cluster: EmuCluster, requests: list[Request],
+                     config: EmuConfig, *, count: int = 4, warm: Iterable[Request] = (), cost=None,
+                     spacing: float = 3.0) -> tuple[float, Run]:
+    """The low-load TTFT ratio of this emulated cluster, measured as the simulator does
+    (``mfs.sim.runner.calibrate_slo``): replay ``count`` requests of the slice (spread over its
+    sizes) one at a time, and take the median of measured TTFT / ideal TTFT (compute plus
+    uncontended transfers, :func:`ideal_ttft`). The emulation's own fixed costs (agents, control
+    sockets, controller) are thereby part of the SLO, as the real cluster's are in the paper's
+    "3 × TTFT at low load". Each request arrives ``spacing`` × its ideal TTFT after the previous
+    one. Returns (ratio, the calibration run)."""
+    if count < 1 or not requests:
+        raise ValueError("calibration needs at least one request")
+    if not spacing >= 1:
+        raise ValueError(f"spacing must be >= 1, got {spacing!r}")
+    warm = list(warm)
+    cfg = replace(config, lowload_ratio=1.0, warmup=0)
+    cm = cost if cost is not None else cfg.cost_model()
+    by_size = sorted(requests, key=lambda r: r.input_tokens)
+    picks = [by_size[round(i * (len(by_size) - 1) / max(1, count - 1))] for i in range(min(count, len(by_size)))]
+    counts = token_counts(picks, warm)
+    out, t = [], 0.0
+    for i, (r, (new, reused)) in enumerate(zip(picks, counts)):
+        out.append(replace(r, request_id=i, arrival=t))
+        t += spacing * ideal_ttft(cm, cfg.link_bps / 8, new, reused, cfg.hw) / cfg.time_scale
+    run = run_workload(handles, cluster, out, cfg, scheduler="calibration", rate=0.0, cost=cost, warm=warm)
+    ratios = [q.ttft / (q.deadline - q.arrival) * cfg.slo_scale for q in run.requests if math.isfinite(q.ttft)]
+    if not ratios:
+        raise RuntimeError("calibration: no request finished")
+    return statistics.median(ratios), run
 
 
 @dataclass(frozen=True)

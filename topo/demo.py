@@ -14,6 +14,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mfs.configutil import ConfigError
@@ -36,25 +37,50 @@ def parser() -> argparse.ArgumentParser:
         description="Replay a slice of a real Mooncake trace on an emulated cluster (namespaces + the embedded "
                     "MFS switch + controller + host agents) under MFS and baseline schedulers; print TTFT SLO "
                     "attainment, p50/p99 TTFT and Stage-2 completion time per policy; write out/demo/.",
-        epilog="Needs root (network namespaces). Takes about 40-60 s per policy with the defaults.")
+        epilog="Needs root (network namespaces). Takes about 4-5 minutes with the defaults (docs/demo.md).")
     ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                     help="comma-separated schedulers to compare (default %(default)s; "
                          "available: mfs, fair, fifo, sjf, edf, karuna, pias)")
     ap.add_argument("--trace", default="mooncake-conversation",
                     help="mooncake-conversation | mooncake-synthetic | a path to a Mooncake JSONL trace "
                          "(default %(default)s, from /work/shared/traces or $MFS_TRACES)")
-    ap.add_argument("--skip", type=int, default=0, help="first trace line of the slice (default 0)")
-    ap.add_argument("--requests", type=int, default=40, help="requests in the slice (default %(default)s)")
-    ap.add_argument("--rate", type=float, default=2.0,
-                    help="cluster request rate (req/s) the slice's arrival times are rescaled to (default %(default)s)")
-    ap.add_argument("--topology", default="demo", help="topology file or shipped name (default demo)")
+    ap.add_argument("--skip", type=int, default=2800, help="first trace line of the slice (default %(default)s)")
+    ap.add_argument("--requests", type=int, default=16, help="requests in the slice (default %(default)s)")
+    ap.add_argument("--warm", type=int, default=None,
+                    help="trace lines before the slice whose prefix KV the cluster already holds, as if it had "
+                         "served them (default: all --skip of them)")
+    ap.add_argument("--model", default="qwen3-coder",
+                    help="model whose compute and per-stage bytes are emulated (mfs.sim.model; default "
+                         "%(default)s: EP=32, the paper's most communication-heavy MoE model)")
+    ap.add_argument("--load", type=float, default=0.8,
+                    help="offered load as a fraction of the prefill instances' compute capacity; sets the "
+                         "request rate (default %(default)s)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="cluster request rate in real-cluster req/s (overrides --load)")
+    ap.add_argument("--layer-ms", type=float, default=15.0,
+                    help="emulated compute of the median request's layer; sets time_scale (default %(default)s)")
+    ap.add_argument("--time-scale", type=float, default=None, help="emulated / real seconds (overrides --layer-ms)")
+    ap.add_argument("--bandwidth", type=float, default=40.0,
+                    help="emulated link rate in Mb/s for every link, 0 = the topology's (default %(default)s: "
+                         "keeps the Python switch and agents within two shared cores; ratios do not depend on it)")
+    ap.add_argument("--queue-buffer", type=int, default=128,
+                    help="switch buffer per port and level, packets (default %(default)s: more than the agents' "
+                         "128 KiB window, so one transfer alone never overflows its level)")
+    ap.add_argument("--calibrate", type=int, default=4,
+                    help="requests replayed one at a time (fair sharing) to measure the low-load TTFT that "
+                         "the SLO is a multiple of (default %(default)s)")
+    ap.add_argument("--lowload-ratio", type=float, default=None,
+                    help="low-load TTFT / ideal TTFT; skips the calibration run")
+    ap.add_argument("--topology", default="racks",
+                    help="racks (built in: 2 switches, instances spanning both) or a topology file / shipped name "
+                         "such as demo (one switch) (default %(default)s)")
     ap.add_argument("--target", choices=("embedded", "bmv2"), default="embedded",
                     help="switch target (default embedded; bmv2 needs simple_switch_grpc, and its rates are "
                          "per queue in pps: see docs/emulation.md)")
-    ap.add_argument("--slo-scale", type=float, default=None,
-                    help="TTFT SLO as a multiple of each request's uncontended TTFT (default: the workload driver's)")
+    ap.add_argument("--slo-scale", type=float, default=3.0,
+                    help="TTFT SLO as a multiple of each request's low-load TTFT (default %(default)s, the paper's)")
     ap.add_argument("--out", default=str(OUT), help="output directory (default out/demo)")
-    ap.add_argument("--time-limit", type=float, default=120.0,
+    ap.add_argument("--time-limit", type=float, default=60.0,
                     help="max seconds to wait for the last request after the last arrival (default %(default)s)")
     ap.add_argument("--instance-size", type=int, default=2,
                     help="prefill hosts per serving instance (Stage-2 peers; default %(default)s)")
@@ -85,34 +111,202 @@ def cluster_of(topo: T.Topology, instance_size: int):
                       addresses={h: x.address for h, x in topo.hosts.items()})
 
 
-def replay(net: N.Network, requests: list, args, policy: str):
-    """Drive the workload through the host agents (hostagent.workload); returns a results Run."""
-    from hostagent.control import ControlClient
-    from hostagent.workload import EmuConfig, run_workload
-    cluster = cluster_of(net.topo, args.instance_size)
-    hosts = [h for g in cluster.prefill + cluster.decode for h in g]
-    handles = {h: ControlClient(str(net.agent_sock(h)), net.ip(h)) for h in hosts}
-    cfg = EmuConfig(link_bps=min(ln.bandwidth_bps for ln in net.topo.links),
-                    **({"slo_scale": args.slo_scale} if args.slo_scale is not None else {}),
-                    timeout=args.time_limit)
-    try:
-        return run_workload(handles, cluster, requests, cfg, scheduler=policy, rate=args.rate,
-                            trace=args.trace, skip=args.skip, topology=net.topo.name, target=args.target)
-    finally:
-        for c in handles.values():
-            close = getattr(c, "close", None)
-            if close:
-                close()
+@dataclass
+class Plan:
+    """What every policy replays, and the emulation's scaling (docs/demo.md, "How the numbers are chosen")."""
+
+    requests: list  # the slice, arrivals rescaled to ``rate``
+    warm: list  # earlier trace lines whose prefix KV the cluster holds
+    model: str
+    rate: float  # real-cluster req/s
+    capacity: float  # real-cluster req/s that keeps every prefill instance busy
+    time_scale: float
+    link_bps: float
+    cluster: object  # hostagent.workload.EmuCluster
+    lowload_ratio: float | None = None
+
+    path: Path | None = None
+
+    def set_rate(self, args) -> None:
+        """``--rate``, else ``--load`` × the capacity measured at low load: the ideal capacity ÷ the
+        low-load ratio (the emulated cluster's fixed costs stretch every layer as they do the SLO)."""
+        from mfs.sim import workload as W
+        self.rate = args.rate if args.rate is not None else args.load * self.capacity / (self.lowload_ratio or 1.0)
+        self.requests = list(W.mooncake(self.path, cluster_rate=self.rate, limit=args.requests, skip=args.skip))
+
+    def config(self, args, lowload_ratio: float | None = None):
+        from hostagent.workload import EmuConfig
+        return EmuConfig(model=self.model, link_bps=self.link_bps, time_scale=self.time_scale,
+                         slo_scale=args.slo_scale, lowload_ratio=lowload_ratio or self.lowload_ratio or 1.0,
+                         timeout=args.time_limit)
 
 
-def load_requests(args) -> list:
+RACKS = {
+    # The demo's default cluster: two racks joined by one trunk of 2 host links (non-blocking for the two
+    # prefill hosts of a rack). Each prefill instance spans both racks (p1+p2, p3+p4), so the trunk carries
+    # Stage-2 all-to-all, Stage-1 KV fetches from the other instance and Stage-3 pushes to d1 at once.
+    "name": "racks",
+    "defaults": {"bandwidth": 100, "queue_buffer": 64},
+    "hosts": [{"name": "p1", "ip": "10.0.0.1/24", "role": "prefill", "ceiling": 2},
+              {"name": "p2", "ip": "10.0.0.2/24", "role": "prefill", "ceiling": 2},
+              {"name": "p3", "ip": "10.0.0.3/24", "role": "prefill", "ceiling": 2},
+              {"name": "p4", "ip": "10.0.0.4/24", "role": "prefill", "ceiling": 2},
+              {"name": "d1", "ip": "10.0.0.11/24", "role": "decode"}],
+    "switches": [{"name": "s1", "target": "embedded", "device_id": 1},
+                 {"name": "s2", "target": "embedded", "device_id": 2}],
+    "links": [["p1", "s1-p1"], ["p4", "s1-p2"], ["p2", "s2-p1"], ["p3", "s2-p2"], ["d1", "s2-p3"],
+              {"a": "s1-p3", "b": "s2-p4", "bandwidth": 200}],
+}
+
+
+def load_topology(name: str, mbps: float | None, queue_buffer: int | None = None) -> T.Topology:
+    """``racks`` (built in, above) or a topology file / shipped name; ``mbps`` rescales every link
+    (the trunk keeps its ratio to the host links); ``queue_buffer`` (packets per level and port)
+    replaces every switch's and link's."""
+    topo = T.from_dict(RACKS, "<demo racks>") if name == "racks" else T.load(name)
+    if queue_buffer is not None:
+        if not 1 <= queue_buffer <= 100_000:
+            raise ValueError(f"--queue-buffer {queue_buffer} must be in 1..100000 packets")
+        topo.switches = {k: replace(sw, queue_buffer=queue_buffer) for k, sw in topo.switches.items()}
+        topo.links = [replace(ln, queue_buffer=None) for ln in topo.links]
+    return with_bandwidth(topo, mbps)
+
+
+def with_bandwidth(topo: T.Topology, mbps: float | None) -> T.Topology:
+    if not mbps:
+        return topo
+    if not 0.1 <= mbps <= 100_000:
+        raise ValueError(f"--bandwidth {mbps!r} Mb/s is outside 0.1 .. 100000")
+    host_bw = min(ln.bandwidth_bps for ln in topo.links)
+    topo.links = [replace(ln, bandwidth_bps=ln.bandwidth_bps / host_bw * mbps * 1e6) for ln in topo.links]
+    return topo
+
+
+def make_plan(args, topo: T.Topology) -> Plan:
+    """Load the slice and the warm-up lines; choose the rate (--load of capacity) and time_scale."""
+    from hostagent import workload as E
     from mfs.sim import workload as W
+    from mfs.sim.model import get_model
+    get_model(args.model)  # ValueError naming the known models
+    for k in ("skip", "requests", "calibrate"):
+        if getattr(args, k) < (1 if k == "requests" else 0):
+            raise ValueError(f"--{k} must be >= {1 if k == 'requests' else 0}, got {getattr(args, k)}")
+    for k in ("load", "rate", "layer_ms", "time_scale", "slo_scale", "lowload_ratio", "time_limit"):
+        v = getattr(args, k)
+        if v is not None and not v > 0:
+            raise ValueError(f"--{k.replace('_', '-')} must be > 0, got {v}")
+    warm_n = args.skip if args.warm is None else args.warm
+    if not 0 <= warm_n <= args.skip:
+        raise ValueError(f"--warm {warm_n} must be in 0..--skip ({args.skip}): warm lines come before the slice")
     path = Path(args.trace) if Path(args.trace).exists() else W.trace_path(args.trace)
-    return list(W.mooncake(path, cluster_rate=args.rate, limit=args.requests, skip=args.skip))
+    warm = list(W.mooncake(path, limit=warm_n, skip=args.skip - warm_n)) if warm_n else []
+    native = list(W.mooncake(path, limit=args.requests, skip=args.skip))
+    if not native:
+        raise ValueError(f"the trace slice is empty (--skip {args.skip} --requests {args.requests})")
+    cluster = cluster_of(topo, args.instance_size)
+    cap = E.capacity_rate(args.model, native, len(cluster.prefill), warm)
+    ts = args.time_scale or E.choose_time_scale(args.model, native, warm, args.layer_ms / 1e3)
+    plan = Plan(native, warm, args.model, math.nan, cap, ts, min(ln.bandwidth_bps for ln in topo.links), cluster,
+                args.lowload_ratio)
+    plan.path = path
+    if args.rate is not None or args.lowload_ratio is not None:
+        plan.set_rate(args)
+    return plan
+
+
+def stage_defaults(policy: str, bandwidth_bps: float, rli_levels: int = 3) -> list[dict]:
+    """Switch levels for a flow's packets sent before the controller has installed its entry
+    (controller ``stage_defaults``): the level the policy itself gives a new flow of that stage
+    (64 kB; Stage 1 per RLI 0, 1, ≥ 2; Stage 3 due in 1 s). Without them those packets take the
+    lowest level, behind every installed flow: a Stage-2 collective sent in the ~2 ms before its
+    report is applied waits behind deferred Stage-1 data, which undoes what MFS is for."""
+    from mfs.policy import PolicyConfig, make_policy
+    from mfs.policy.api import FlowInfo, RequestInfo
+    pol = make_policy(policy, PolicyConfig(scheduler=policy, bandwidth_bps=bandwidth_bps))
+    now = 1000.0
+    pol.request_start(now, RequestInfo(1, 1, now + 1.0, now, 64, 0.5, 0))
+    out, fid = [], 0
+
+    def level(stage, target=0):
+        nonlocal fid
+        fid += 1
+        lvl = pol.flow_start(now, FlowInfo(fid, stage, 1, 64_000, now + 1.0, target, 0, 1, "a", "b", now))
+        return int(min(7, max(0, round(lvl))))
+    out.append({"stage": 2, "level": level(2)})
+    for r in range(rli_levels):
+        hi = r if r < rli_levels - 1 else 0xFFFF
+        out.append({"stage": 1, "level": level(1, r), "rli": [r, hi]})
+    out.append({"stage": 3, "level": level(3)})
+    return out
+
+
+HOST_PRIORITY: set[str] = set()  # policies whose host side is a strict-priority send queue (paper §5: "hybrid")
+
+
+class DemoNetwork(N.Network):
+    """The builder's Network; the agents of a policy in HOST_PRIORITY run with ``--priority-queue``:
+    MFS enforces its order at the host (Stage 2, then Stage 1 by RLI, then Stage 3; re-ranked at
+    layer boundaries) as well as at the switch, so deferred data is held at the sender instead of
+    being sent into a deferred switch queue and dropped there. The baselines' hosts send round robin
+    (a NIC sharing its queue pairs fairly)."""
+
+    def __init__(self, topo, *, host_priority: bool = False, **kw):
+        super().__init__(topo, **kw)
+        self.host_priority = host_priority
+
+    def popen(self, name, cmd, **kw):
+        if self.host_priority and name.startswith("agent-"):
+            cmd = [*cmd, "--priority-queue"]
+        return super().popen(name, cmd, **kw)
+
+
+def network(topo: T.Topology, policy: str, bandwidth_bps: float, **kw) -> DemoNetwork:
+    """A cluster for one policy: its switch stage defaults and host queue discipline."""
+    return DemoNetwork(topo, policy=policy, policy_options={"bandwidth_bps": bandwidth_bps},
+                       controller_extra={"stage_defaults": stage_defaults(policy, bandwidth_bps)},
+                       host_priority=policy in HOST_PRIORITY, **kw)
+
+
+def _handles(net: N.Network, cluster):
+    from hostagent.control import connect_all
+    hosts = [h for g in cluster.prefill + cluster.decode for h in g]
+    return connect_all({h: (str(net.agent_sock(h)), net.ip(h)) for h in hosts})
+
+
+def _close(handles) -> None:
+    for c in handles.values():
+        close = getattr(c, "close", None)
+        if close:
+            close()
+
+
+def calibrate(net: N.Network, plan: Plan, args) -> float:
+    """Low-load TTFT / ideal TTFT on this cluster (run it with fair sharing, as the simulator does)."""
+    from hostagent.workload import calibrate_lowload
+    handles = _handles(net, plan.cluster)
+    try:
+        ratio, _ = calibrate_lowload(handles, plan.cluster, plan.requests, plan.config(args, 1.0),
+                                     count=args.calibrate, warm=plan.warm)
+    finally:
+        _close(handles)
+    return ratio
+
+
+def replay(net: N.Network, plan: Plan, args, policy: str, progress=None):
+    """Drive the workload through the host agents (hostagent.workload); returns a results Run."""
+    from hostagent.workload import run_workload
+    handles = _handles(net, plan.cluster)
+    try:
+        return run_workload(handles, plan.cluster, plan.requests, plan.config(args), scheduler=policy,
+                            rate=plan.rate, warm=plan.warm, on_record=progress, trace=args.trace, skip=args.skip,
+                            topology=net.topo.name, target=args.target, load=round(plan.rate * (plan.lowload_ratio or 1.0) / plan.capacity, 3))
+    finally:
+        _close(handles)
 
 
 def table(runs) -> str:
-    head = f"{'policy':8s} {'requests':>8s} {'SLO attain':>10s} {'TTFT p50':>9s} {'TTFT p99':>9s} {'Stage-2 CCT':>11s}"
+    head = (f"{'policy':8s} {'requests':>8s} {'SLO attain':>10s} {'TTFT p50':>9s} {'TTFT p99':>9s} "
+            f"{'Stage-2 CCT':>11s} {'S1 stall':>9s}")
     lines = [head, "-" * len(head)]
     for r in runs:
         s = r.summary
@@ -121,7 +315,8 @@ def table(runs) -> str:
             return "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1e3:7.0f}ms"
         att = s.get("attainment", math.nan)
         lines.append(f"{r.scheduler:8s} {s.get('requests', 0):8d} {'n/a' if math.isnan(att) else f'{att:9.1%}':>10s} "
-                     f"{ms(s.get('ttft_p50')):>9s} {ms(s.get('ttft_p99')):>9s} {ms(s.get('stage2_cct_mean')):>11s}")
+                     f"{ms(s.get('ttft_p50')):>9s} {ms(s.get('ttft_p99')):>9s} {ms(s.get('stage2_cct_mean')):>11s} "
+                     f"{ms(s.get('stage1_stall_mean')):>9s}")
     return "\n".join(lines)
 
 
@@ -160,45 +355,70 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: cannot run here: {reason}", file=sys.stderr)
         return 2
     try:
-        topo = T.load(args.topology)
+        topo = load_topology(args.topology, args.bandwidth, args.queue_buffer)
+        plan = make_plan(args, topo)
     except ConfigError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
-    try:
-        requests = load_requests(args)
     except (OSError, ValueError) as e:
-        print(f"demo: trace {args.trace!r}: {e}", file=sys.stderr)
-        return 2
-    if not requests:
-        print(f"demo: the trace slice is empty (--skip {args.skip} --requests {args.requests})", file=sys.stderr)
+        print(f"demo: {e}", file=sys.stderr)
         return 2
     from mfs.sim.results import write_results
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"demo: {len(requests)} requests of {args.trace} (lines {args.skip}..{args.skip + len(requests) - 1}) "
-          f"at {args.rate:g} req/s on {topo.name} ({len(topo.hosts)} hosts, "
-          f"{min(ln.bandwidth_bps for ln in topo.links) / 1e6:g} Mb/s links), target {args.target}")
-    runs = []
+    n = len(plan.requests)
+    print(f"demo: {n} requests of {args.trace} (lines {args.skip}..{args.skip + n - 1}, prefix KV of "
+          f"{len(plan.warm)} earlier lines held) on {topo.name} ({len(topo.hosts)} hosts, "
+          f"{plan.link_bps / 1e6:g} Mb/s links), target {args.target}")
+    print(f"demo: model {plan.model}; time_scale {plan.time_scale:.3g}"
+          f"{f' (median layer {args.layer_ms:g} ms emulated)' if args.time_scale is None else ''}; "
+          f"ideal prefill capacity {plan.capacity:.3g} req/s", flush=True)
     t_all = time.monotonic()
+
+    def cluster(pol: str, tag: str):
+        return network(topo, pol, plan.link_bps, target=args.target, logdir=N.ROOT / "logs" / "demo" / tag,
+                       tag="demo")
+
+    if plan.lowload_ratio is None:
+        print(f"[calibrate] {args.calibrate} requests one at a time, fair sharing ...", flush=True)
+        try:
+            with cluster("fair", "calibration") as net:
+                plan.lowload_ratio = calibrate(net, plan, args)
+        except (N.BuildError, N.netns.NetError, RuntimeError) as e:
+            print(f"demo: calibration: {e}", file=sys.stderr)
+            return 1
+        print(f"[calibrate] low-load TTFT = {plan.lowload_ratio:.2f} x ideal; SLO = {args.slo_scale:g} x that "
+              f"({time.monotonic() - t_all:.0f} s)", flush=True)
+        plan.set_rate(args)
+    print(f"demo: rate {plan.rate:.3g} req/s (real cluster) = {plan.rate * plan.lowload_ratio / plan.capacity:.0%} of "
+          f"the measured capacity; last arrival at {plan.requests[-1].arrival * plan.time_scale:.0f} s emulated",
+          flush=True)
+    runs = []
     for i, pol in enumerate(policies, 1):
         t0 = time.monotonic()
-        print(f"[{i}/{len(policies)}] {pol}: building the cluster ...", flush=True)
+        tag = f"[{i}/{len(policies)}] {pol}"
+        print(f"{tag}: building the cluster ...", flush=True)
+        done = []
+
+        def progress(rec, tag=tag):
+            done.append(rec)
+            if len(done) % 6 == 0 or len(done) == n:
+                met = sum(r.met for r in done)
+                print(f"{tag}: {len(done)}/{n} requests done, {met} met their SLO", flush=True)
         try:
-            with N.Network(topo, target=args.target, policy=pol, logdir=N.ROOT / "logs" / "demo" / pol,
-                           tag="demo",
-                           policy_options={"bandwidth_bps": min(ln.bandwidth_bps for ln in topo.links)}) as net:
-                print(f"[{i}/{len(policies)}] {pol}: replaying ...", flush=True)
-                run = replay(net, requests, args, pol)
+            with cluster(pol, pol) as net:
+                print(f"{tag}: replaying ...", flush=True)
+                run = replay(net, plan, args, pol, progress)
                 dead = net.check_processes()
                 if dead:
                     raise N.BuildError(f"process(es) died during the replay: {', '.join(dead)} (logs in {net.logdir})")
-        except (N.BuildError, N.netns.NetError) as e:
+        except (N.BuildError, N.netns.NetError, RuntimeError) as e:
             print(f"demo: {pol}: {e}", file=sys.stderr)
             return 1
         runs.append(run)
         s = run.summary
-        print(f"[{i}/{len(policies)}] {pol}: {s['requests']} requests, attainment {s['attainment']:.1%}, "
+        print(f"{tag}: {s['requests']} requests, attainment {s['attainment']:.1%}, "
               f"p99 TTFT {s['ttft_p99'] * 1e3:.0f} ms ({time.monotonic() - t0:.0f} s)", flush=True)
     print()
     print(table(runs))
