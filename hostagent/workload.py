@@ -52,7 +52,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Protocol
 
 from mfs import header as H
-from mfs.sim.engine import MET_TOLERANCE_S, Simulator
+from mfs.sim import plan
+from mfs.sim.engine import MET_TOLERANCE_S
 from mfs.sim.model import CostModel, Hardware, RequestProfile, get_model
 from mfs.sim.results import RequestRecord, Run, make_run, write_results
 from mfs.sim.workload import PrefixCache, Request
@@ -119,18 +120,9 @@ class EmuConfig:
         return CostModel(get_model(self.model), self.hw, scale=scale, time_scale=self.time_scale)
 
 
-def ideal_ttft(cost, link_Bps: float, new: int, reused: int, hw: Hardware) -> float:
-    """The simulator's ideal TTFT (``Simulator.ideal_ttft``) on the emulated link, in emulated seconds."""
-    return Simulator.ideal_ttft(SimpleNamespace(cost=cost, hw=replace(hw, nic_bw=link_Bps)), new, reused)
-
-
-def prefix_plan(cache: PrefixCache, r: Request) -> tuple[list[int], int, int]:
-    """Reused prefix of ``r`` (as the simulator): holder instance of each reused block, reused tokens
-    (at least one token is computed), number of blocks."""
-    holders = cache.lookup(r.hash_ids)
-    reused = min(len(holders) * r.block_tokens, r.input_tokens - 1)
-    nblk = -(-reused // r.block_tokens) if reused else 0
-    return holders[:nblk], reused, nblk
+def ideal_ttft(cost, link_Bps: float, new: int, reused: int, hw: Hardware | None = None) -> float:
+    """The simulator's ideal TTFT (:func:`mfs.sim.plan.ideal_ttft`) on the emulated link, in emulated seconds."""
+    return plan.ideal_ttft(cost, link_Bps, new, reused)
 
 
 def warm_cache(cache: PrefixCache, warm: Iterable[Request], instances: int) -> None:
@@ -146,7 +138,7 @@ def token_counts(requests: Iterable[Request], warm: Iterable[Request] = ()) -> l
     warm_cache(cache, warm, 1)
     out = []
     for r in requests:
-        _, reused, _ = prefix_plan(cache, r)
+        _, reused, _ = plan.prefix_plan(cache, r)
         cache.store(r.hash_ids, 0, keep_owner=True)
         out.append((r.input_tokens - reused, reused))
     return out
@@ -265,14 +257,14 @@ class Driver:
         now = self.rel(time.time())
         q = _Req(r)
         q.arrival = now
-        holders, reused, nblk = prefix_plan(self.cache, r)
+        holders, reused, nblk = plan.prefix_plan(self.cache, r)
         q.reused, q.new = reused, r.input_tokens - reused
         q.prof = prof = self.cost.request_profile(q.new, reused)
         q.holders, q.nblk, q.block_tokens = holders, nblk, r.block_tokens
         est = ideal_ttft(self.cost, self.link_Bps, q.new, reused, self.cfg.hw)
         q.deadline = now + self.cfg.slo_scale * self.cfg.lowload_ratio * est
-        kv_blk = prof.per_gpu(self.cost.stage1_bytes(r.block_tokens)) * self.L / self.link_Bps
-        inst = min(self.inst, key=lambda i: i.backlog + kv_blk * sum(1 for h in holders if h != i.idx))
+        kv_blk = plan.block_fetch_s(self.cost, prof, r.block_tokens, self.link_Bps)
+        inst = self.inst[plan.route([i.backlog for i in self.inst], holders, kv_blk)]
         q.inst = inst
         q.dec = min(range(len(self.dec_load)), key=self.dec_load.__getitem__)
         self.dec_load[q.dec] += prof.stage3_bytes * self.L
@@ -304,14 +296,8 @@ class Driver:
         instance(s), one transfer per (holder host, layer, computing host), all posted at once."""
         if not q.reused:
             return
-        inst, holders = q.inst, q.holders
-        by_holder: dict[int, int] = {}
-        for hld in holders:
-            if hld != inst.idx:
-                by_holder[hld] = by_holder.get(hld, 0) + 1
-        tail = q.nblk * q.block_tokens - q.reused
-        for hld, n in by_holder.items():
-            tokens = n * q.block_tokens - (tail if holders[-1] == hld else 0)
+        inst = q.inst
+        for hld, tokens in plan.stage1_tokens(q.holders, inst.idx, q.reused, q.block_tokens).items():
             size = q.prof.per_gpu(self.cost.stage1_bytes(tokens))
             if size <= 0:
                 continue

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from mfs.policy.api import FlowInfo, Policy, RequestInfo
+from mfs.sim import plan
 from mfs.sim.model import CostModel, Hardware, ModelConfig
 from mfs.sim.results import RequestRecord
 from mfs.sim.workload import PrefixCache, Request
@@ -447,12 +448,7 @@ class Simulator:
     # ---- public -----------------------------------------------------------
     def ideal_ttft(self, new: int, reused: int) -> float:
         """TTFT of a request alone on an idle cluster (compute + uncontended transfers)."""
-        p = self.cost.request_profile(new, reused)
-        bw = self.hw.nic_bw
-        s1 = p.per_gpu(p.stage1_bytes) / bw if reused else 0.0
-        s2 = p.per_gpu(p.stage2_bytes) / bw
-        s3 = p.per_gpu(p.stage3_bytes) / bw
-        return s1 + p.num_layers * (p.layer_compute_s + s2) + s3
+        return plan.ideal_ttft(self.cost, self.hw.nic_bw, new, reused)
 
     def run(self, requests: Iterable[Request]) -> list[RequestRecord]:
         c = self.cluster
@@ -564,10 +560,7 @@ class Simulator:
     def _arrive(self, r: Request) -> None:
         now = self.now
         q = Req(r)
-        holders = self.cache.lookup(r.hash_ids)
-        reused = min(len(holders) * r.block_tokens, r.input_tokens - 1)
-        nblk = -(-reused // r.block_tokens) if reused else 0
-        holders = holders[:nblk]
+        holders, reused, _ = plan.prefix_plan(self.cache, r)
         q.reused, q.new = reused, r.input_tokens - reused
         q.est = self.ideal_ttft(q.new, q.reused)
         q.deadline = r.arrival + self.cluster.slo_scale * self.cluster.lowload_ratio * q.est
@@ -576,12 +569,8 @@ class Simulator:
         q.measured = self.cluster.warmup <= idx < self.cluster.warmup + self.cluster.measured
         # KV-cache-aware routing: least (backlog + time to fetch the prefix blocks it does not hold)
         prof = self.cost.request_profile(q.new, reused)
-        kv_blk = prof.per_gpu(self.cost.stage1_bytes(r.block_tokens)) * prof.num_layers / self.hw.nic_bw
-        best, inst = math.inf, None
-        for i in self.inst:
-            est = i.backlog + kv_blk * sum(1 for h in holders if h != i.idx)
-            if est < best:
-                best, inst = est, i
+        kv_blk = plan.block_fetch_s(self.cost, prof, r.block_tokens, self.hw.nic_bw)
+        inst = self.inst[plan.route([i.backlog for i in self.inst], holders, kv_blk)]
         q.inst = inst
         q.dec = min(range(self.nd), key=self.dec_load.__getitem__)
         q.s3_left = prof.num_layers
@@ -617,13 +606,7 @@ class Simulator:
         r, inst, holders = q.r, q.inst, q.holders
         prof = self.cost.request_profile(q.new, q.reused)
         per_layer = self.cluster.stage1_conns == "per_layer"
-        by_holder: dict[int, int] = {}
-        for h in holders:
-            if h != inst.idx:
-                by_holder[h] = by_holder.get(h, 0) + 1
-        tail = len(holders) * r.block_tokens - q.reused  # the last block may be partial
-        for h, n in by_holder.items():
-            tokens = n * r.block_tokens - (tail if holders[-1] == h else 0)
+        for h, tokens in plan.stage1_tokens(holders, inst.idx, q.reused, r.block_tokens).items():
             size = prof.per_gpu(self.cost.stage1_bytes(tokens))
             if size <= 0:
                 continue
