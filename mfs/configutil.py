@@ -25,6 +25,28 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1, seen[key])
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> Any:
     p = Path(path)
     try:
@@ -34,7 +56,9 @@ def load_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError(str(p), "", f"not valid YAML: not UTF-8 text (byte {e.start})") from None
     try:
-        return yaml.safe_load(text) if text.strip() else {}
+        return yaml.load(text, Loader=_StrictLoader) if text.strip() else {}
+    except _DuplicateKey as e:
+        raise ConfigError(str(p), e.key, f"duplicate key at line {e.line} (first given at line {e.first})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

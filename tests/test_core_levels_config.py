@@ -35,3 +35,13 @@ def test_bad_yaml_names_file_and_line(tmp_path):
         load_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="expected a mapping"):
         Section([1, 2], "x.yaml")
+
+
+def test_duplicate_key_is_an_error_not_a_silent_override(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text("switches:\n  - name: s1\npolicy: {K: 8}\nswitches: []\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: switches: duplicate key at line 4 \(first given at line 1\)"):
+        load_yaml(f)
+    g = tmp_path / "ok.yaml"
+    g.write_text("a: {x: 1}\nb: {x: 2}\n")
+    assert load_yaml(g) == {"a": {"x": 1}, "b": {"x": 2}}
