@@ -17,6 +17,7 @@ import queue
 import select
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +34,7 @@ from mfs.tools import find_tool
 CLONE_NEWNET = 0x40000000
 PACKET_OUTGOING = 4
 ETH_P_ALL = 0x0003
+THRIFT_PORT = 9090  # inside the adapter's own netns, so it cannot collide with another bmv2
 QUIET_S = 0.3      # no more output for this long = the packet's copies are all out
 MAX_WAIT_S = 3.0   # generous: the machine is loaded
 
@@ -100,7 +102,7 @@ class Bmv2Target:
         cmd = ["ip", "netns", "exec", self.ns, self.exe, "--no-p4", "--device-id", str(self.device_id)]
         for p in self.ports:
             cmd += ["-i", f"{p}@s{p}"]
-        cmd += ["--thrift-port", "0", "--", "--grpc-server-addr", f"unix://{sock_path}", "--priority-queues",
+        cmd += ["--thrift-port", str(THRIFT_PORT), "--", "--grpc-server-addr", f"unix://{sock_path}", "--priority-queues",
                 str(levels.NUM_QUEUES)]
         self.log = open(self.tmp / "bmv2.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
@@ -160,6 +162,21 @@ class Bmv2Target:
                 self.proc.kill()
                 self.proc.wait()
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+    def cli(self, commands: str) -> str:
+        """Run simple_switch_CLI commands (Thrift: queue rates/depths, which P4Runtime lacks)
+        against this switch; returns the CLI's output. RuntimeError says what is missing."""
+        exe = find_tool("simple_switch_CLI")
+        if exe is None:
+            raise RuntimeError("simple_switch_CLI not found on PATH and $BMV2_CLI is not set")
+        # the CLI's modules live next to bmv2's install: <prefix>/lib/python3.X/site-packages
+        pydirs = sorted(Path(exe).resolve().parents[1].glob("lib/python3*/site-packages"))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(d) for d in pydirs)}
+        r = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, exe, "--thrift-port", str(THRIFT_PORT)],
+                           input=commands, capture_output=True, text=True, env=env, timeout=60)
+        if r.returncode != 0 or "Error" in r.stdout or "Could not connect" in r.stdout:
+            raise RuntimeError(f"simple_switch_CLI failed ({r.returncode}): {r.stdout[-1500:]}{r.stderr[-1500:]}")
+        return r.stdout
 
     # ------------------------------------------------------------ DataplaneTarget
     def reset(self) -> None:
