@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-controller", action="store_true", help="start only namespaces and switches")
     r.add_argument("--no-agents", action="store_true", help="do not start host agents")
     r.add_argument("--detach", action="store_true", help="return once everything is up; stop with `mfs-topo stop`")
+    r.add_argument("--mininet", action="store_true",
+                   help="build it with Mininet (topo/mininet_net.py): Mininet hosts and switches; drops into "
+                        "Mininet's CLI when stdin is a TTY, else runs until SIGTERM")
     s = sub.add_parser("stop", help="kill every recorded process and remove every mfs- namespace and link")
     s.add_argument("--tag", default=None, help="only the cluster started with this tag")
     sub.add_parser("status", help="what runs now")
@@ -97,7 +100,15 @@ def _run(args) -> int:
     for note in topo.notes:
         print(f"note: {note}")
     controller = not args.no_controller and args.target != "lxbr"
-    net = N.Network(topo, tag=args.tag, target=args.target, policy=args.policy, controller=controller,
+    cls = N.Network
+    if args.mininet:
+        if args.detach:
+            print("mfs-topo: --detach does not go with --mininet (Mininet's host shells end with this command); "
+                  "run without --mininet to detach", file=sys.stderr)
+            return 2
+        from topo.mininet_net import MininetNetwork
+        cls = MininetNetwork
+    net = cls(topo, tag=args.tag, target=args.target, policy=args.policy, controller=controller,
                     agents=controller and not args.no_agents, logdir=args.logs, pcap=args.pcap)
     try:
         print(f"building {topo.name}: {len(topo.hosts)} hosts, {len(topo.switches)} switches, {len(topo.links)} links")
@@ -116,7 +127,14 @@ def _run(args) -> int:
         net.started = False
         print("detached; stop with `mfs-topo stop`")
         return 0
-    print("running; Ctrl-C to stop")
+    if args.mininet and sys.stdin.isatty():
+        from mininet.cli import CLI
+        try:
+            CLI(net.mn)
+        finally:
+            net.stop()
+        return 0
+    print("running; Ctrl-C to stop", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while True:
