@@ -129,6 +129,8 @@ def _run(args) -> int:
         return 0
     if args.mininet and sys.stdin.isatty():
         from mininet.cli import CLI
+        from mininet.log import setLogLevel
+        setLogLevel("output")  # the CLI prints command output at this level (the build ran at "warning")
         try:
             CLI(net.mn)
         finally:
