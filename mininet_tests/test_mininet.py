@@ -29,7 +29,7 @@ import pytest
 from mfs.levels import NUM_QUEUES, default_dscp
 from topo import netns
 from topo.mininet_net import MininetMissing, MininetNetwork, load_mininet, missing_reason
-from topo.net import DEFAULT_P4INFO, pid_alive, unique_tag
+from topo.net import DEFAULT_P4INFO, BuildError, pid_alive, unique_tag
 from topo.topology import load
 
 from .helpers import TARGETS, by_flow, flow_arg, require_target, run_traffic, write_levels
@@ -127,6 +127,20 @@ def test_ping_through_switch_and_entries_read_back(target, tmp_path, nets):
         assert {s.match["level"]: s.params["dscp"] for s in got["MfsEgress.level_dscp"]} == \
             {lv: default_dscp(lv) for lv in range(NUM_QUEUES)}
     assert net.mn is None and not _leftovers(net)
+
+
+@netns_only
+def test_switch_dying_at_start_is_reported_and_cleaned_up(tmp_path, nets, monkeypatch):
+    """A switch binary that exits at once: the error names the switch and its log; nothing is left."""
+    _require_mininet()
+    monkeypatch.setenv("BMV2_SWITCH", "/bin/false")
+    net = MininetNetwork(load("line2"), tag=unique_tag(), target="bmv2", controller=False, agents=False,
+                         logdir=tmp_path / "logs")
+    nets.append(net)
+    with pytest.raises(BuildError, match=r"s1 exited with code 1 while waiting for switch s1"):
+        net.start()
+    assert net.mn is None and not _leftovers(net)
+    assert net.made_ns and net.made_links  # it got as far as the plumbing, which is gone again
 
 
 @netns_only
