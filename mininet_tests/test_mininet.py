@@ -173,49 +173,90 @@ def test_strict_priority_on_rate_limited_port(target, tmp_path, nets):
     assert lo[-1][0] > hi[-1][0], "the level-7 flow finished before the level-0 one"
 
 
+def _cli_run(tag: str, topo: str, logs: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start `mfs-topo run TOPO --mininet` without a TTY; return once it says "running"."""
+    p = subprocess.Popen([sys.executable, "-m", "topo.cli", "run", topo, "--mininet", "--tag", tag,
+                          "--logs", str(logs), *extra],
+                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    lines: list[str] = []
+    end = time.monotonic() + 90
+    while time.monotonic() < end:
+        line = p.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("running"):
+            return p, lines
+    _cli_kill(p, tag)
+    pytest.fail("mfs-topo run --mininet did not come up:\n" + "".join(lines))
+
+
+def _cli_kill(p: subprocess.Popen, tag: str) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    subprocess.run([sys.executable, "-m", "topo.cli", "stop", "--tag", tag], cwd=ROOT, capture_output=True)
+
+
+def _gone(pred, timeout: float = 10.0) -> bool:
+    """Namespaces are torn down asynchronously: wait (generously) until ``pred()`` holds."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 @netns_only
 def test_cli_mininet_runs_until_sigterm(tmp_path):
     """`mfs-topo run line2 --mininet` (no TTY, controller on): routes arrive, SIGTERM cleans up."""
     _require_mininet()
     tag = unique_tag()
-    p = subprocess.Popen([sys.executable, "-m", "topo.cli", "run", "line2", "--mininet", "--tag", tag,
-                          "--no-agents", "--logs", str(tmp_path / "logs")],
-                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
-    lines: list[str] = []
+    p, lines = _cli_run(tag, "line2", tmp_path / "logs", "--no-agents")
     try:
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            line = p.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("running"):
-                break
-        assert lines and lines[-1].startswith("running"), "".join(lines)
         ns = f"{netns.PREFIX}{tag}-h1"
         assert ns in netns.namespaces()
-        ok = False
         for _ in range(20):  # the controller installs the routes after it connects
             r = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", "10.0.0.2"],
                                capture_output=True, text=True)
             if r.returncode == 0:
-                ok = True
                 break
             time.sleep(0.5)
-        assert ok, f"h1 cannot reach h2 through the controller-programmed switch: {r.stdout}"
+        assert r.returncode == 0, f"h1 cannot reach h2 through the controller-programmed switch: {r.stdout}"
         assert "s1-eth1" in netns.links(prefix="s1-")
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=60)
         assert p.returncode == 0, "".join(lines) + out
         assert ns not in netns.namespaces()
-        assert not netns.links(prefix="s1-eth"), netns.links(prefix="s1-eth")
+        assert _gone(lambda: not netns.links(prefix="s1-eth")), netns.links(prefix="s1-eth")
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            subprocess.run([sys.executable, "-m", "topo.cli", "stop", "--tag", tag], cwd=ROOT, capture_output=True)
-            subprocess.run(["mn", "-c"], capture_output=True, timeout=120)
+        _cli_kill(p, tag)
+
+
+@netns_only
+def test_mfs_topo_stop_after_a_crash(tmp_path):
+    """SIGKILL the Mininet run (no cleanup of its own): `mfs-topo stop --tag` removes host shells,
+    switches, namespaces and the switch-to-switch trunk (both ends in the root namespace)."""
+    _require_mininet()
+    tag = unique_tag()
+    p, _ = _cli_run(tag, "two_switch", tmp_path / "logs", "--no-controller")
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        assert "s1-eth3" in netns.links(prefix="s1-"), "the trunk should still exist after the crash"
+        r = subprocess.run([sys.executable, "-m", "topo.cli", "stop", "--tag", tag], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "stopped s1" in r.stdout and "removed link s1-eth3" in r.stdout, r.stdout
+        assert not [n for n in netns.namespaces() if n.startswith(f"{netns.PREFIX}{tag}-")]
+        assert _gone(lambda: not netns.links(prefix="s1-eth") and not netns.links(prefix="s2-eth")), \
+            netns.links(prefix="s1-eth") + netns.links(prefix="s2-eth")
+        # the switches' command lines hold their log file under tmp_path; pgrep exits 1 when nothing matches
+        left = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True)
+        assert left.returncode == 1, left.stdout
+    finally:
+        _cli_kill(p, tag)
 
 
 def test_missing_mininet_is_named(tmp_path, monkeypatch):

@@ -568,7 +568,8 @@ def stop_all(tag: str | None = None) -> list[str]:
         for name, p in reversed(list(st.get("procs", {}).items())):
             kill_group(int(p["pid"]))
             said.append(f"stopped {name} (pid {p['pid']})")
-        present_ns, present_links = set(netns.namespaces()), set(netns.links())
+        # recorded links need not start with mfs- (Mininet names switch ports s1-eth1)
+        present_ns, present_links = set(netns.namespaces()), set(netns.links(prefix=""))
         for ln in reversed(st.get("links", [])):
             if ln in present_links:
                 netns.del_link(ln)
