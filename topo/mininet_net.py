@@ -38,7 +38,6 @@ import importlib.util
 import os
 import shutil
 import sys
-from pathlib import Path
 
 from topo import netns
 from topo.net import BuildError, Network, Proc, kill_group
