@@ -80,3 +80,10 @@ def test_to_dict_leaves_derived_values_null_so_k_can_change():
     custom = PolicyConfig(K=4, sjf_thresholds=[1, 2, 3])
     assert custom.to_dict()["sjf_thresholds"] == [1.0, 2.0, 3.0]
     assert PolicyConfig.from_dict(custom.to_dict()) == custom
+
+
+def test_switch_schedulers_exclude_the_ideal_oracle():
+    from mfs.policy import switch_schedulers
+    names = switch_schedulers()
+    assert "llf" not in names
+    assert {"mfs", "fair", "fifo", "sjf", "edf", "karuna", "pias"} <= set(names)

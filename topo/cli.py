@@ -23,8 +23,8 @@ TARGETS = ("embedded", "bmv2", "lxbr")
 
 def _policies() -> list[str]:
     try:
-        from mfs.policy import POLICIES
-        return sorted(POLICIES)
+        from mfs.policy import switch_schedulers
+        return sorted(switch_schedulers())
     except ImportError:
         return ["mfs", "fair", "fifo", "sjf", "edf", "karuna", "pias"]
 

@@ -39,12 +39,18 @@ def make_policy(name: str | None = None, config: PolicyConfig | None = None) -> 
     return POLICIES[name](config)
 
 
+def switch_schedulers() -> list[str]:
+    """Schedulers a switch can enforce: those whose default configuration has a bounded
+    number of levels (the ideal ones, e.g. the LLF oracle, are simulator-only)."""
+    return [n for n in POLICIES if make_policy(n).num_levels is not None]
+
+
 def _fields(config: PolicyConfig) -> dict:
     from dataclasses import fields
 
     return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
-__all__ = ["POLICIES", "make_policy", "PolicyConfig", "Layout", "default_layout", "Policy", "FlowInfo",
+__all__ = ["POLICIES", "make_policy", "switch_schedulers", "PolicyConfig", "Layout", "default_layout", "Policy", "FlowInfo",
            "RequestInfo", "FlowState", "Changes", "BasePolicy", "UnknownFlow", "MfsPolicy", "FairPolicy",
            "FifoPolicy", "SjfPolicy", "EdfPolicy", "KarunaPolicy", "PiasPolicy", "LlfPolicy"]
