@@ -27,7 +27,7 @@ from controller.config import ControllerConfig
 from controller.metrics import Metrics
 from controller.switches import FlowKey, SwitchSupervisor
 from mfs import levels
-from mfs.policy import FlowInfo, PolicyConfig, RequestInfo, make_policy
+from mfs.policy import FlowInfo, PolicyConfig, RequestInfo, make_switch_policy
 from mfs.proto import report_pb2 as pb
 
 log = logging.getLogger("mfs.engine")
@@ -78,7 +78,7 @@ class Engine:
     def __init__(self, cfg: ControllerConfig, metrics: Metrics | None = None):
         self.cfg = cfg
         self.metrics = metrics or Metrics()
-        self.policy = self._make_policy(cfg.policy)
+        self.policy = make_switch_policy(cfg.policy)
         self.desired: dict[FlowKey, int] = {}
         self.flows: dict[int, FlowRec] = {}
         self.requests: dict[int, RequestInfo] = {}
@@ -101,14 +101,6 @@ class Engine:
         for sw in cfg.switches:
             self.supervisors[sw.name] = SwitchSupervisor(cfg, sw, self.desired, self.metrics,
                                                          adopt=self.adopt, on_load=self.on_load)
-
-    @staticmethod
-    def _make_policy(pcfg: PolicyConfig):
-        pol = make_policy(config=pcfg)
-        if pol.num_levels is None:
-            raise ValueError(f"policy {pcfg.scheduler!r} is ideal (unlimited levels): the simulator can run it, "
-                             f"the controller cannot (switches have {levels.NUM_QUEUES} queues)")
-        return pol
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -401,7 +393,7 @@ class Engine:
         base = self.cfg.policy.to_dict()
         base.update(updates)
         new_cfg = PolicyConfig.from_dict(base, "policy set")
-        new_pol = self._make_policy(new_cfg)
+        new_pol = make_switch_policy(new_cfg)
         now = time.time()
         changes: dict[int, float] = {}
         for req in self.requests.values():

@@ -104,7 +104,7 @@ def test_ideal_policy_is_refused_by_the_controller():
     from controller.engine import Engine
     data = config_data(["127.0.0.1:9559"], policy={"scheduler": "llf"})
     cfg = config_mod.parse(data, "ctl.yaml")
-    with pytest.raises(ValueError, match="simulator can run it, the controller cannot"):
+    with pytest.raises(ValueError, match="simulator can run it, a switch cannot"):
         Engine(cfg)
 
 

@@ -104,7 +104,7 @@ def test_policy_show_and_set_live(live, capsys):
 @pytest.mark.parametrize("args,needle", [
     (["K=12"], "K: 12 is out of range (allowed: 2..8)"),
     (["scheduler=magic"], "allowed: mfs"),
-    (["scheduler=llf"], "controller cannot"),
+    (["scheduler=llf"], "a switch cannot"),
     (["hosts.h9.ceiling=1"], "hosts.<configured host>"),
     (["hosts.h1.ceiling=9"], "allowed: 0..7"),
     (["nonsense"], "not key=value"),

@@ -87,3 +87,10 @@ def test_switch_schedulers_exclude_the_ideal_oracle():
     names = switch_schedulers()
     assert "llf" not in names
     assert {"mfs", "fair", "fifo", "sjf", "edf", "karuna", "pias"} <= set(names)
+    from mfs.policy import PolicyConfig, make_switch_policy
+    assert make_switch_policy(PolicyConfig(scheduler="fifo")).num_levels == 1  # one FIFO queue
+    assert make_switch_policy(PolicyConfig(scheduler="sjf")).num_levels == 8
+    with pytest.raises(ValueError, match="'llf' is ideal"):
+        make_switch_policy(PolicyConfig(scheduler="llf"))
+    with pytest.raises(ValueError, match="'sjf' is ideal"):
+        make_switch_policy(PolicyConfig(scheduler="sjf", ideal=True))

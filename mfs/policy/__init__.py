@@ -39,10 +39,30 @@ def make_policy(name: str | None = None, config: PolicyConfig | None = None) -> 
     return POLICIES[name](config)
 
 
+def make_switch_policy(config: PolicyConfig) -> Policy:
+    """The policy a switch can enforce (bounded levels): where the scheduler has both an ideal
+    and a K-level variant and the config does not choose, the K-level one (e.g. fifo is one
+    FIFO queue on a switch). Raises ValueError for an ideal-only scheduler (llf) or ``ideal: true``."""
+    pol = _bounded(config)
+    if pol is None:
+        raise ValueError(f"policy {config.scheduler!r} is ideal (unlimited levels): the simulator can run it, "
+                         f"a switch cannot (allowed: {', '.join(switch_schedulers())})")
+    return pol
+
+
+def _bounded(config: PolicyConfig) -> Policy | None:
+    pol = make_policy(config=config)
+    if pol.num_levels is None and config.ideal is None:
+        try:
+            pol = make_policy(config=PolicyConfig(**{**_fields(config), "ideal": False}))
+        except ValueError:  # the scheduler has no K-level variant
+            return None
+    return pol if pol.num_levels is not None else None
+
+
 def switch_schedulers() -> list[str]:
-    """Schedulers a switch can enforce: those whose default configuration has a bounded
-    number of levels (the ideal ones, e.g. the LLF oracle, are simulator-only)."""
-    return [n for n in POLICIES if make_policy(n).num_levels is not None]
+    """Schedulers a switch can enforce (``make_switch_policy`` accepts them by name)."""
+    return [n for n in POLICIES if _bounded(PolicyConfig(scheduler=n)) is not None]
 
 
 def _fields(config: PolicyConfig) -> dict:
@@ -51,6 +71,6 @@ def _fields(config: PolicyConfig) -> dict:
     return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
-__all__ = ["POLICIES", "make_policy", "switch_schedulers", "PolicyConfig", "Layout", "default_layout", "Policy", "FlowInfo",
+__all__ = ["POLICIES", "make_policy", "make_switch_policy", "switch_schedulers", "PolicyConfig", "Layout", "default_layout", "Policy", "FlowInfo",
            "RequestInfo", "FlowState", "Changes", "BasePolicy", "UnknownFlow", "MfsPolicy", "FairPolicy",
            "FifoPolicy", "SjfPolicy", "EdfPolicy", "KarunaPolicy", "PiasPolicy", "LlfPolicy"]
