@@ -5,14 +5,16 @@ peers of one serving instance); decode instances are groups of hosts too. Each
 host stands for one GPU and its NIC. For every request (from
 :func:`mfs.sim.workload.make_workload` or any iterable of ``Request``):
 
-* **routing** (as the simulator): prefix blocks already held by an instance
-  (:class:`mfs.sim.workload.PrefixCache`) are reused; the request goes to the
-  prefill instance with the least queued compute plus prefix-fetch time; the
-  decode instance with the least outstanding Stage-3 bytes receives its KV;
-* **Stage 1** at arrival (lookahead prefetch): for every layer ``j`` and every
-  host ``i`` of the computing instance, the holder instance's host ``i mod n``
-  sends that layer's reused KV (per-GPU share) with ``target_layer = j``;
-  layer ``j`` may not start before all its Stage-1 bytes have landed;
+* **routing** (the simulator's functions, :mod:`mfs.sim.plan`): prefix blocks already
+  held by an instance (:class:`mfs.sim.workload.PrefixCache`, KV kept at its owner) are
+  reused; the request goes to the prefill instance with the least queued compute plus
+  prefix-fetch time; the decode instance with the least outstanding Stage-3 bytes
+  receives its KV;
+* **Stage 1** when the request's batch starts: for every layer ``j`` and every host
+  ``i`` of the computing instance, the holder instance's host ``i mod n`` sends that
+  layer's reused KV (per-GPU share) with ``target_layer = j``, all posted at once;
+  layer ``j`` may not start before all its Stage-1 bytes have landed; the holders
+  learn the request's layer boundaries (their agents re-stamp the RLI);
 * **compute**: requests are batched FIFO up to ``max_batch_tokens`` new tokens;
   layer ``l`` is a timed wait of ``CostModel.layer_compute_s`` (same cost model as
   the simulator);
@@ -34,8 +36,9 @@ time_scale`` and compute seconds by ``time_scale`` (``CostModel(scale, time_scal
 so every compute/communication ratio of the real cluster is kept. Request arrival
 times are multiplied by ``time_scale`` too. Results are reported in **real-cluster
 seconds** (emulated seconds ÷ ``time_scale``), so they compare point by point with
-the simulator's (same schema: :mod:`mfs.sim.results`). Use ``time_scale > 1`` when
-layer compute would be shorter than the host's timer resolution (~1 ms).
+the simulator's (same schema: :mod:`mfs.sim.results`). Choose ``time_scale`` so that a
+layer lasts tens of ms (:func:`choose_time_scale`): each transfer costs the agents about a
+millisecond that the real cluster does not spend.
 """
 
 from __future__ import annotations
