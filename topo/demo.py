@@ -26,9 +26,9 @@ OUT = N.ROOT / "out" / "demo"
 
 
 def _all_policies() -> list[str]:
-    """Schedulers the controller can run (ideal ones, num_levels None, are simulator-only)."""
-    from mfs.policy import POLICIES
-    return [n for n, cls in POLICIES.items() if getattr(cls, "num_levels", 8) is not None]
+    """Schedulers a switch can enforce (ideal ones are simulator-only)."""
+    from mfs.policy import switch_schedulers
+    return switch_schedulers()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -223,9 +223,9 @@ def stage_defaults(policy: str, bandwidth_bps: float, rli_levels: int = 3) -> li
     (64 kB; Stage 1 per RLI 0, 1, ≥ 2; Stage 3 due in 1 s). Without them those packets take the
     lowest level, behind every installed flow: a Stage-2 collective sent in the ~2 ms before its
     report is applied waits behind deferred Stage-1 data, which undoes what MFS is for."""
-    from mfs.policy import PolicyConfig, make_policy
+    from mfs.policy import PolicyConfig, make_switch_policy
     from mfs.policy.api import FlowInfo, RequestInfo
-    pol = make_policy(policy, PolicyConfig(scheduler=policy, bandwidth_bps=bandwidth_bps))
+    pol = make_switch_policy(PolicyConfig(scheduler=policy, bandwidth_bps=bandwidth_bps))  # what the controller runs
     now = 1000.0
     pol.request_start(now, RequestInfo(1, 1, now + 1.0, now, 64, 0.5, 0))
     out, fid = [], 0
