@@ -33,6 +33,10 @@ from mfs.proto import report_pb2 as pb
 log = logging.getLogger("mfs.engine")
 
 MAX_EVENTS_PER_HOST_PER_ROUND = 4096
+# ReportAck.levels: at most this many "level changed since the last ack" flows kept per host
+# (a host that never reports again would otherwise grow its set; the oldest are dropped first:
+# such a host has stopped listening anyway, and GC ends its flows after gc_timeout_s)
+MAX_PENDING_LEVELS_PER_HOST = 65536
 
 
 class Reject(Exception):
@@ -96,6 +100,9 @@ class Engine:
         self._dirty: set[FlowKey] = set()  # keys whose desired level changed outside a policy Changes dict
         self.req_layer: dict[int, tuple[int, bool]] = {}  # request -> (current layer, prefill done), for replay
         self.rounds = 0
+        # per host: flow id -> level, for the host's flows started or re-levelled since its last ack
+        # (ReportAck.levels; taken by take_levels). Insertion ordered, bounded per host.
+        self.level_news: dict[str, dict[int, int]] = {}
         self.host_by_address = {h.address: h.name for h in cfg.hosts}
         self.hosts_by_port = {(h.switch, h.port): h.name for h in cfg.hosts if h.switch and h.port is not None}
         for sw in cfg.switches:
@@ -188,9 +195,25 @@ class Engine:
                 if rec.key in self.desired and new < self.desired[rec.key]:
                     self.metrics.count("promotions")
                 self.desired[rec.key] = new
-                rec.level = new
+                self._level_news(rec, new)
                 keys.add(rec.key)
         return keys
+
+    def _level_news(self, rec: FlowRec, level: int) -> None:
+        """Remember ``rec``'s new level for the next ReportAck to its host."""
+        rec.level = level
+        news = self.level_news.setdefault(rec.host, {})
+        news.pop(rec.info.flow_id, None)  # re-insert: newest last
+        news[rec.info.flow_id] = level
+        while len(news) > MAX_PENDING_LEVELS_PER_HOST:
+            news.pop(next(iter(news)))
+            self.metrics.count("level_news_dropped")
+
+    def take_levels(self, host: str) -> list[tuple[int, int]]:
+        """(flow id, level) of ``host``'s flows started or re-levelled since the last call for it
+        (ReportAck.levels, docs/report-api.md); clears them."""
+        news = self.level_news.pop(host, None)
+        return list(news.items()) if news else []
 
     async def flush(self) -> None:
         """Write the pending desired-state changes now (e.g. after a live policy change)."""
@@ -236,7 +259,8 @@ class Engine:
             adopted = self.adopted.pop(key, None)
             if adopted is not None and adopted.level < lvl:
                 lvl = adopted.level  # keep the promotion the switch already had (controller restart)
-            self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl)
+            rec = self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl)
+            self._level_news(rec, lvl)
             for other in [(st, fs.flow_id) for st in (1, 2, 3) if st != fs.stage]:
                 if self.desired.pop(other, None) is not None:  # flow id reused with another stage
                     self.adopted.pop(other, None)
@@ -320,6 +344,9 @@ class Engine:
         except KeyError:
             pass
         self.flows.pop(rec.info.flow_id, None)
+        news = self.level_news.get(rec.host)
+        if news:
+            news.pop(rec.info.flow_id, None)  # ended: its level is no longer news
         if self.desired.pop(rec.key, None) is not None:
             self._dirty.add(rec.key)
         self.metrics.count("flows_ended")
@@ -410,7 +437,8 @@ class Engine:
         for fid, lvl in changes.items():
             rec = self.flows.get(fid)
             if rec is not None and self.desired.get(rec.key) != to_level(lvl):
-                self.desired[rec.key] = rec.level = to_level(lvl)
+                self.desired[rec.key] = to_level(lvl)
+                self._level_news(rec, to_level(lvl))
                 self._dirty.add(rec.key)
         self._wake.set()
         return new_cfg

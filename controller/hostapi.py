@@ -11,7 +11,9 @@ Semantics are documented in docs/report-api.md. In short:
   range); stateful ones (unknown flow, duplicate start) in the engine. Each
   rejected event appears in ReportAck.rejected with "<reason>: <message>" and
   is counted per reason. The call returns once the batch is applied (its
-  promotions written to the switches).
+  promotions written to the switches). ReportAck.levels carries the level of
+  every flow of this host started or re-levelled since its previous ack
+  (Engine.take_levels), so the host's send queue can follow the schedule.
 * Flood control: a per-host token bucket (events/s, burst) and a bounded
   per-host queue of pending batches; beyond them the whole batch fails with
   RESOURCE_EXHAUSTED (nothing applied: retry later with the same seqs).
@@ -174,6 +176,8 @@ class HostApi(pbg.HostReportsServicer):
         ack = pb.ReportAck(acked_seq=s.accepted_seq)
         for seq, msg in rejected:
             ack.rejected.add(seq=seq, reason=msg)
+        for fid, lvl in self.engine.take_levels(s.cfg.name):
+            ack.levels.add(flow_id=fid, level=lvl)
         return ack
 
     # ------------------------------------------------------------------ validation
