@@ -12,7 +12,12 @@ not-yet-sent datagrams and are reported to the controller, which decides levels.
 Levels are decided by the controller (switch flow table). The host only *proposes*
 a level when the runtime passes ``level=`` (FLAG_PROPOSED; honoured on trusted ports
 only). The optional host send queue (``priority_queue=True``) orders the agent's own
-sending by :func:`host_rank`.
+sending by the level the controller assigns each flow (ReportAck.levels: at flow start
+and whenever it changes), whatever the scheduler — the switch's schedule, enforced at
+the host too (the paper's hybrid enforcement). Until a flow's level arrives (one report
+round trip, ~1-3 ms) it is ranked at the level the controller gave this host's previous
+flow of the same stage (and RLI class), else by :func:`host_rank`; a runtime-proposed
+level always wins.
 """
 
 from __future__ import annotations
@@ -97,6 +102,8 @@ class Transfer:
     packets: int = 0
     retransmits: int = 0
     reported: bool = True
+    rli0: int | None = None  # RLI at submit
+    proposed: int | None = None  # runtime-proposed level
     _tx: TxTransfer | None = None
 
     def wait(self, timeout: float | None = None) -> "Transfer":
@@ -138,7 +145,10 @@ class HostAgent:
         self.reporter: Reporter | None = None
         if c.controller:
             self.reporter = Reporter(c.controller, c.host, c.token, c.address, batch_max=c.batch_max,
-                                     flush_interval=c.flush_interval, on_register=self._registered)
+                                     flush_interval=c.flush_interval, on_register=self._registered,
+                                     on_levels=self._levels)
+        self._ctl_level: dict[int, int] = {}  # live flow -> the controller's level (ReportAck.levels)
+        self._stage_level: dict[tuple[int, int], int] = {}  # (stage, RLI class) -> level of the last new flow
         self.completed = 0
 
     # ---- lifecycle -------------------------------------------------------
@@ -183,6 +193,40 @@ class HostAgent:
                 return fid
         raise RuntimeError(f"all {size} flow ids of this host are in use")
 
+    @staticmethod
+    def _rli_class(stage: int, rli: int | None) -> int:
+        """Stage defaults' RLI classes (0, 1, >= 2; unknown with the last), as the controller's."""
+        return min(rli, 2) if stage == H.STAGE_KV_REUSE and rli is not None else 2
+
+    def _start_rank(self, stage: int, rli: int | None, level: int | None) -> float:
+        """Send-queue rank of a new flow before the controller's level for it arrives."""
+        if level is None:
+            learnt = self._stage_level.get((stage, self._rli_class(stage, rli)))
+            if learnt is not None:
+                return float(learnt)
+        return host_rank(stage, rli, level)
+
+    def _levels(self, pairs: list[tuple[int, int]]) -> None:  # reporter thread
+        """ReportAck.levels: rank each live flow at the controller's level (unless the runtime proposed one)."""
+        rerank = []
+        with self._lock:
+            for fid, lvl in pairs:
+                tr = self._live.get(fid)
+                if tr is None:
+                    continue
+                if fid not in self._ctl_level:  # the level at flow start: the default for the next such flow
+                    self._stage_level[(tr.stage, self._rli_class(tr.stage, tr.rli0))] = lvl
+                self._ctl_level[fid] = lvl
+                if tr.proposed is None and tr._tx is not None:
+                    rerank.append((fid, lvl))
+        for fid, lvl in rerank:
+            self.transport.rerank(fid, float(clamp(lvl)))
+
+    def controller_level(self, flow_id: int) -> int | None:
+        """The controller's current level for a live flow of this host (None before it is known)."""
+        with self._lock:
+            return self._ctl_level.get(flow_id)
+
     def _emit(self, event: str, /, **fields) -> None:
         if self.reporter is not None:
             self.reporter.emit(event, **fields)
@@ -217,8 +261,9 @@ class HostAgent:
             rli = self._rli(stage, target_layer, cur)
             fid = self._alloc_flow_id()
             now = time.time()
-            tr = Transfer(fid, stage, peer, nbytes, request_id, batch_id, target_layer, now)
+            tr = Transfer(fid, stage, peer, nbytes, request_id, batch_id, target_layer, now, rli0=rli, proposed=level)
             self._live[fid] = tr
+            rank = self._start_rank(stage, rli, level)
             self._by_request.setdefault(request_id, set()).add(fid)
         if on_done is not None:
             tr.future.add_done_callback(lambda f: on_done(f.result()))
@@ -237,9 +282,14 @@ class HostAgent:
                 marks.pop(0)
                 self._emit("progress", flow_id=fid, bytes_sent=acked)
 
-        tr._tx = self.transport.send(hdr, addr, nbytes, rank=host_rank(stage, rli, level),
-                                     dscp_mode=self.config.dscp_mode, level=self._dscp_level(stage, rli, level),
-                                     on_done=self._tx_done, on_progress=progress if marks else None)
+        tx = self.transport.send(hdr, addr, nbytes, rank=rank,
+                                 dscp_mode=self.config.dscp_mode, level=self._dscp_level(stage, rli, level),
+                                 on_done=self._tx_done, on_progress=progress if marks else None)
+        with self._lock:
+            tr._tx = tx
+            lvl = self._ctl_level.get(fid) if level is None else None
+        if lvl is not None:  # the ack overtook the send: apply it now
+            self.transport.rerank(fid, float(clamp(lvl)))
         return tr
 
     @staticmethod
@@ -257,6 +307,7 @@ class HostAgent:
     def _tx_done(self, t: TxTransfer) -> None:  # I/O thread
         with self._lock:
             tr = self._live.pop(t.flow_id, None)
+            self._ctl_level.pop(t.flow_id, None)
             if tr is not None:
                 s = self._by_request.get(tr.request_id)
                 if s is not None:
@@ -283,6 +334,7 @@ class HostAgent:
         with self._lock:
             self._layers[request_id] = current_layer
             live = [self._live[f] for f in self._by_request.get(request_id, ()) if f in self._live]
+            ctl = {tr.flow_id: self._ctl_level.get(tr.flow_id) for tr in live}
         self._emit("layer", request_id=request_id, current_layer=current_layer, prefill_done=prefill_done)
         for tr in live:
             if tr.stage == H.STAGE_KV_REUSE and tr._tx is not None and tr._tx.stamper is not None:
@@ -290,7 +342,9 @@ class HostAgent:
                 old = tr._tx.header
                 hdr = H.MfsHeader(stage=old.stage, flow_id=old.flow_id, request_id=old.request_id,
                                   target_layer=old.target_layer, rli=rli, proposed=old.proposed)
-                self.transport.restamp(tr.flow_id, hdr, host_rank(tr.stage, rli, old.proposed))
+                lvl = ctl.get(tr.flow_id)  # the controller's level rules the send queue once known
+                rank = host_rank(tr.stage, rli, old.proposed) if lvl is None or old.proposed is not None else None
+                self.transport.restamp(tr.flow_id, hdr, rank)
             if tr._tx is not None and not tr.done:
                 self._emit("progress", flow_id=tr.flow_id, bytes_sent=tr._tx.bytes_acked())
 

@@ -15,6 +15,8 @@ ordered backlog until the controller acknowledges them. One thread:
    controller ends the flows of a host silent for ``gc_timeout_s``, 30 s by default).
    ReportAck.acked_seq removes acknowledged events; rejections are logged and kept
    in ``rejections`` (they are acknowledged too — resending would not help).
+   ReportAck.levels (the controller's level for this host's flows started or
+   re-levelled since the previous ack) go to ``on_levels`` as (flow id, level) pairs.
 3. Any RPC failure (controller down, unknown session after a controller restart,
    wrong token) drops the session; the thread retries Register with exponential
    backoff (``backoff_min`` .. ``backoff_max``) and resends the backlog with the
@@ -74,7 +76,8 @@ class Reporter:
     def __init__(self, target: str, host: str, token: str, address: str, *, batch_max: int = 256,
                  flush_interval: float = 0.005, backoff_min: float = 0.05, backoff_max: float = 2.0,
                  rpc_timeout: float = 2.0, max_backlog: int = 1_000_000, keepalive: float = 10.0,
-                 on_register: Callable[[Registration], None] | None = None):
+                 on_register: Callable[[Registration], None] | None = None,
+                 on_levels: Callable[[list[tuple[int, int]]], None] | None = None):
         if batch_max < 1:
             raise ValueError(f"batch_max={batch_max} must be >= 1")
         if not keepalive > 0:
@@ -88,6 +91,7 @@ class Reporter:
         self._last_send = 0.0  # monotonic time of the last Report (keep-alives included)
         self._last_batch = -1e9  # ... of the last Report that carried events
         self.on_register = on_register
+        self.on_levels = on_levels
         self._cv = threading.Condition()
         self._backlog: deque[report_pb2.Event] = deque()
         self._next_seq = 1
@@ -100,7 +104,7 @@ class Reporter:
         self.acked_seq = 0
         self.rejections: deque[tuple[int, str]] = deque(maxlen=1000)
         self.stats = {"batches": 0, "events_sent": 0, "events_acked": 0, "rejected": 0, "registers": 0,
-                      "rpc_errors": 0, "dropped_progress": 0, "resent": 0, "keepalives": 0}
+                      "rpc_errors": 0, "dropped_progress": 0, "resent": 0, "keepalives": 0, "levels": 0}
         self.last_error: str = ""
         self.registered = threading.Event()
 
@@ -260,7 +264,13 @@ class Reporter:
                     self._backlog.popleft()
                     self.stats["events_acked"] += 1
                 self.acked_seq = max(self.acked_seq, ack.acked_seq)
+                self.stats["levels"] += len(ack.levels)
                 self._cv.notify_all()
+            if ack.levels and self.on_levels is not None:
+                try:
+                    self.on_levels([(fl.flow_id, fl.level) for fl in ack.levels])
+                except Exception:  # noqa: BLE001 - a consumer bug must not stop reporting
+                    log.exception("%s: levels callback failed", self.host)
 
     def _rpc_failed(self, what: str, e: grpc.RpcError) -> None:
         self.stats["rpc_errors"] += 1

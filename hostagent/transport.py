@@ -21,11 +21,13 @@ Loss recovery (strict-priority queues tail-drop low levels, so loss is normal):
   Finished receivers keep a tombstone for ``DONE_TTL`` seconds so late duplicates
   are re-acked instead of starting a new transfer.
 
-Send order: with ``priority_queue`` the sender always serves the pending transfer
-with the smallest ``rank`` (highest level; FIFO within a rank) that has window room
-— host-side strict priority, so the NIC queue never holds urgent data behind
-non-urgent data the host chose to send first. Without it, transfers are served
-round robin one datagram at a time.
+Send order: with ``priority_queue`` the sender always serves a pending transfer
+with the smallest ``rank`` (highest level) that has window room, round robin one
+datagram at a time among transfers of that rank — host-side strict priority across
+levels and fair sharing within one, as the simulator's sending NIC — so the NIC
+queue never holds urgent data behind non-urgent data the host chose to send first.
+Without it, all transfers are served round robin. ``rerank`` changes a transfer's
+rank (the agent passes the controller's level from ReportAck.levels).
 """
 
 from __future__ import annotations
@@ -242,6 +244,12 @@ class Transport:
         self._cmds.put(("restamp", flow_id, header, rank))
         self._wake()
 
+    def rerank(self, flow_id: int, rank: float) -> None:
+        """New send-queue rank for a transfer (e.g. the controller's level for it); a smaller
+        rank is a promotion (its retransmission timer is reset, as for a restamp)."""
+        self._cmds.put(("restamp", flow_id, None, rank))
+        self._wake()
+
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the I/O thread."""
         self._cmds.put(("call", fn))
@@ -297,14 +305,15 @@ class Transport:
                 _, fid, hdr, rank = cmd
                 t = self._tx.get(fid)
                 if t is not None:
-                    if hdr.rli < t.header.rli or (rank is not None and rank < t.rank):
+                    if (hdr is not None and hdr.rli < t.header.rli) or (rank is not None and rank < t.rank):
                         # promoted: its datagrams still queued at the old (deferred) level would hold the
                         # window for a backed-off RTO (up to 1 s); forget the RTT learnt while deferred
                         # so they are declared lost after MIN_RTO and resent at the new level
                         t.srtt, t.rttvar, t.rto = None, 0.0, MIN_RTO
-                    t.header = hdr
-                    if t.stamper is not None:
-                        t.stamper = H.Stamper(hdr)
+                    if hdr is not None:
+                        t.header = hdr
+                        if t.stamper is not None:
+                            t.stamper = H.Stamper(hdr)
                     if rank is not None:
                         t.rank = rank
             elif cmd[0] == "call":
@@ -335,10 +344,13 @@ class Transport:
 
     def _pick(self) -> TxTransfer | None:
         if self.priority_queue:
-            best = None
-            for t in self._tx.values():
-                if t.sendable(self.window) and (best is None or (t.rank, t.order) < (best.rank, best.order)):
-                    best = t
+            best, at = None, -1
+            for i, fid in enumerate(self._rr):
+                t = self._tx.get(fid)
+                if t is not None and t.sendable(self.window) and (best is None or t.rank < best.rank):
+                    best, at = t, i
+            if best is not None:
+                self._rr.rotate(-(at + 1))  # the chosen one goes last: round robin within its rank
             return best
         for _ in range(len(self._rr)):
             fid = self._rr[0]

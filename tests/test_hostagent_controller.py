@@ -14,7 +14,8 @@ config_mod = pytest.importorskip("controller.config")
 
 
 @pytest.fixture
-def live(tmp_path):
+def live(request):
+    """A controller (scheduler ``request.param``, default mfs) on the embedded switch, hosts h1, h2."""
     a_ip, b_ip = loopback_addresses(2)
     try:
         target = controller_testing.open_target("embedded")
@@ -23,7 +24,8 @@ def live(tmp_path):
         pytest.skip(f"embedded switch unavailable: {e}")
     hosts = [{"name": "h1", "address": a_ip, "token": "token-of-h1", "switch": "s1", "port": 1},
              {"name": "h2", "address": b_ip, "token": "token-of-h2", "switch": "s1", "port": 2}]
-    data = controller_testing.config_data([t.address], hosts=hosts)
+    data = controller_testing.config_data([t.address], hosts=hosts, policy={
+        "scheduler": getattr(request, "param", "mfs"), "bandwidth_bps": 1e9})
     cfg = config_mod.parse(data, "hostagent-test.yaml")
     ctl = controller_testing.LiveController(cfg)
     try:
