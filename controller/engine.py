@@ -78,6 +78,28 @@ def to_level(x: float) -> int:
     return levels.clamp(int(round(x)))
 
 
+def stage_defaults_from_policy(policy: PolicyConfig, rli_classes: int = 3) -> list[dict]:
+    """Switch levels for a flow's packets sent before the controller has installed its entry
+    (the config's ``stage_defaults``, in that shape): the level the policy itself gives a new
+    flow of each stage — for MFS its layout (Stage 2 high, Stage 1 by RLI 0, 1, >= 2, Stage 3
+    deferred), for a baseline its own initial level. Probe: a 64 kB flow of a request due in
+    1 s. Without stage defaults those packets take ``classify_default_level`` (the lowest),
+    behind every installed flow: a Stage-2 collective sent in the ~2 ms before its report is
+    applied would wait behind deferred Stage-1 data."""
+    pol = make_switch_policy(policy)  # a fresh instance of what the controller runs
+    now = 1000.0
+    pol.request_start(now, RequestInfo(1, 1, now + 1.0, now, 64, 0.5, 0))
+    out: list[dict] = []
+
+    def level(fid: int, stage: int, target: int = 0) -> int:
+        return to_level(pol.flow_start(now, FlowInfo(fid, stage, 1, 64_000, now + 1.0, target, 0, 1, "a", "b", now)))
+    out.append({"stage": 2, "level": level(1, 2)})
+    for r in range(rli_classes):
+        out.append({"stage": 1, "level": level(2 + r, 1, r), "rli": [r, r if r < rli_classes - 1 else 0xFFFF]})
+    out.append({"stage": 3, "level": level(2 + rli_classes, 3)})
+    return out
+
+
 class Engine:
     def __init__(self, cfg: ControllerConfig, metrics: Metrics | None = None):
         self.cfg = cfg

@@ -23,12 +23,30 @@ def test_racks_topology_puts_every_instance_across_the_trunk():
         demo.load_topology("racks", 1e9)
 
 
+def _stage_defaults(scheduler):
+    from controller.engine import stage_defaults_from_policy
+    from mfs.policy import PolicyConfig
+    return stage_defaults_from_policy(PolicyConfig.from_dict({"scheduler": scheduler, "bandwidth_bps": 40e6}))
+
+
 def test_stage_defaults_follow_each_policy():
-    mfs = {(d["stage"], tuple(d.get("rli", ()))): d["level"] for d in demo.stage_defaults("mfs", 40e6)}
+    mfs = {(d["stage"], tuple(d.get("rli", ()))): d["level"] for d in _stage_defaults("mfs")}
     assert mfs[(2, ())] == 1  # collectives straight to the high level (paper §4.5)
     assert [mfs[(1, (0, 0))], mfs[(1, (1, 1))], mfs[(1, (2, 0xFFFF))]] == [2, 3, 4]  # by RLI
     assert mfs[(3, ())] > 4  # a loose P2D flow starts deferred
-    assert {d["level"] for d in demo.stage_defaults("fair", 40e6)} == {0}
+    assert {d["level"] for d in _stage_defaults("fair")} == {0}
+
+
+def test_demo_network_is_the_same_host_side_for_every_policy(tmp_path):
+    topo = demo.load_topology("racks", 40)
+    for pol in ("mfs", "fair"):
+        net = demo.network(topo, pol, 40e6, logdir=tmp_path)
+        net.grpc_ports = {sw: 1 for sw in topo.switches}  # not started: addresses only
+        net.tokens = {h: "t" for h in topo.hosts}
+        assert net.topo.shape_hosts and net.host_priority and net.shape_hosts
+        cfg = net.controller_config()
+        assert cfg["stage_defaults"] == _stage_defaults(pol)  # derived from the policy the controller runs
+    assert not topo.shape_hosts  # the caller's topology is not changed
 
 
 def test_plan_scales_rate_and_time_and_checks_options():
@@ -43,3 +61,22 @@ def test_plan_scales_rate_and_time_and_checks_options():
                      (["--model", "gpt-9"], "unknown model"), (["--requests", "0"], "--requests")):
         with pytest.raises(ValueError, match=msg):
             demo.make_plan(demo.parser().parse_args(bad), demo.load_topology("racks", 40))
+
+
+def test_shape_limits_rate_with_tbf_in_a_namespace():
+    from topo import netns
+    from topo.net import unique_tag
+    reason = netns.preflight()
+    if reason:
+        pytest.skip(reason)
+    ns = f"{netns.PREFIX}shp{unique_tag()}"
+    netns.add_ns(ns)
+    try:
+        netns.shape("lo", 40e6, ns=ns)
+        out = netns.run(["tc", "qdisc", "show", "dev", "lo"], ns=ns).stdout
+        assert "tbf" in out and "rate 40Mbit" in out, out
+        with pytest.raises(ValueError, match="rate_bps"):
+            netns.shape("lo", -1.0, ns=ns)
+    finally:
+        netns.del_ns(ns)
+    assert ns not in netns.namespaces()

@@ -217,54 +217,24 @@ def make_plan(args, topo: T.Topology) -> Plan:
     return plan
 
 
-def stage_defaults(policy: str, bandwidth_bps: float, rli_levels: int = 3) -> list[dict]:
-    """Switch levels for a flow's packets sent before the controller has installed its entry
-    (controller ``stage_defaults``): the level the policy itself gives a new flow of that stage
-    (64 kB; Stage 1 per RLI 0, 1, ≥ 2; Stage 3 due in 1 s). Without them those packets take the
-    lowest level, behind every installed flow: a Stage-2 collective sent in the ~2 ms before its
-    report is applied waits behind deferred Stage-1 data, which undoes what MFS is for."""
-    from mfs.policy import PolicyConfig, make_switch_policy
-    from mfs.policy.api import FlowInfo, RequestInfo
-    pol = make_switch_policy(PolicyConfig(scheduler=policy, bandwidth_bps=bandwidth_bps))  # what the controller runs
-    now = 1000.0
-    pol.request_start(now, RequestInfo(1, 1, now + 1.0, now, 64, 0.5, 0))
-    out, fid = [], 0
-
-    def level(stage, target=0):
-        nonlocal fid
-        fid += 1
-        lvl = pol.flow_start(now, FlowInfo(fid, stage, 1, 64_000, now + 1.0, target, 0, 1, "a", "b", now))
-        return int(min(7, max(0, round(lvl))))
-    out.append({"stage": 2, "level": level(2)})
-    for r in range(rli_levels):
-        hi = r if r < rli_levels - 1 else 0xFFFF
-        out.append({"stage": 1, "level": level(1, r), "rli": [r, hi]})
-    out.append({"stage": 3, "level": level(3)})
-    return out
-
-
-HOST_PRIORITY = {"mfs"}  # policies whose host side is a strict-priority send queue (paper §5: "hybrid")
-
-
 class DemoNetwork(N.Network):
-    """The builder's Network; the agents of a policy in HOST_PRIORITY run with ``--priority-queue``:
-    MFS enforces its order at the host (Stage 2, then Stage 1 by RLI, then Stage 3; re-ranked at
-    layer boundaries) as well as at the switch, so deferred data is held at the sender instead of
-    being sent into a deferred switch queue and dropped there. The baselines' hosts send round robin
-    (a NIC sharing its queue pairs fairly)."""
+    """The builder's Network with the demo's host side, the same for every policy:
 
-    def __init__(self, topo, *, host_priority: bool = False, shape_hosts: bool = True, **kw):
-        super().__init__(topo, **kw)
+    * each host's egress is shaped to its line rate (topology ``shape_hosts``: tc tbf in
+      ``topo.netns.shape``) with an agent send buffer of 8 datagrams between the agent's pick
+      and the shaper, as a NIC's doorbell queue;
+    * every agent runs its strict-priority send queue (``--priority-queue``) ranked by the level
+      the controller gives each flow (ReportAck.levels): each scheduler's own priorities are
+      enforced at the sending host as at the switch, as the simulator does at the sending NIC
+      (MFS's hybrid enforcement, and like for like for the baselines);
+    * the switches' stage defaults come from the policy (``policy_stage_defaults``).
+    """
+
+    def __init__(self, topo, *, host_priority: bool = True, shape_hosts: bool = True, **kw):
+        if shape_hosts:
+            topo = replace(topo, shape_hosts=True)
+        super().__init__(topo, policy_stage_defaults=True, **kw)
         self.host_priority, self.shape_hosts = host_priority, shape_hosts
-
-    def start(self) -> "DemoNetwork":
-        super().start()
-        if self.shape_hosts:  # a NIC never sends faster than its line rate (tbf: netem may be missing)
-            for h in self.topo.hosts:
-                ln, _ = self.topo.host_link(h)
-                N.netns.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate",
-                             f"{int(ln.bandwidth_bps)}bit", "burst", "3028", "limit", "1000000"], ns=self.ns(h))
-        return self
 
     def popen(self, name, cmd, **kw):
         if name.startswith("agent-"):
@@ -276,10 +246,8 @@ class DemoNetwork(N.Network):
 
 
 def network(topo: T.Topology, policy: str, bandwidth_bps: float, **kw) -> DemoNetwork:
-    """A cluster for one policy: its switch stage defaults and host queue discipline."""
-    return DemoNetwork(topo, policy=policy, policy_options={"bandwidth_bps": bandwidth_bps},
-                       controller_extra={"stage_defaults": stage_defaults(policy, bandwidth_bps)},
-                       host_priority=policy in HOST_PRIORITY, **kw)
+    """A cluster for one policy (scheduler ``policy`` told the emulated link rate)."""
+    return DemoNetwork(topo, policy=policy, policy_options={"bandwidth_bps": bandwidth_bps}, **kw)
 
 
 def _handles(net: N.Network, cluster):

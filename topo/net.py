@@ -145,7 +145,8 @@ class Network:
     def __init__(self, topo: Topology, *, tag: str = "", target: str | None = None, policy: str = "mfs",
                  controller: bool = True, agents: bool = True, logdir: str | Path | None = None,
                  pcap: bool = False, policy_options: dict | None = None, controller_extra: dict | None = None,
-                 switch_args: list[str] | None = None, python: str = sys.executable, program: bool = True):
+                 switch_args: list[str] | None = None, python: str = sys.executable, program: bool = True,
+                 policy_stage_defaults: bool = False):
         if tag and not (tag.isalnum() and tag.islower() or tag.isdigit()) or len(tag) > 4:
             raise ValueError(f"tag {tag!r}: up to 4 lowercase letters/digits")
         self.topo, self.tag = topo, tag
@@ -153,6 +154,9 @@ class Network:
         self.policy, self.policy_options = policy, dict(policy_options or {})
         self.want_controller, self.want_agents = controller, agents
         self.controller_extra = dict(controller_extra or {})
+        # stage_defaults derived from the policy (controller.engine.stage_defaults_from_policy) unless
+        # controller_extra gives them; off: packets of flows without an entry take classify_default_level
+        self.policy_stage_defaults = policy_stage_defaults
         self.switch_args = list(switch_args or [])
         self.pcap = pcap
         self.program = program  # without a controller: install routes directly over P4Runtime
@@ -461,6 +465,10 @@ class Network:
                # host agents in namespaces reach the controller over a unix socket; without agents, loopback TCP
                "api": {"listen": f"unix:{self.controller_sock}" if self.want_agents else f"127.0.0.1:{free_port()}"},
                "admin": {"listen": f"127.0.0.1:{free_port()}"}}
+        if self.policy_stage_defaults:
+            from controller.engine import stage_defaults_from_policy
+            from mfs.policy import PolicyConfig
+            cfg["stage_defaults"] = stage_defaults_from_policy(PolicyConfig.from_dict(cfg["policy"], "policy"))
         for k, v in self.controller_extra.items():
             cfg[k] = v
         return cfg

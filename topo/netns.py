@@ -100,16 +100,32 @@ def up(iface: str, ns: str | None = None, mac: str | None = None) -> None:
     run(["ip", "link", "set", iface, "up"], ns=ns)
 
 
-def shape(iface: str, rate_bps: float | None, delay_s: float = 0.0, ns: str | None = None) -> None:
-    """Rate limit and/or delay an interface's egress (tc netem); nothing when neither is asked."""
+def shape(iface: str, rate_bps: float | None, delay_s: float = 0.0, ns: str | None = None,
+          limit_bytes: int = 1_000_000) -> None:
+    """Limit an interface's egress to ``rate_bps`` (tc tbf: a NIC's line rate) and/or delay it
+    (tc netem, which only a delay needs); nothing when neither is asked.
+
+    tbf: ``burst`` two full frames or 200 us of the rate, whichever is larger (a NIC sends at
+    its line rate, not in bursts); ``limit`` ``limit_bytes`` of queue (the senders' own buffers
+    are what should be short, see docs/demo.md)."""
     if not rate_bps and not delay_s:
         return
-    args = ["tc", "qdisc", "replace", "dev", iface, "root", "netem", "limit", "10000"]
-    if delay_s:
-        args += ["delay", f"{delay_s * 1e6:.0f}us"]
+    if rate_bps is not None and not rate_bps > 0:
+        raise ValueError(f"shape {iface}: rate_bps={rate_bps!r} must be > 0")
+    if delay_s < 0:
+        raise ValueError(f"shape {iface}: delay_s={delay_s!r} must be >= 0")
+    if not delay_s:
+        burst = max(2 * 1514, int(rate_bps / 8 * 200e-6))
+        run(["tc", "qdisc", "replace", "dev", iface, "root", "tbf", "rate", f"{int(rate_bps)}bit",
+             "burst", str(burst), "limit", str(limit_bytes)], ns=ns)
+        return
+    args = ["tc", "qdisc", "replace", "dev", iface, "root", "netem", "limit", "10000", "delay", f"{delay_s * 1e6:.0f}us"]
     if rate_bps:
         args += ["rate", f"{int(rate_bps)}bit"]
-    run(args, ns=ns)
+    try:
+        run(args, ns=ns)
+    except NetError as e:
+        raise NetError(f"{e} (link latency needs the sch_netem kernel module; rate limits alone use tbf)") from None
 
 
 def cleanup(prefix: str = PREFIX) -> tuple[list[str], list[str]]:
