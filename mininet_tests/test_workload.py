@@ -11,8 +11,9 @@ from instance 0's hosts, while its own Stage-2 collectives use the same switch p
 * MFS: smallest RLI first (layer 0's fetch at RLI 0, the rest deferred and promoted at
   layer boundaries), Stage 2 above them: R stalls ~1 layer's worth.
 
-Hosts are shaped to their line rate and MFS's agents hold deferred data in their priority send
-queue (topo.demo.network: the demo's settings). Asserted: R's Stage-1 stall and TTFT, and the
+Hosts are shaped to their line rate and every agent holds deferred data in its priority send
+queue, ranked by the controller's levels (topo.demo.network: the demo's settings; for fair all flows share
+one level, so its hosts send round robin as before). Asserted: R's Stage-1 stall and TTFT, and the
 mean TTFT (with margins several times the run-to-run noise; TTFT SLOs are not asserted because
 the emulation's fixed costs are only calibrated in the demo). Same requests, fresh cluster per
 policy, one switch (topologies/demo.yaml at 40 Mb/s).
