@@ -53,7 +53,7 @@ def test_plan_scales_rate_and_time_and_checks_options():
     args = demo.parser().parse_args(["--requests", "6", "--warm", "40", "--lowload-ratio", "1.5"])
     plan = demo.make_plan(args, demo.load_topology("racks", 40))
     assert len(plan.requests) == 6 and len(plan.warm) == 40
-    assert plan.rate == pytest.approx(0.8 * plan.capacity / 1.5)  # --load of the measured capacity
+    assert plan.rate == pytest.approx(1.25 * plan.capacity / 1.5)  # --load of the measured capacity
     assert plan.time_scale > 1 and plan.link_bps == 40e6
     cfg = plan.config(args)
     assert (cfg.model, cfg.lowload_ratio, cfg.slo_scale) == ("qwen3-coder", 1.5, 3.0)

@@ -52,9 +52,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="qwen3-coder",
                     help="model whose compute and per-stage bytes are emulated (mfs.sim.model; default "
                          "%(default)s: EP=32, the paper's most communication-heavy MoE model)")
-    ap.add_argument("--load", type=float, default=0.8,
-                    help="offered load as a fraction of the prefill instances' compute capacity; sets the "
-                         "request rate (default %(default)s)")
+    ap.add_argument("--load", type=float, default=1.25,
+                    help="offered load as a fraction of the prefill instances' measured compute capacity; sets "
+                         "the request rate (default %(default)s: past the knee, where fair sharing's attainment "
+                         "falls; docs/demo.md)")
     ap.add_argument("--rate", type=float, default=None,
                     help="cluster request rate in real-cluster req/s (overrides --load)")
     ap.add_argument("--layer-ms", type=float, default=15.0,
