@@ -80,3 +80,49 @@ def test_shape_limits_rate_with_tbf_in_a_namespace():
     finally:
         netns.del_ns(ns)
     assert ns not in netns.namespaces()
+
+
+def test_lost_cluster_names_an_outside_teardown(tmp_path):
+    """The demo's diagnosis when its cluster is stopped from outside (`mfs-topo stop` without --tag kills
+    every recorded run's processes, removes their namespaces and run state): it says what is gone, and
+    only such a teardown (not a crash of ours) is retried."""
+    import signal
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from topo import net as N
+    from topo import netns
+    reason = netns.preflight()
+    if reason:
+        pytest.skip(reason)
+    ns = f"{netns.PREFIX}lc{N.unique_tag()}"
+    netns.add_ns(ns)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / N.STATE).write_text("{}")
+        fake = SimpleNamespace(rundir=tmp_path, topo=SimpleNamespace(hosts={"p1": None}), ns=lambda h: ns,
+                               procs={"agent-p1": SimpleNamespace(popen=proc)})
+        assert demo.lost_cluster(fake) is None  # whole
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        netns.del_ns(ns)
+        (tmp_path / N.STATE).unlink()
+        why = demo.lost_cluster(fake)
+        assert "run state" in why and ns in why and "agent-p1 killed by signal 15" in why, why
+        assert demo.outside_teardown(why)
+        crash = SimpleNamespace(popen=subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]))
+        crash.popen.wait(timeout=30)
+        (tmp_path / N.STATE).write_text("{}")
+        netns.add_ns(ns)
+        fake.procs = {"agent-p1": crash}
+        why = demo.lost_cluster(fake)
+        assert why == "agent-p1 exited 3" and not demo.outside_teardown(why)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if ns in netns.namespaces():
+            netns.del_ns(ns)
+    assert ns not in netns.namespaces()
+    with pytest.raises(ValueError, match="--retries"):
+        demo.make_plan(demo.parser().parse_args(["--retries", "-1"]), demo.load_topology("racks", 40))

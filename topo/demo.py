@@ -88,6 +88,10 @@ def parser() -> argparse.ArgumentParser:
                     help="max seconds to wait for the last request after the last arrival (default %(default)s)")
     ap.add_argument("--instance-size", type=int, default=2,
                     help="prefill hosts per serving instance (Stage-2 peers; default %(default)s)")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="rebuild and replay a policy this many times when its cluster was torn down from outside "
+                         "the demo during the replay (e.g. `mfs-topo stop` without --tag in another shell; "
+                         "default %(default)s); any other failure stops the demo")
     return ap
 
 
@@ -192,8 +196,8 @@ def make_plan(args, topo: T.Topology) -> Plan:
     from mfs.sim import workload as W
     from mfs.sim.model import get_model
     get_model(args.model)  # ValueError naming the known models
-    for k in ("skip", "requests", "calibrate"):
-        if getattr(args, k) < (1 if k == "requests" else 0):
+    for k in ("skip", "requests", "calibrate", "retries"):
+        if getattr(args, k, 0) < (1 if k == "requests" else 0):
             raise ValueError(f"--{k} must be >= {1 if k == 'requests' else 0}, got {getattr(args, k)}")
     for k in ("load", "rate", "layer_ms", "time_scale", "slo_scale", "lowload_ratio", "time_limit"):
         v = getattr(args, k)
@@ -288,6 +292,30 @@ def replay(net: N.Network, plan: Plan, args, policy: str, progress=None):
         _close(handles)
 
 
+def lost_cluster(net: N.Network) -> str | None:
+    """Why ``net`` is no longer whole, or None: its run state file removed, host namespaces gone,
+    processes killed by a signal (the demo never signals its processes before teardown) or exited.
+    A run state file or namespace removed by someone else means an outside teardown: ``mfs-topo stop``
+    without ``--tag`` (also ``make stop`` / ``make clean``) stops every recorded run, this one included."""
+    why = []
+    if not (net.rundir / N.STATE).exists():
+        why.append(f"its run state {net.rundir / N.STATE} was removed")
+    present = set(N.netns.namespaces())
+    gone = [net.ns(h) for h in net.topo.hosts if net.ns(h) not in present]
+    if gone:
+        why.append(f"namespace(s) {', '.join(gone)} removed")
+    for name, p in net.procs.items():
+        rc = p.popen.poll()
+        if rc is not None:
+            why.append(f"{name} {'killed by signal ' + str(-rc) if rc < 0 else 'exited ' + str(rc)}")
+    return "; ".join(why) or None
+
+
+def outside_teardown(why: str | None) -> bool:
+    """The cluster was stopped from outside (not a crash of ours): worth one rebuild."""
+    return bool(why) and ("removed" in why or "killed by signal" in why)
+
+
 def table(runs) -> str:
     head = (f"{'policy':8s} {'requests':>8s} {'SLO attain':>10s} {'TTFT p50':>9s} {'TTFT p99':>9s} "
             f"{'Stage-2 CCT':>11s} {'S1 stall':>9s}")
@@ -361,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.monotonic()
 
     def cluster(pol: str, tag: str):
+        # a tag of its own: a concurrent demo (or its `mfs-topo stop --tag`) never touches this one's names
         return network(topo, pol, plan.link_bps, target=args.target, logdir=N.ROOT / "logs" / "demo" / tag,
-                       tag="demo", shape_hosts=not args.unshaped_hosts)
+                       tag=N.unique_tag(), shape_hosts=not args.unshaped_hosts)
 
     if plan.lowload_ratio is None:
         print(f"[calibrate] {args.calibrate} requests one at a time, fair sharing ...", flush=True)
@@ -390,16 +419,28 @@ def main(argv: list[str] | None = None) -> int:
             if len(done) % 6 == 0 or len(done) == n:
                 met = sum(r.met for r in done)
                 print(f"{tag}: {len(done)}/{n} requests done, {met} met their SLO", flush=True)
-        try:
-            with cluster(pol, pol) as net:
-                print(f"{tag}: replaying ...", flush=True)
-                run = replay(net, plan, args, pol, progress)
-                dead = net.check_processes()
-                if dead:
-                    raise N.BuildError(f"process(es) died during the replay: {', '.join(dead)} (logs in {net.logdir})")
-        except (N.BuildError, N.netns.NetError, RuntimeError) as e:
-            print(f"demo: {pol}: {e}", file=sys.stderr)
-            return 1
+        for attempt in range(args.retries + 1):
+            done.clear()
+            try:
+                with cluster(pol, pol) as net:
+                    print(f"{tag}: replaying ...", flush=True)
+                    try:
+                        run = replay(net, plan, args, pol, progress)
+                        err = None
+                    except RuntimeError as e:
+                        err = e
+                    why = lost_cluster(net)
+                    if err is None and why is None:
+                        break
+                    msg = (f"{err}; " if err else "") + (f"the cluster is not whole: {why}" if why else "")
+                    if outside_teardown(why) and attempt < args.retries:
+                        print(f"demo: {pol}: {msg} -- torn down from outside (another `mfs-topo stop` without "
+                              f"--tag?); rebuilding and replaying {pol} again", file=sys.stderr, flush=True)
+                        continue
+                    raise N.BuildError(f"{msg} (logs in {net.logdir})")
+            except (N.BuildError, N.netns.NetError, RuntimeError) as e:
+                print(f"demo: {pol}: {e}", file=sys.stderr)
+                return 1
         runs.append(run)
         s = run.summary
         print(f"{tag}: {s['requests']} requests, attainment {s['attainment']:.1%}, "
