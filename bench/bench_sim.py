@@ -5,9 +5,9 @@ the same for fair sharing measured in the same run (ratio = cost relative to the
 simplest policy). Goal: one paper-scale point <= 60 s on one core, for every
 scheduler (Karuna's rate caps used to make its points ~5x slower than MFS's).
 
-Memory: peak Python heap (tracemalloc) of the same small point with 4x more measured
-requests; the ratio shows it stays flat with trace length (streaming arrivals, finished
-requests dropped, only per-request records kept).
+Memory: peak Python heap (tracemalloc) of a small point with 1x and 4x the measured
+requests. Arrivals are streamed and finished requests dropped; what grows is the result
+records and the prefix-block holder cache, an LRU bounded at ``prefix_capacity`` blocks.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def main() -> int:
         print(f"memory: mfs, 16 servers, 64+{measured} requests: peak heap {peaks[measured] / 2**20:.1f} MiB")
     per_req = (peaks[1024] - peaks[256]) / (1024 - 256)
     print(f"memory ratio for 4x the requests: {peaks[1024] / peaks[256]:.2f}; growth {per_req / 1024:.1f} KiB per "
-          f"extra request = its result record (the simulation state itself does not grow)")
+          f"extra request: its result record plus its prefix blocks in the KV-holder cache, an LRU bounded at "
+          f"ClusterConfig.prefix_capacity blocks (finished requests and their flows are dropped)")
     return 0
 
 
