@@ -41,11 +41,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                     help="comma-separated schedulers to compare (default %(default)s; "
                          "available: mfs, fair, fifo, sjf, edf, karuna, pias)")
-    ap.add_argument("--trace", default="mooncake-conversation",
+    ap.add_argument("--trace", default="mooncake-synthetic",
                     help="mooncake-conversation | mooncake-synthetic | a path to a Mooncake JSONL trace "
                          "(default %(default)s, from /work/shared/traces or $MFS_TRACES)")
-    ap.add_argument("--skip", type=int, default=2800, help="first trace line of the slice (default %(default)s)")
-    ap.add_argument("--requests", type=int, default=16, help="requests in the slice (default %(default)s)")
+    ap.add_argument("--skip", type=int, default=3650,
+                    help="first trace line of the slice (default %(default)s: arrivals spread over distinct ms "
+                         "timestamps, 9 of 20 requests fetch prefix KV from the other instance; docs/demo.md)")
+    ap.add_argument("--requests", type=int, default=20, help="requests in the slice (default %(default)s)")
     ap.add_argument("--warm", type=int, default=None,
                     help="trace lines before the slice whose prefix KV the cluster already holds, as if it had "
                          "served them (default: all --skip of them)")
@@ -427,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         run = replay(net, plan, args, pol, progress)
                         err = None
-                    except RuntimeError as e:
-                        err = e
+                    except (RuntimeError, TimeoutError) as e:  # TimeoutError: an agent stopped answering
+                        err = str(e) or f"{type(e).__name__} (an agent stopped answering its control socket)"
                     why = lost_cluster(net)
                     if err is None and why is None:
                         break
@@ -438,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"--tag?); rebuilding and replaying {pol} again", file=sys.stderr, flush=True)
                         continue
                     raise N.BuildError(f"{msg} (logs in {net.logdir})")
-            except (N.BuildError, N.netns.NetError, RuntimeError) as e:
-                print(f"demo: {pol}: {e}", file=sys.stderr)
+            except (N.BuildError, N.netns.NetError, RuntimeError, TimeoutError) as e:
+                print(f"demo: {pol}: {str(e) or type(e).__name__}", file=sys.stderr)
                 return 1
         runs.append(run)
         s = run.summary
