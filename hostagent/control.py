@@ -76,6 +76,15 @@ def _opt_num(req: dict, key: str) -> float | None:
     return float(v)
 
 
+def _num(req: dict, key: str, default: Any = ...) -> float:
+    v = _opt_num(req, key)
+    if v is None:
+        if default is ...:
+            raise ValueError(f"{key} is required")
+        return float(default)
+    return v
+
+
 def transfer_event(tr: Transfer) -> dict:
     return {"event": "done", "flow_id": tr.flow_id, "stage": tr.stage, "request_id": tr.request_id,
             "bytes": tr.size, "submit_time": tr.submit_time, "end_time": tr.end_time, "packets": tr.packets,
@@ -134,8 +143,8 @@ class _Conn:
                 self.handle(line)
         except LineTooLong as e:
             self.send({"ok": False, "error": f"request {e}"})
-        except OSError:
-            pass
+        except OSError as e:
+            log.info("control connection closed: %s", e)
         finally:
             self.closed = True
             if self.subscribed:
@@ -152,6 +161,9 @@ class _Conn:
             reply = self.dispatch(req)
         except (ValueError, TypeError, RuntimeError) as e:
             reply = {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug in the agent must not silently drop the driver's connection
+            log.exception("control request failed: %.200r", line)
+            reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
         reply["id"] = rid
         self.send(reply)
 
@@ -171,9 +183,9 @@ class _Conn:
         if op == "layer":
             agent.layer_boundary(_int(req, "request_id"), _int(req, "current_layer"), bool(req.get("prefill_done")))
         elif op == "request_start":
-            agent.request_start(_int(req, "request_id"), float(req["deadline"]), float(req["arrival"]),
+            agent.request_start(_int(req, "request_id"), _num(req, "deadline"), _num(req, "arrival"),
                                 _int(req, "num_layers"), batch_id=_int(req, "batch_id", 0),
-                                remaining_compute=float(req.get("remaining_compute", 0.0)),
+                                remaining_compute=_num(req, "remaining_compute", 0.0),
                                 remaining_bytes=_int(req, "remaining_bytes", 0))
         elif op == "request_end":
             agent.request_end(_int(req, "request_id"))

@@ -63,6 +63,9 @@ def test_submit_done_and_received_events(two_agents):
     ({"op": "submit", "stage": 1, "peer": "127.0.0.1", "bytes": 1}, "request_id is required"),
     ({"op": "batch", "batch_id": 1, "kind": "later"}, "'later'"),
     ({"op": "frobnicate"}, "unknown op"),
+    ({"op": "request_start", "request_id": 1, "arrival": 0, "num_layers": 2}, "deadline is required"),
+    ({"op": "request_start", "request_id": 1, "deadline": "soon", "arrival": 0, "num_layers": 2},
+     "deadline='soon' is not a number"),
 ])
 def test_bad_requests_get_named_errors(two_agents, req, msg):
     (a, sa), _ = two_agents
@@ -136,3 +139,19 @@ def test_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hostagent.cli", "status", "--control", f"unix:{tmp_path}/none.sock"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "cannot connect" in r.stderr
+
+
+def test_an_agent_bug_is_reported_and_the_connection_survives(two_agents, monkeypatch, caplog):
+    (a, sa), _ = two_agents
+
+    def broken(request_id):
+        raise KeyError(request_id)
+    monkeypatch.setattr(a, "request_end", broken)
+    c = ControlClient(sa.path)
+    try:
+        with pytest.raises(ControlError, match="internal error: KeyError"):
+            c.request("request_end", request_id=7)
+        assert c.request("ping")["ok"]  # before: the exception escaped and closed the socket silently
+    finally:
+        c.close()
+    assert "control request failed" in caplog.text
