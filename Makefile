@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS   ?=
 BENCH_ARGS  ?=
 
-.PHONY: all venv shell-venv sysdeps demo test test-unit bench p4 run stop clean proto tofino-config help
+.PHONY: all venv shell-venv sysdeps demo test test-unit bench p4 run stop stop-all clean proto tofino-config help
 
 all: demo
 
@@ -70,8 +70,13 @@ tofino-config: venv
 run: venv sysdeps
 	$(PY) -m topo.cli run $(TOPO)
 
+# stop: detached/crashed clusters and leftovers (a cluster whose owner still runs is left alone).
+# stop-all: every cluster, plus Mininet's own cleanup (`mn -c` also removes unrelated *-ethN links).
 stop:
 	-$(PY) -m topo.cli stop
+
+stop-all:
+	-$(PY) -m topo.cli stop --all
 	-mn -c >/dev/null 2>&1 || true
 
 clean: stop

@@ -65,3 +65,18 @@ def test_bad_topology_is_a_clear_cli_error(tmp_path):
     f.write_text("hosts: []\nswitches: []\nlinks: []\n")
     r = subprocess.run([sys.executable, "-m", "topo.cli", "run", str(f)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and f"{f}: hosts: at least one host is required" in r.stderr
+
+
+def test_plain_stop_leaves_a_live_process_cluster_alone(tmp_path):
+    """`mfs-topo stop` (no tag) from another shell must not tear down a demo or test still running;
+    --all does."""
+    tag = N.unique_tag()
+    py = [sys.executable, "-m", "topo.cli"]
+    with N.Network(load("line2"), tag=tag, target="lxbr", controller=False, agents=False, logdir=tmp_path) as net:
+        out = subprocess.run(py + ["stop"], capture_output=True, text=True, timeout=60).stdout
+        assert f"left running: cluster {tag!r}" in out
+        assert set(net.made_ns) <= set(netns.namespaces())
+        assert "1 received" in net.exec("h1", ["ping", "-c1", "-W2", net.ip("h2")]).stdout
+        out = subprocess.run(py + ["stop", "--all"], capture_output=True, text=True, timeout=60).stdout
+        assert f"mfs-{tag}-h1" in out
+        assert _leftovers(tag) == []

@@ -48,8 +48,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--mininet", action="store_true",
                    help="build it with Mininet (topo/mininet_net.py): Mininet hosts and switches; drops into "
                         "Mininet's CLI when stdin is a TTY, else runs until SIGTERM")
-    s = sub.add_parser("stop", help="kill every recorded process and remove every mfs- namespace and link")
+    s = sub.add_parser("stop", help="stop detached or crashed clusters and remove mfs- leftovers "
+                                    "(clusters whose owning process still runs are left alone)")
     s.add_argument("--tag", default=None, help="only the cluster started with this tag")
+    s.add_argument("--all", action="store_true", help="also clusters of live processes (e.g. a running demo)")
     sub.add_parser("status", help="what runs now")
     return ap
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if reason:
             print(f"mfs-topo stop: {reason}", file=sys.stderr)
             return 2
-        said = N.stop_all(args.tag)
+        said = N.stop_all(args.tag, everything=args.all)
         print("\n".join(said) if said else "nothing to stop")
         return 0
     if args.cmd == "status":

@@ -298,7 +298,7 @@ class Network:
 
     def _save_state(self) -> None:
         state = {
-            "tag": self.tag, "topology": self.topo.source, "name": self.topo.name,
+            "tag": self.tag, "owner": os.getpid(), "topology": self.topo.source, "name": self.topo.name,
             "namespaces": self.made_ns, "links": self.made_links,
             "procs": {n: {"pid": p.popen.pid, "cmd": p.cmd, "log": str(p.log)} for n, p in self.procs.items()},
             "grpc": {s: self.grpc_addr(s) for s in self.grpc_ports},
@@ -557,14 +557,25 @@ class Network:
 
 
 # ---------------------------------------------------------------- stop from another process
-def stop_all(tag: str | None = None) -> list[str]:
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def stop_all(tag: str | None = None, everything: bool = False) -> list[str]:
     """Kill the processes recorded in run state files and remove ``mfs-`` namespaces/links.
 
-    ``tag=None``: every run and every leftover whose name starts with ``mfs-``.
     ``tag="x"``: only that run's processes and names.
+    ``tag=None``: every run whose owning process is gone (detached or crashed runs) and every
+    unrecorded ``mfs-`` leftover; runs whose owner is still alive (a demo or a test in another
+    shell) are left alone unless ``everything`` is set.
     """
     said = []
     dirs = [RUN_BASE / (tag or "main")] if tag is not None else (sorted(RUN_BASE.glob("*")) if RUN_BASE.exists() else [])
+    keep: set[str] = set()
     for d in dirs:
         f = d / STATE
         if not f.exists():
@@ -573,6 +584,11 @@ def stop_all(tag: str | None = None) -> list[str]:
             st = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError):
             st = {}
+        if tag is None and not everything and st.get("owner") != os.getpid() and _alive(st.get("owner")):
+            keep.update(st.get("namespaces", []), st.get("links", []))
+            said.append(f"left running: cluster {st.get('tag') or d.name!r} of live process {st['owner']} "
+                        f"(stop it with --tag {st.get('tag') or d.name} or --all)")
+            continue
         for name, p in reversed(list(st.get("procs", {}).items())):
             kill_group(int(p["pid"]))
             said.append(f"stopped {name} (pid {p['pid']})")
@@ -588,7 +604,7 @@ def stop_all(tag: str | None = None) -> list[str]:
                 said.append(f"removed namespace {n}")
         shutil.rmtree(d, ignore_errors=True)
     if tag is None:
-        gone_ns, gone_links = netns.cleanup()
+        gone_ns, gone_links = netns.cleanup(keep=keep)
     else:
         gone_ns, gone_links = netns.cleanup(f"{netns.PREFIX}{tag}") if tag else ([], [])
     said += [f"removed namespace {n}" for n in gone_ns] + [f"removed link {n}" for n in gone_links]

@@ -128,12 +128,13 @@ def shape(iface: str, rate_bps: float | None, delay_s: float = 0.0, ns: str | No
         raise NetError(f"{e} (link latency needs the sch_netem kernel module; rate limits alone use tbf)") from None
 
 
-def cleanup(prefix: str = PREFIX) -> tuple[list[str], list[str]]:
-    """Remove every namespace and root-namespace link whose name starts with ``prefix``."""
-    gone_links = links(prefix)
+def cleanup(prefix: str = PREFIX, keep: frozenset[str] | set[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """Remove every namespace and root-namespace link whose name starts with ``prefix``,
+    except the names in ``keep`` (those of clusters still running)."""
+    gone_links = [ln for ln in links(prefix) if ln not in keep]
     for ln in gone_links:
         del_link(ln)  # deleting one end of a veth deletes its peer too
-    gone_ns = [n for n in namespaces() if n.startswith(prefix)]
+    gone_ns = [n for n in namespaces() if n.startswith(prefix) and n not in keep]
     for n in gone_ns:
         del_ns(n)
     return gone_ns, gone_links
