@@ -40,8 +40,12 @@ def _serve(a: argparse.Namespace) -> int:
         print(f"mfs-hostagent: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("mfs.hostagent").info("agent %s stopping on %s", a.host, signal.Signals(signum).name)
+        stop.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     agent.start()
     server.start()
     logging.getLogger("mfs.hostagent").info("agent %s on %s:%d, control %s, controller %s", a.host, a.address,

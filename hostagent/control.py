@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 from concurrent.futures import Future
@@ -117,21 +118,32 @@ def read_lines(sock: socket.socket):
 
 
 class _Conn:
+    """One driver connection. Replies and events go out through a writer thread, so that the
+    agent's transport I/O thread (which completes transfers and so emits events) never blocks
+    on a slow reader of this socket: it only enqueues."""
+
     def __init__(self, server: "ControlServer", sock: socket.socket):
         self.server, self.sock = server, sock
-        self.wlock = threading.Lock()
         self.closed = False
         self.subscribed = False
+        self._out: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="mfs-control-writer", daemon=True)
+        self._writer.start()
 
     def send(self, obj: dict) -> None:
-        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
-        with self.wlock:
-            if self.closed:
+        if not self.closed:
+            self._out.put((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+
+    def _write(self) -> None:
+        while True:
+            data = self._out.get()
+            if data is None:
                 return
             try:
                 self.sock.sendall(data)
             except OSError:
                 self.closed = True
+                return
 
     def on_received(self, d: Delivered) -> None:
         self.send(received_event(d))
@@ -141,14 +153,20 @@ class _Conn:
         try:
             for line in read_lines(self.sock):
                 self.handle(line)
+            log.info("control connection closed by the client")
         except LineTooLong as e:
             self.send({"ok": False, "error": f"request {e}"})
+            log.warning("control connection dropped: request %s", e)
         except OSError as e:
             log.info("control connection closed: %s", e)
+        except Exception:
+            log.exception("control connection failed")
         finally:
-            self.closed = True
             if self.subscribed:
                 agent.remove_receive_listener(self.on_received)
+            self._out.put(None)  # the writer sends what is queued (e.g. a last error reply), then stops
+            self._writer.join(timeout=5)
+            self.closed = True
             self.sock.close()
 
     def handle(self, line: bytes) -> None:
@@ -279,12 +297,18 @@ class ControlClient:
         self._reader.start()
 
     def _read(self) -> None:
+        why = "closed by the agent"
         try:
             for line in read_lines(self.sock):
-                self._dispatch(json.loads(line))
-        except (OSError, ValueError):
-            pass
-        err = ControlError(f"agent control connection {self.path} closed")
+                try:
+                    self._dispatch(json.loads(line))
+                except Exception:  # a bad line or a failing callback must not stop the reader
+                    log.exception("control client %s: cannot handle %.200r", self.path, line)
+        except OSError as e:
+            why = f"broken: {e}"
+        except LineTooLong as e:
+            why = f"broken: agent sent a {e}"
+        err = ControlError(f"agent control connection {self.path} {why}")
         with self._lock:
             for f in list(self._replies.values()) + list(self._flows.values()):
                 if not f.done():

@@ -250,7 +250,7 @@ class Driver:
 
     def _fail(self, what: str, e: BaseException) -> None:
         msg = f"{what}: {type(e).__name__}: {e}"
-        log.error(msg)
+        log.error(msg, exc_info=e)
         with self.done_cv:
             self.errors.append(msg)
             self.done_cv.notify_all()
