@@ -341,7 +341,12 @@ class ControlClient:
         data = (json.dumps({"op": op, "id": rid, **fields}) + "\n").encode()
         with self._wlock:
             self.sock.sendall(data)
-        reply = f.result(self.timeout)
+        try:
+            reply = f.result(self.timeout)
+        except TimeoutError:
+            with self._lock:
+                self._replies.pop(rid, None)
+            raise TimeoutError(f"agent {self.path}: no reply to {op!r} within {self.timeout:g} s") from None
         if not reply.get("ok"):
             raise ControlError(f"agent {self.path}: {op}: {reply.get('error')}")
         return reply
@@ -387,9 +392,13 @@ class ControlClient:
 
     def close(self) -> None:
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv with EOF
         except OSError:
             pass
+        # release the descriptor only once the reader is out of recv(): a number freed while another
+        # thread may still use it can be reused by the next socket, whose data that thread would take
+        if self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
         self.sock.close()
 
 
