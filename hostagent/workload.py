@@ -194,6 +194,7 @@ class _Req:
 class _Batch:
     def __init__(self, bid: int):
         self.bid, self.reqs, self.tokens = bid, [], 0
+        self.reporting = 0  # requests admitted but not yet reported to the agent: the batch must wait
 
 
 class _Instance:
@@ -278,16 +279,21 @@ class Driver:
         with inst.cv:
             inst.backlog += prof.prefill_compute_s
             last = inst.queue[-1] if inst.queue else None
-            if last is None or (last.reqs and last.tokens + q.new > self.cfg.max_batch_tokens):
+            if last is None or (last.tokens and last.tokens + q.new > self.cfg.max_batch_tokens):
                 self.bid += 1
                 last = _Batch(self.bid)
                 inst.queue.append(last)
             q.batch = last.bid
-            # reported before the batch can start (the instance thread waits on inst.cv)
-            self.h[inst.hosts[0]].request_start(q.rid, self.t0 + q.deadline, self.t0 + now, self.L,
-                                                batch_id=q.batch, remaining_compute=prof.prefill_compute_s)
-            last.reqs.append(q)
             last.tokens += q.new
+            last.reporting += 1  # the instance thread does not start this batch until it is reported
+        # reported before the batch can start, but NOT under inst.cv: the agent's reply arrives on the
+        # client's reader thread, which also runs transfer callbacks that take inst.cv (a deadlock until
+        # the request timed out, seen as "no reply within 10 s")
+        self.h[inst.hosts[0]].request_start(q.rid, self.t0 + q.deadline, self.t0 + now, self.L,
+                                            batch_id=q.batch, remaining_compute=prof.prefill_compute_s)
+        with inst.cv:
+            last.reqs.append(q)
+            last.reporting -= 1
         with self.lock:
             self.reqs[q.rid] = q
         self.cache.store(r.hash_ids, inst.idx, keep_owner=True)  # KV blocks stay at their owner
@@ -346,7 +352,7 @@ class Driver:
         try:
             while True:
                 with inst.cv:
-                    while not inst.queue and not self.stop:
+                    while not (inst.queue and not inst.queue[0].reporting) and not self.stop:
                         inst.cv.wait(0.1)
                     if self.stop and not inst.queue:
                         return
