@@ -2,12 +2,15 @@
 # Compile the MFS P4 programs (called by `make p4`).
 #   v1model -> $OUT/mfs.json + $OUT/mfs.p4info.txtpb   (p4c, bmv2 backend)
 #   TNA     -> compile check only, when bf-p4c or `p4c --target tofino` exists
-# Tools are found like mfs/tools.py does: $P4C, else p4c on PATH; if neither,
-# /opt/p4/env.sh is sourced when present. OUT defaults to p4src/build.
-# Exits non-zero, saying what is missing, when no compiler is found.
+# Tools are found like mfs/tools.py does: $P4C, else p4c on PATH (e.g. PATH=/opt/p4/bin:$PATH
+# for a local build). OUT defaults to p4src/build. Sources are given relative to the
+# repository so the committed JSON carries no machine-specific paths.
+# Exits 2, saying what is missing, when no compiler is found.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-OUT="${OUT:-$HERE/build}"
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"; fi
+cd "$HERE/.."
+OUT="${OUT:-p4src/build}"   # relative by default: no machine-specific path in the committed JSON
 mkdir -p "$OUT"
 
 find_p4c() {
@@ -16,26 +19,20 @@ find_p4c() {
         echo "compile.sh: \$P4C=$P4C is not executable" >&2; return 1
     fi
     command -v p4c 2>/dev/null && return 0
-    if [ -f /opt/p4/env.sh ]; then
-        # shellcheck disable=SC1091
-        source /opt/p4/env.sh >/dev/null 2>&1 || true
-        command -v p4c 2>/dev/null && return 0
-    fi
     return 1
 }
 
 if ! P4C_BIN="$(find_p4c)"; then
-    echo "compile.sh: p4c not found (set \$P4C, put p4c on PATH, or provide /opt/p4/env.sh)." >&2
+    echo "compile.sh: p4c not found (set \$P4C or put p4c on PATH)." >&2
     echo "compile.sh: p4c is not packaged in any registry this project uses; build it from" >&2
     echo "compile.sh: p4lang/p4c sources (docs/bmv2.md). The committed P4Info stays the contract." >&2
     exit 2
 fi
-[ -f /opt/p4/env.sh ] && { source /opt/p4/env.sh >/dev/null 2>&1 || true; }
 
 echo "compile.sh: v1model with $P4C_BIN -> $OUT"
 "$P4C_BIN" --target bmv2 --arch v1model --std p4-16 \
     --p4runtime-files "$OUT/mfs.p4info.txtpb" \
-    -o "$OUT" "$HERE/v1model/mfs.p4"
+    -o "$OUT" p4src/v1model/mfs.p4
 # p4c names the JSON after the source file: $OUT/mfs.json
 test -f "$OUT/mfs.json"
 rm -f "$OUT/mfs.p4i"   # the driver's preprocessed source; not a build product we keep
@@ -45,13 +42,13 @@ TNA_DONE=0
 if command -v bf-p4c >/dev/null 2>&1; then
     echo "compile.sh: TNA with bf-p4c"
     bf-p4c --target tofino --arch tna -o "$OUT/tna" \
-        --p4runtime-files "$OUT/tna/mfs.p4info.txtpb" "$HERE/tna/mfs.p4"
+        --p4runtime-files "$OUT/tna/mfs.p4info.txtpb" p4src/tna/mfs.p4
     TNA_DONE=1
 elif "$P4C_BIN" --help-targets 2>/dev/null | grep -q '^tofino-tna'; then
     # `p4c --target tofino --help` succeeds even without the back end; only
     # --help-targets says whether this p4c was built with bf-p4c (tofino-tna)
     echo "compile.sh: TNA with $P4C_BIN --target tofino"
-    "$P4C_BIN" --target tofino --arch tna -o "$OUT/tna" "$HERE/tna/mfs.p4"
+    "$P4C_BIN" --target tofino --arch tna -o "$OUT/tna" p4src/tna/mfs.p4
     TNA_DONE=1
 fi
 if [ "$TNA_DONE" = 0 ] && [ -n "${TNA_P4INCLUDE:-}" ]; then
@@ -65,7 +62,7 @@ if [ "$TNA_DONE" = 0 ] && [ -n "${TNA_P4INCLUDE:-}" ]; then
     DUMP="$(mktemp -d)"
     echo "compile.sh: TNA front/mid-end check with $BM2 -I $TNA_P4INCLUDE (no Tofino back end)"
     "$BM2" --arch tna -D__TARGET_TOFINO__=1 -I "$TNA_P4INCLUDE" -o "$DUMP/tna.json" \
-        --top4 MidEndLast --dump "$DUMP" "$HERE/tna/mfs.p4" >"$DUMP/log" 2>&1 || true
+        --top4 MidEndLast --dump "$DUMP" p4src/tna/mfs.p4 >"$DUMP/log" 2>&1 || true
     if ! ls "$DUMP"/*MidEndLast*.p4 >/dev/null 2>&1; then
         cat "$DUMP/log" >&2; rm -rf "$DUMP"
         echo "compile.sh: TNA front/mid-end check FAILED" >&2; exit 1

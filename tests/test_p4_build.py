@@ -42,7 +42,7 @@ def _strip_sources(obj):
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    if not find_tool("p4c") and not Path("/opt/p4/env.sh").exists():
+    if not find_tool("p4c"):
         pytest.skip(missing_reason("p4c"))
     out = tmp_path_factory.mktemp("p4build")
     r = subprocess.run(["bash", str(ROOT / "p4src" / "compile.sh")], env={**os.environ, "OUT": str(out)},
@@ -74,7 +74,7 @@ def test_tna_front_and_mid_end(tmp_path):
     if not inc:
         pytest.skip("TNA_P4INCLUDE is not set (point it at p4lang/p4c backends/tofino/bf-p4c/p4include, "
                     "docs/tofino.md)")
-    if not find_tool("p4c") and not Path("/opt/p4/env.sh").exists():
+    if not find_tool("p4c"):
         pytest.skip(missing_reason("p4c"))
     r = subprocess.run(["bash", str(ROOT / "p4src" / "compile.sh")], capture_output=True, text=True,
                        env={**os.environ, "OUT": str(tmp_path)})
