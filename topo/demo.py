@@ -37,13 +37,13 @@ def parser() -> argparse.ArgumentParser:
         description="Replay a slice of a real Mooncake trace on an emulated cluster (namespaces + the embedded "
                     "MFS switch + controller + host agents) under MFS and baseline schedulers; print TTFT SLO "
                     "attainment, p50/p99 TTFT and Stage-2 completion time per policy; write out/demo/.",
-        epilog="Needs root (network namespaces). Takes about 4-5 minutes with the defaults (docs/demo.md).")
+        epilog="Needs root (network namespaces). Takes about 3 minutes with the defaults (docs/demo.md).")
     ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                     help="comma-separated schedulers to compare (default %(default)s; "
-                         "available: mfs, fair, fifo, sjf, edf, karuna, pias)")
+                         f"available: {', '.join(_all_policies())})")
     ap.add_argument("--trace", default="mooncake-synthetic",
                     help="mooncake-conversation | mooncake-synthetic | a path to a Mooncake JSONL trace "
-                         "(default %(default)s, from /work/shared/traces or $MFS_TRACES)")
+                         "(default %(default)s, from $MFS_TRACES or ../shared/traces beside the repository)")
     ap.add_argument("--skip", type=int, default=3650,
                     help="first trace line of the slice (default %(default)s: arrivals spread over distinct ms "
                          "timestamps, 9 of 20 requests fetch prefix KV from the other instance; docs/demo.md)")
