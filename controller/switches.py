@@ -18,6 +18,12 @@ Semantics (docs/controller.md, "Supervision and resync"):
   deleted.
 * a full flow table (RESOURCE_EXHAUSTED on INSERT) leaves the flow on its stage
   default; it is counted and retried when entries are deleted or at each poll.
+* flow writes go out in chunks of at most ``WRITE_CHUNK`` updates (deletes first), so a
+  Write's per-update error list stays far below the gRPC metadata limit whatever the
+  desired state's size; and never more inserts than the table has room for: the rest
+  take the stage default at once, as on a full table (without them, 75k desired flows
+  against a 4,096-entry table made one 6 MB error list, a failed Write, a reconnect, and
+  the same again: the switch never became ready).
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ FlowKey = tuple[int, int]  # (stage, flow_id)
 FLOW_TABLE = "MfsIngress.mfs_flow"
 SET_LEVEL = "MfsIngress.set_level"
 FLOOD_GROUP = 1
+# at most this many updates per flow-table Write: each failed update costs ~100 bytes of
+# trailing metadata (P4Runtime per-update errors), so 1,024 of them stay ~100 kB, far below
+# the client's limit (controller/p4rt/client.py MAX_METADATA) and any switch's
+WRITE_CHUNK = 1024
 # tables whose whole content the controller owns (plus any table named in switches[].entries)
 OWNED_TABLES = ("MfsIngress.mfs_stage_default", "MfsIngress.mfs_trust", "MfsIngress.dscp_classify",
                 "MfsEgress.level_dscp", "MfsEgress.dscp_rewrite")
@@ -107,6 +117,9 @@ class SwitchSupervisor:
         self.adopt, self.on_load = adopt, on_load
         self.installed: dict[FlowKey, int] = {}
         self.overflow: set[FlowKey] = set()
+        # flow entries the switch can hold: the P4Info size, lowered to what it really held
+        # when an insert found the table full (a target may be smaller than its P4Info says)
+        self.capacity = self.flow_table.size
         self.client: SwitchClient | None = None
         self.ready = asyncio.Event()
         self.lock = asyncio.Lock()
@@ -261,6 +274,7 @@ class SwitchSupervisor:
         self.first_sync_done = True
         self.installed = {k: v for k, v in flows.items()}
         self.overflow.clear()
+        self.capacity = max(self.flow_table.size, len(self.installed))
         errs = await client.write(ups, timeout=self.cfg.write_timeout_s)
         for e in errs:
             self.metrics.count("static_write_errors", switch=self.sw.name)
@@ -335,8 +349,15 @@ class SwitchSupervisor:
                 return False
         return True
 
-    async def _write_flows(self, client: SwitchClient, keys) -> None:
-        plan: list[tuple[str, FlowKey, int | None]] = []
+    def room(self) -> int:
+        return self.capacity - len(self.installed)
+
+    async def _write_flows(self, client: SwitchClient, keys, probe: bool = False) -> None:
+        """Bring ``keys`` to the desired state: deletes, then modifies, then as many inserts as
+        the table has room for (the rest overflow: their flows keep the stage default), in
+        Writes of at most WRITE_CHUNK updates. ``probe``: send one insert even if the table
+        looks full (it may have room again: learn its real capacity)."""
+        deletes, modifies, inserts = [], [], []
         freed = False
         for key in keys:
             want = self.desired.get(key)
@@ -345,11 +366,37 @@ class SwitchSupervisor:
                 continue
             if want is None:
                 self.overflow.discard(key)
-                plan.append(("delete", key, None))
+                deletes.append(("delete", key, None))
             elif have is None:
-                plan.append(("insert", key, want))
+                inserts.append(("insert", key, want))
             else:
-                plan.append(("modify", key, want))
+                modifies.append(("modify", key, want))
+        pending = deletes + modifies + inserts
+        while pending:
+            chunk, pending = pending[:WRITE_CHUNK], pending[WRITE_CHUNK:]
+            room = self.room() + sum(1 for kind, _, _ in chunk if kind == "delete")
+            plan = []
+            for op in chunk:
+                if op[0] == "insert":
+                    if room <= 0 and not probe:
+                        self._overflowed(op[1])
+                        continue
+                    room -= 1
+                    probe = False
+                plan.append(op)
+            freed |= await self._write_plan(client, plan)
+        if freed and self.overflow:
+            await self._retry_overflow(client)
+
+    def _overflowed(self, key: FlowKey) -> None:
+        if key not in self.overflow:
+            self.metrics.count("table_full_fallbacks", switch=self.sw.name)
+        self.overflow.add(key)
+
+    async def _write_plan(self, client: SwitchClient, plan: list) -> bool:
+        """One Write of ``plan`` (at most WRITE_CHUNK updates), with up to two follow-ups for
+        inserts that already existed / modifies of vanished entries. True if entries were freed."""
+        freed = False
         retries = 0
         while plan and retries < 3:
             retries += 1
@@ -360,6 +407,7 @@ class SwitchSupervisor:
             bad = {e.index: e for e in errs}
             again: list[tuple[str, FlowKey, int | None]] = []
             n_ok = 0
+            full = False
             for i, (kind, key, lvl) in enumerate(plan):
                 e = bad.get(i)
                 if e is None:
@@ -379,25 +427,25 @@ class SwitchSupervisor:
                 elif kind == "delete" and e.code == rpc_code.NOT_FOUND:
                     self.installed.pop(key, None)
                 elif kind == "insert" and e.code == rpc_code.RESOURCE_EXHAUSTED:
-                    if key not in self.overflow:
-                        self.metrics.count("table_full_fallbacks", switch=self.sw.name)
-                    self.overflow.add(key)
+                    full = True
+                    self._overflowed(key)
                 else:
                     self.metrics.count("flow_write_errors", switch=self.sw.name, code=e.code_name)
                     log.error("%s: %s %s -> %s: %s", self.sw.name, kind, key, e.code_name, e.message)
+            if full:  # the table holds no more than this: later inserts overflow without a Write
+                self.capacity = len(self.installed)
+            elif len(self.installed) > self.capacity:
+                self.capacity = len(self.installed)
             self.metrics.count("entry_updates", n_ok, switch=self.sw.name)
             plan = again
-        if freed and self.overflow:
-            await self._retry_overflow(client)
+        return freed
 
-    async def _retry_overflow(self, client: SwitchClient) -> None:
-        room = self.flow_table.size - len(self.installed)
-        keys = [k for k in list(self.overflow) if k in self.desired][:max(0, room)]
+    async def _retry_overflow(self, client: SwitchClient, probe: bool = False) -> None:
+        room = max(self.room(), 1 if probe else 0)
         self.overflow &= set(self.desired)
-        if keys:
-            for k in keys:
-                self.overflow.discard(k)
-            await self._write_flows(client, keys)
+        keys = list(self.overflow)[:room]
+        if keys:  # still in overflow until inserted (so a failed retry is not counted again)
+            await self._write_flows(client, keys, probe=probe)
 
     # -------------------------------------------------------------- counters
     async def _poll(self) -> None:
@@ -414,7 +462,7 @@ class SwitchSupervisor:
                 if self.overflow:
                     async with self.lock:
                         if self.ready.is_set() and self.client is not None:
-                            await self._retry_overflow(self.client)
+                            await self._retry_overflow(self.client, probe=True)
             except P4RTError as e:
                 log.info("%s: counter poll failed: %s", self.sw.name, e)
 
