@@ -27,7 +27,7 @@ from controller.config import ControllerConfig
 from controller.metrics import Metrics
 from controller.switches import FlowKey, SwitchSupervisor
 from mfs import levels
-from mfs.policy import FlowInfo, PolicyConfig, RequestInfo, make_switch_policy
+from mfs.policy import FlowInfo, PolicyConfig, RequestInfo, link_name, make_switch_policy
 from mfs.proto import report_pb2 as pb
 
 log = logging.getLogger("mfs.engine")
@@ -404,7 +404,8 @@ class Engine:
         for port, per_level in util.items():
             host = self.hosts_by_port.get((switch, port))
             if host is not None:
-                self.policy.link_load(now, min(0.999, sum(per_level[lv] for lv in levels)), host)
+                # the port's egress counters carry what the host receives: its "<host>:rx" load
+                self.policy.link_load(now, min(0.999, sum(per_level[lv] for lv in levels)), link_name(host, "rx"))
 
     async def gc(self, now: float | None = None) -> int:
         """End every flow of hosts silent for gc_timeout_s; drop expired adopted entries."""

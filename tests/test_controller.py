@@ -449,10 +449,12 @@ def test_link_load_from_queue_counters_reaches_the_policy():
                 assert rho[1] == 0.0
                 # 20 kB over ~0.5 s on a 10 kB/s port: the port is saturated
                 assert rho[2] == pytest.approx(0.999)
-                # the policy sees, as the load of h2's link (h2 sits on port 2), only the Stage-1/2
-                # levels: 10 kB of the 20 kB, rho ~ 1/dt
+                # the policy sees, as the load of h2's downlink "h2:rx" (h2 sits on port 2; the
+                # counters are the port's egress), only the Stage-1/2 levels: 10 kB of the 20 kB, rho ~ 1/dt
                 from mfs.policy import FlowInfo
-                via_h2 = FlowInfo(flow_id=0, stage=1, request_id=0, size_bytes=1, src="h2", dst="h1")
+                via_h2 = FlowInfo(flow_id=0, stage=1, request_id=0, size_bytes=1, src="h1", dst="h2")
+                from_h2 = FlowInfo(flow_id=0, stage=1, request_id=0, size_bytes=1, src="h2", dst="h1")
+                assert c.engine.policy.rho_for(from_h2) == 0.0  # h2's uplink carried nothing
                 seen = c.engine.policy.rho_for(via_h2)
                 assert 0.3 < seen <= c.cfg.policy.rho_cap
                 assert seen == pytest.approx(min(1.0 / dt, c.cfg.policy.rho_cap), abs=0.35)

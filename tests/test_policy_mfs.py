@@ -100,7 +100,7 @@ def test_mlu_tiers(mapping, mlu, level):
 
 def test_mlu_uses_residual_bandwidth_and_rho_cap():
     pol = mfs()
-    pol.link_load(0, 0.5, "hostA")
+    pol.link_load(0, 0.5, "hostA:tx")
     f = FlowInfo(1, STAGE_P2D, 1, int(0.3e9), deadline=1.0, src="hostA", dst="hostB")
     assert pol.flow_start(0, f) == 0  # MLU = 0.3 / 0.5 = 0.6 >= U
     pol2 = mfs(rho_cap=0.5)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from mfs.policy.api import Changes, FlowInfo, FlowState, Policy, RequestInfo
-from mfs.policy.base import BasePolicy, UnknownFlow
+from mfs.policy.base import BasePolicy, UnknownFlow, link_name
 from mfs.policy.baselines import (EdfPolicy, FairPolicy, FifoPolicy, KarunaPolicy, LlfPolicy, PiasPolicy,
                                   SjfPolicy)
 from mfs.policy.config import SCHEDULERS, Layout, PolicyConfig, default_layout
@@ -72,5 +72,5 @@ def _fields(config: PolicyConfig) -> dict:
 
 
 __all__ = ["POLICIES", "make_policy", "make_switch_policy", "switch_schedulers", "PolicyConfig", "Layout", "default_layout", "Policy", "FlowInfo",
-           "RequestInfo", "FlowState", "Changes", "BasePolicy", "UnknownFlow", "MfsPolicy", "FairPolicy",
+           "RequestInfo", "FlowState", "Changes", "BasePolicy", "UnknownFlow", "link_name", "MfsPolicy", "FairPolicy",
            "FifoPolicy", "SjfPolicy", "EdfPolicy", "KarunaPolicy", "PiasPolicy", "LlfPolicy"]

@@ -13,6 +13,29 @@ from mfs.policy.api import Changes, FlowInfo, FlowState, RequestInfo
 from mfs.policy.config import PolicyConfig
 
 
+LINK_DIRECTIONS = ("tx", "rx")
+
+
+def link_name(host: str, direction: str) -> str:
+    """The one name of a load key (``link_load``): ``"<host>:tx"`` is what the host sends
+    (its uplink), ``"<host>:rx"`` what it receives (the switch port's egress toward it).
+    A flow src -> dst is loaded by ``link_name(src, "tx")`` and ``link_name(dst, "rx")``."""
+    if direction not in LINK_DIRECTIONS:
+        raise ValueError(f"link direction {direction!r} is not allowed (allowed: tx, rx)")
+    return f"{host}:{direction}"
+
+
+def _check_link(link: str) -> None:
+    if not isinstance(link, str):
+        raise ValueError(f"link_load link={link!r} must be a string")
+    if link == "":
+        return
+    host, sep, direction = link.rpartition(":")
+    if not sep or not host or direction not in LINK_DIRECTIONS:
+        raise ValueError(f"link_load link={link!r} is not a load key (allowed: \"\" for the whole network, "
+                         f"\"<host>:tx\" or \"<host>:rx\", see mfs.policy.link_name)")
+
+
 class UnknownFlow(KeyError):
     """An event names a flow id the policy does not know (never started or already ended)."""
 
@@ -53,11 +76,12 @@ class BasePolicy:
 
     def rho_for(self, info: FlowInfo) -> float:
         """Load of the flow's bottleneck: the largest of the global load (link "") and
-        the loads reported for its source and destination hosts' links."""
+        the loads reported for its sender's uplink ("<src>:tx") and its receiver's
+        downlink ("<dst>:rx"), clamped to rho_cap."""
         r = self._rho
         if not r:
             return 0.0
-        return min(self.cfg.rho_cap, max(r.get("", 0.0), r.get(info.src, 0.0), r.get(info.dst, 0.0)))
+        return min(self.cfg.rho_cap, max(r.get("", 0.0), r.get(f"{info.src}:tx", 0.0), r.get(f"{info.dst}:rx", 0.0)))
 
     def residual_bps(self, info: FlowInfo) -> float:
         return self.cfg.bandwidth_bps * (1.0 - self.rho_for(info))
@@ -143,6 +167,7 @@ class BasePolicy:
 
     def link_load(self, now: float, rho: float, link: str = "") -> None:
         self._now = now
+        _check_link(link)
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
             raise ValueError(f"link_load rho={rho!r} for link {link!r} must be a number in [0, 1]")
         self._rho[link] = float(rho)
@@ -220,4 +245,4 @@ def _check_request(r: RequestInfo) -> None:
         raise ValueError(f"request {r.request_id}: remaining_compute and remaining_bytes must be >= 0")
 
 
-__all__ = ["BasePolicy", "UnknownFlow", "STAGE_KV_REUSE", "STAGE_COLLECTIVE", "STAGE_P2D"]
+__all__ = ["BasePolicy", "UnknownFlow", "link_name", "STAGE_KV_REUSE", "STAGE_COLLECTIVE", "STAGE_P2D"]

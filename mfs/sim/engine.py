@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from mfs.policy.api import FlowInfo, Policy, RequestInfo
+from mfs.policy.base import link_name
 from mfs.sim import plan
 from mfs.sim.model import CostModel, Hardware, ModelConfig
 from mfs.sim.results import RequestRecord
@@ -554,7 +555,7 @@ class Simulator:
             self._deferred.update(ch)
 
     def _link_name(self, l: int) -> str:
-        return f"{self.names[l // 2]}:{'tx' if l % 2 == 0 else 'rx'}"
+        return link_name(self.names[l // 2], "tx" if l % 2 == 0 else "rx")
 
     # ---- requests -----------------------------------------------------------
     def _arrive(self, r: Request) -> None:
