@@ -89,6 +89,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _l2_switch(addr: str, extra: list | None = None) -> P4RTClient:
+    """Primary client of the switch at ``addr``: pipeline set, h1/h2 MACs forwarded (+ ``extra`` updates)."""
+    schema = P4Schema.load()
+    c = P4RTClient(addr, election_id=1)
+    assert c.open().status.code == 0
+    c.set_pipeline(schema.info)
+    c.write([update(p4r.Update.INSERT, table_entry=schema.table_entry(
+        "l2_fwd", {"dst_addr": mac}, "l2_forward", {"port": port}))
+        for mac, port in (("02:00:00:09:00:01", 1), ("02:00:00:09:00:02", 2))] + (extra or []))
+    return c
+
+
 @pytest.mark.netns
 def test_strict_priority_on_shaped_port(topo, tmp_path):
     net = topo
@@ -102,14 +114,8 @@ def test_strict_priority_on_shaped_port(topo, tmp_path):
     try:
         assert sw.stdout.readline().startswith("ready"), "switch did not become ready"
         schema = P4Schema.load()
-        c = P4RTClient(addr, election_id=1)
-        assert c.open().status.code == 0
-        c.set_pipeline(schema.info)
-        c.write([update(p4r.Update.INSERT, table_entry=schema.table_entry(
-                    "l2_fwd", {"dst_addr": mac}, "l2_forward", {"port": port}))
-                 for mac, port in (("02:00:00:09:00:01", 1), ("02:00:00:09:00:02", 2))]
-                + [update(p4r.Update.INSERT, table_entry=schema.table_entry(
-                    "mfs_flow", {"stage": 3, "flow_id": 1}, "set_level", {"level": 0}))])
+        c = _l2_switch(addr, [update(p4r.Update.INSERT, table_entry=schema.table_entry(
+            "mfs_flow", {"stage": 3, "flow_id": 1}, "set_level", {"level": 0}))])
         rx = subprocess.Popen(net.cmd(2, PY, "-c", RECEIVER, str(DURATION + 1.5)),
                               stdout=subprocess.PIPE, text=True)
         assert rx.stdout.readline().strip() == "listening"
@@ -142,3 +148,127 @@ def test_strict_priority_on_shaped_port(topo, tmp_path):
         finally:
             if sw.poll() is None:
                 sw.kill()
+
+
+UDP_SENDER = r"""
+import socket, sys, time
+n = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(n):
+    s.sendto(b"u%05d" % i + b"." * 500, ("10.9.0.2", 9000))
+    time.sleep(0.002)
+"""
+
+UDP_RECEIVER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000)); s.settimeout(0.2)
+print("listening", flush=True)
+got, end = 0, time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        s.recv(2048); got += 1
+    except socket.timeout:
+        pass
+print(got, flush=True)
+"""
+
+
+@pytest.fixture
+def no_ethtool(tmp_path, monkeypatch):
+    """PATH without ethtool: only the tools the emulation really needs (issue 10 item 4)."""
+    import shutil
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("ip", "tc", "sysctl"):
+        where = shutil.which(tool)
+        if where:
+            (bindir / tool).symlink_to(where)
+    monkeypatch.setenv("PATH", str(bindir))
+    assert shutil.which("ethtool") is None
+    return bindir
+
+
+@pytest.mark.netns
+def test_udp_through_the_switch_without_ethtool(no_ethtool, tmp_path):
+    """veth checksum offload is on by default: unless it is turned off (here without the ethtool
+    binary) every UDP datagram the switch forwards arrives with a bad checksum and is dropped."""
+    from topo import netns
+    n = 200
+    with TwoHosts() as net:
+        addr = f"127.0.0.1:{_free_port()}"
+        sw = subprocess.Popen([PY, "-m", "topo.embedded.main", "-i", f"1@{net.sw_if[1]}", "-i", f"2@{net.sw_if[2]}",
+                               "--grpc-server-addr", addr, "--log-file", str(tmp_path / "switch.log")],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        rx = None
+        try:
+            assert sw.stdout.readline().startswith("ready"), "switch did not become ready"
+            _l2_switch(addr).close()
+            rx = subprocess.Popen(net.cmd(2, PY, "-c", UDP_RECEIVER, "4"), stdout=subprocess.PIPE, text=True)
+            assert rx.stdout.readline().strip() == "listening"
+            tx = subprocess.run(net.cmd(1, PY, "-c", UDP_SENDER, str(n)), capture_output=True, text=True, timeout=60)
+            assert tx.returncode == 0, tx.stderr
+            got = int(rx.stdout.readline())
+            rx.wait(timeout=10)
+            print(f"sent {n} UDP datagrams h1 -> switch -> h2 without ethtool on PATH, received {got}")
+            assert got >= 0.9 * n, f"only {got} of {n} datagrams arrived (checksum offload left on?)"
+            assert not netns.offloads("eth0", ns=net.h1).get("tx"), "h1's tx checksum offload is still on"
+        finally:
+            if rx is not None and rx.poll() is None:
+                rx.kill()
+            sw.terminate()
+            try:
+                sw.wait(timeout=10)
+            finally:
+                if sw.poll() is None:
+                    sw.kill()
+
+
+@pytest.mark.netns
+def test_queue_counter_counts_only_frames_that_left(tmp_path):
+    """A frame larger than the egress interface's MTU fails to send: it is a drop, not a
+    queue_counter packet (issue 10 item 11)."""
+    import socket
+    import uuid
+
+    from topo import netns
+    from topo.embedded.server import start_server
+    tag = uuid.uuid4().hex[:6]
+    sw1, peer1, sw2, peer2 = f"mfs{tag}a", f"mfs{tag}A", f"mfs{tag}b", f"mfs{tag}B"
+    h = None
+    try:
+        netns.veth(sw1, peer1)
+        netns.veth(sw2, peer2, mtu=600)
+        for i in (sw1, peer1, sw2, peer2):
+            netns.up(i)
+        h = start_server(address="127.0.0.1:0", ports={1: sw1, 2: sw2})
+        schema = P4Schema.load()
+        c = P4RTClient(h.address, election_id=1)
+        assert c.open().status.code == 0
+        c.set_pipeline(schema.info)
+        dst = "02:00:00:0a:00:02"
+        c.write([update(p4r.Update.INSERT, table_entry=schema.table_entry(
+            "l2_fwd", {"dst_addr": dst}, "l2_forward", {"port": 2}))])
+        inject = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        inject.bind((peer1, 0))
+        eth = bytes.fromhex(dst.replace(":", "")) + bytes.fromhex("020000000a01") + b"\x88\xb5"
+        for size in (300, 1000) * 5:  # 5 frames fit port 2's MTU (600), 5 do not
+            inject.send(eth + b"x" * (size - 14))
+        inject.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = h.dataplane.stats()[2]
+            if st["tx"] + sum(st["drops"]) >= 10:
+                break
+            time.sleep(0.05)
+        st = h.dataplane.stats()[2]
+        pk, by = h.switch.counter("MfsEgress.queue_counter")
+        q = 2 * 8 + 7  # port 2, level 7 (best effort)
+        print(f"port 2: tx {st['tx']}, drops {st['drops']}, queue_counter {pk[q]} packets {by[q]} bytes")
+        assert st["tx"] == 5 and st["drops"][7] == 5, st
+        assert pk[q] == 5 and by[q] == 5 * 300, (pk[q], by[q])
+        c.close()
+    finally:
+        if h is not None:
+            h.stop()
+        for i in (sw1, sw2):
+            netns.del_link(i)

@@ -2,16 +2,25 @@
 
 Everything the builder creates carries the prefix ``mfs-`` (namespaces and the
 root-namespace ends of veth pairs), so :func:`cleanup` can find and remove
-leftovers after a crash. Runs ``ip``/``tc``/``ethtool``/``sysctl`` as
-subprocesses; every failure raises :class:`NetError` with the command and its
-stderr.
+leftovers after a crash. Runs ``ip``/``tc``/``sysctl`` as subprocesses; every
+failure raises :class:`NetError` with the command and its stderr. Offloads are
+turned off with the SIOCETHTOOL ioctl (no ``ethtool`` binary needed): a veth
+with its default checksum offload hands the frames the switch reads a partial
+UDP checksum, and the receiver drops every datagram the switch forwards.
 """
 
 from __future__ import annotations
 
+import array
+import ctypes
+import errno
+import fcntl
 import os
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 
 PREFIX = "mfs-"
 
@@ -29,8 +38,15 @@ def run(cmd: list[str], check: bool = True, ns: str | None = None, timeout: floa
     return r
 
 
+_preflight_ok = False
+
+
 def preflight() -> str | None:
-    """Why namespaces cannot be built here, or None when they can."""
+    """Why namespaces cannot be built here, or None when they can (namespaces, veth pairs,
+    and checksum offloads that can be turned off: without that no UDP datagram arrives)."""
+    global _preflight_ok
+    if _preflight_ok:
+        return None
     if os.geteuid() != 0:
         return "needs root (network namespaces and veth pairs): run as root, e.g. `sudo make demo`"
     for tool, pkg in (("ip", "iproute2"), ("tc", "iproute2")):
@@ -39,7 +55,101 @@ def preflight() -> str | None:
     r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     if r.returncode != 0:
         return f"`ip netns` does not work here: {r.stderr.strip()}"
+    probe = f"{PREFIX}pf{os.getpid() % 100000}"
+    r = subprocess.run(["ip", "link", "add", probe, "type", "veth", "peer", "name", probe + "b"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create a veth pair: {r.stderr.strip() or r.stdout.strip()}"
+    try:
+        offloads_off(probe)
+    except NetError as e:
+        return str(e)
+    finally:
+        subprocess.run(["ip", "link", "del", probe], capture_output=True)
+    _preflight_ok = True
     return None
+
+
+# ---------------------------------------------------------------- offloads (SIOCETHTOOL)
+SIOCETHTOOL = 0x8946
+CLONE_NEWNET = 0x40000000
+# (get, set) legacy ethtool commands; the kernel maps them onto its feature flags
+_ETHTOOL = {"rx": (0x14, 0x15), "tx": (0x16, 0x17), "sg": (0x18, 0x19), "tso": (0x1E, 0x1F),
+            "gso": (0x23, 0x24), "gro": (0x2B, 0x2C)}
+OFFLOADS = ("tx", "rx", "tso", "gso", "gro", "sg")  # tx first: sg/tso depend on it
+
+
+def _socket_in(ns: str | None) -> socket.socket:
+    """A datagram socket living in network namespace ``ns`` (None: ours); ioctls on it
+    name interfaces of that namespace."""
+    if ns is None:
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    out: dict = {}
+
+    def enter():  # setns() changes only this short-lived thread's namespace
+        try:
+            fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+        except OSError as e:
+            out["err"] = f"network namespace {ns!r}: {e.strerror}"
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                out["err"] = f"setns into {ns!r}: {os.strerror(ctypes.get_errno())}"
+                return
+            out["sock"] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=enter, name=f"setns {ns}")
+    t.start()
+    t.join()
+    if "err" in out:
+        raise NetError(out["err"])
+    return out["sock"]
+
+
+def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
+    buf = array.array("I", [cmd, data])  # struct ethtool_value {u32 cmd; u32 data}
+    addr, _n = buf.buffer_info()
+    ifreq = struct.pack("16sP", ifname.encode(), addr)
+    fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    return buf[1]
+
+
+def offloads(ifname: str, ns: str | None = None) -> dict[str, bool]:
+    """Which offloads of ``ifname`` are on (SIOCETHTOOL; those the driver cannot report are left out)."""
+    with _socket_in(ns) as s:
+        out = {}
+        for name in OFFLOADS:
+            try:
+                out[name] = bool(_ethtool(s, ifname, _ETHTOOL[name][0]))
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise NetError(f"{ifname}{' in ' + ns if ns else ''}: reading offload {name}: "
+                                   f"{e.strerror}") from None
+        return out
+
+
+def offloads_off(ifname: str, ns: str | None = None) -> None:
+    """Turn checksum and segmentation offloads of ``ifname`` off with the SIOCETHTOOL ioctl, as
+    ``ethtool -K IF tx off rx off tso off gso off gro off sg off`` would, without the binary.
+    Raises NetError when the checksum offloads are still on afterwards (UDP would not arrive)."""
+    where = f"{ifname}{' in namespace ' + ns if ns else ''}"
+    with _socket_in(ns) as s:
+        for name in OFFLOADS:
+            try:
+                _ethtool(s, ifname, _ETHTOOL[name][1], 0)
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL) and name not in ("tx", "rx"):
+                    continue
+                if e.errno == errno.EOPNOTSUPP:
+                    continue  # a driver without checksum offload has nothing to turn off
+                raise NetError(f"cannot turn offload {name} off on {where} (SIOCETHTOOL): {e.strerror}") from None
+    still = [k for k, on in offloads(ifname, ns).items() if on and k in ("tx", "rx")]
+    if still:
+        raise NetError(f"checksum offload {'/'.join(still)} is still on for {where}: UDP through the "
+                       f"switch would arrive with bad checksums")
 
 
 def namespaces() -> list[str]:
@@ -78,11 +188,10 @@ def sysctl(key: str, value: str, ns: str | None = None) -> None:
 
 
 def quiet_iface(name: str, ns: str | None = None) -> None:
-    """No IPv6 chatter, no offloads (frames stay <= MTU on the wire the switch reads)."""
+    """No IPv6 chatter, no offloads (frames stay <= MTU and carry full checksums on the wire
+    the switch reads). Raises NetError when the checksum offloads cannot be turned off."""
     sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "1", ns=ns)
-    if shutil.which("ethtool"):
-        for feats in (["tx", "off", "rx", "off"], ["tso", "off", "gso", "off", "gro", "off"], ["sg", "off"]):
-            run(["ethtool", "-K", name, *feats], check=False, ns=ns)
+    offloads_off(name, ns=ns)
 
 
 def veth(a: str, b: str, mtu: int = 1500) -> None:

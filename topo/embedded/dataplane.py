@@ -14,7 +14,10 @@ contend for it):
 A shaped port sends ``rate`` bits/s on average with a burst of BURST_S seconds
 of traffic (at least two full frames), so late wake-ups of the loop do not lose
 rate. Queues are tail-drop, ``buffer_packets`` (and optionally ``buffer_bytes``)
-per queue; drops are counted per port and level in :attr:`Dataplane.drops`.
+per queue; drops (tail drops and frames whose send failed, e.g. larger than
+the interface MTU) are counted per port and level in :attr:`Dataplane.drops`.
+A frame whose send fails is taken back out of ``queue_counter``: the counter
+counts what left the port.
 """
 
 from __future__ import annotations
@@ -23,17 +26,16 @@ import collections
 import logging
 import os
 import select
-import shutil
 import socket
 import struct
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfs import levels
-from topo.embedded.pipeline import Pipeline
+from topo import netns
+from topo.embedded.pipeline import NUM_PORT_SLOTS, Pipeline
 
 log = logging.getLogger("mfs.switch.dataplane")
 
@@ -61,14 +63,15 @@ class PcapWriter:
         self.f.close()
 
 
-def disable_offloads(ifname: str, netns_exec: list[str] | None = None) -> bool:
-    """ethtool -K <if> rx/tx checksum and segmentation offloads off, so frames are real-sized."""
-    ethtool = shutil.which("ethtool")
-    if not ethtool:
+def disable_offloads(ifname: str) -> bool:
+    """Checksum and segmentation offloads of ``ifname`` off (SIOCETHTOOL, no ethtool binary needed),
+    so frames are real-sized and carry full checksums. False (and a warning naming why) when not."""
+    try:
+        netns.offloads_off(ifname)
+        return True
+    except netns.NetError as e:
+        log.warning("%s", e)
         return False
-    cmd = (netns_exec or []) + [ethtool, "-K", ifname, "tx", "off", "rx", "off", "gso", "off", "tso", "off",
-                                "gro", "off"]
-    return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
 @dataclass
@@ -222,6 +225,14 @@ class Dataplane:
         p.qbytes[level] += n
         p.backlog += 1
 
+    def _uncount(self, port: int, level: int, nbytes: int) -> None:
+        """Take a frame that never left back out of the egress queue_counter."""
+        pk, by = self.switch.counter("MfsEgress.queue_counter")
+        idx = (port % NUM_PORT_SLOTS) * levels.NUM_QUEUES + level
+        if pk[idx] > 0:
+            pk[idx] -= 1
+            by[idx] = max(0, by[idx] - nbytes)
+
     def _transmit(self, now: float) -> None:
         egress = self.switch.egress
         for p in self.ports.values():
@@ -243,8 +254,9 @@ class Dataplane:
                     p.next_free = max(p.next_free, now) + len(out) * 8 / rate
                 try:
                     p.sock.send(out)
-                except OSError as e:  # e.g. ENOBUFS / interface down: the frame is lost
+                except OSError as e:  # e.g. EMSGSIZE (> MTU), ENOBUFS, interface down: the frame is lost
                     self.drops[p.number][level] += 1
+                    self._uncount(p.number, level, len(out))
                     log.debug("port %d: send failed: %s", p.number, e)
                     continue
                 p.tx += 1

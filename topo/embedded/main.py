@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-file", help="log to this file instead of stderr")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--keep-offloads", action="store_true",
-                    help="do not run 'ethtool -K <if> tx off rx off gso off tso off gro off' on the interfaces")
+                    help="leave the interfaces' checksum/segmentation offloads as they are (default: turned off "
+                         "with the SIOCETHTOOL ioctl, as 'ethtool -K IF tx off rx off tso off gso off gro off')")
     return ap
 
 
