@@ -102,8 +102,8 @@ def cmd_switches(a) -> int:
     rows = request(a.controller, "GET", "/api/switches")
     if a.json:
         return _dump(rows)
-    table(rows, ["name", "address", "state", "primary", "election_id", "flow_entries", "flow_table_size",
-                 "overflow", "resyncs", "pipeline_pushes", "rho", "last_error"])
+    table(rows, ["name", "address", "state", "primary", "election_id", "placement", "ports", "flow_entries",
+                 "flow_table_size", "overflow", "resyncs", "pipeline_pushes", "rho", "last_error"])
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from mfs import levels
 from mfs.configutil import ConfigError, Section, load_yaml
 from mfs.header import VALID_STAGES
+from controller.placement import PLACEMENTS, PORT_MODES
 from mfs.p4info import DEFAULT_P4INFO, P4InfoError, P4Schema
 
 DSCP_MODES = ("rewrite", "clear", "leave")
@@ -27,6 +28,7 @@ class PortConfig:
     rate_bps: float
     dscp_mode: str = "rewrite"
     trusted_dscp: dict[int, int] = field(default_factory=dict)  # dscp -> level (dscp_classify entries)
+    mode: str | None = None  # "edge" | "fabric"; None = edge if a host hangs off it (controller/placement.py)
 
 
 @dataclass
@@ -103,6 +105,7 @@ class ControllerConfig:
     api_listen: str = "127.0.0.1:50100"
     admin_listen: str = "127.0.0.1:9100"
     gc_timeout_s: float = 30.0
+    placement: str = "all"  # "all" | "edge": which switches hold a flow's entry (controller/placement.py)
     counter_poll_s: float = 1.0
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 5.0
@@ -179,6 +182,7 @@ def _ports(sec: Section) -> dict[int, PortConfig]:
         if math.isinf(rate) or math.isnan(rate):
             raise p.error("rate_bps", f"{rate} is not a finite number")
         mode = p.choice("dscp_mode", DSCP_MODES, "rewrite")
+        role = p.choice("mode", PORT_MODES, None) if p.get("mode", None) is not None else None
         td = p.get("trusted_dscp", False)
         trusted: dict[int, int] = {}
         if td is True:  # trust the class selectors of the default map
@@ -192,7 +196,7 @@ def _ports(sec: Section) -> dict[int, PortConfig]:
         elif td is not False:
             raise p.error("trusted_dscp", f"{td!r} is not allowed (allowed: true, false, or a mapping dscp: level)")
         p.done()
-        out[port] = PortConfig(port, rate, mode, trusted)
+        out[port] = PortConfig(port, rate, mode, trusted, role)
     return out
 
 
@@ -318,6 +322,7 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
     cfg.admin_listen = _address(admin, "listen", cfg.admin_listen)
     admin.done()
     cfg.gc_timeout_s = top.number("gc_timeout_s", cfg.gc_timeout_s, lo=0, lo_open=True)
+    cfg.placement = top.choice("placement", PLACEMENTS, cfg.placement)
     poll = top.section("poll")
     cfg.counter_poll_s = poll.number("counters_s", cfg.counter_poll_s, lo=0, lo_open=True)
     cfg.reconnect_min_s = poll.number("reconnect_min_s", cfg.reconnect_min_s, lo=0, lo_open=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from controller.aio import cancel_all
 from controller.config import ControllerConfig
 from controller.metrics import Metrics
+from controller.placement import Placement, SwitchDesired
 from controller.switches import FlowKey, SwitchSupervisor
 from mfs import levels
 from mfs.policy import FlowInfo, PolicyConfig, RequestInfo, link_name, make_switch_policy
@@ -106,6 +107,9 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.policy = make_switch_policy(cfg.policy)
         self.desired: dict[FlowKey, int] = {}
+        # which switches hold a key (controller/placement.py); a key absent here is on every switch
+        self.placement = Placement.from_config(cfg)
+        self.where: dict[FlowKey, frozenset[str]] = {}
         self.flows: dict[int, FlowRec] = {}
         self.requests: dict[int, RequestInfo] = {}
         # after a controller restart: entries found on the switches, key -> Adopted (see adopt())
@@ -128,7 +132,8 @@ class Engine:
         self.host_by_address = {h.address: h.name for h in cfg.hosts}
         self.hosts_by_port = {(h.switch, h.port): h.name for h in cfg.hosts if h.switch and h.port is not None}
         for sw in cfg.switches:
-            self.supervisors[sw.name] = SwitchSupervisor(cfg, sw, self.desired, self.metrics,
+            self.supervisors[sw.name] = SwitchSupervisor(cfg, sw, SwitchDesired(self.desired, self.where, sw.name),
+                                                         self.metrics,
                                                          adopt=self.adopt, on_load=self.on_load)
 
     # ------------------------------------------------------------------ lifecycle
@@ -244,8 +249,21 @@ class Engine:
             await self.push(keys)
 
     async def push(self, keys: set[FlowKey]) -> None:
-        """Write ``keys`` to every ready switch concurrently (one Write each)."""
+        """Write ``keys`` to every ready switch concurrently (one Write each; a switch none of
+        the keys is placed on or installed on gets no Write)."""
         await asyncio.gather(*(s.sync(keys) for s in self.supervisors.values()))
+        where = self.where
+        for k in keys:  # ended flows: their placement is no longer needed
+            if k not in self.desired:
+                where.pop(k, None)
+
+    def place(self, key: FlowKey, host: str | None) -> None:
+        """Record which switches hold ``key`` (the flow of ``host``), per the configured placement."""
+        w = self.placement.switches_of(host)
+        if w is None:
+            self.where.pop(key, None)
+        else:
+            self.where[key] = w
 
     # ------------------------------------------------------------------ events
     def _apply_batch(self, now: float, b: Batch, changes: dict[int, float]) -> None:
@@ -282,6 +300,9 @@ class Engine:
             if adopted is not None and adopted.level < lvl:
                 lvl = adopted.level  # keep the promotion the switch already had (controller restart)
             rec = self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl)
+            if self.where.get(key) != self.placement.switches_of(host):
+                self.place(key, host)
+                self._dirty.add(key)
             self._level_news(rec, lvl)
             for other in [(st, fs.flow_id) for st in (1, 2, 3) if st != fs.stage]:
                 if self.desired.pop(other, None) is not None:  # flow id reused with another stage
@@ -388,6 +409,8 @@ class Engine:
                 continue
             self.desired[key] = lvl
             self.adopted[key] = Adopted(lvl, now, self.owner_of(key[1]))
+            self.place(key, self.adopted[key].owner)
+            self._dirty.add(key)  # written where it belongs, deleted elsewhere
             n += 1
         self.metrics.count("adopted_entries", n, switch=switch)
         log.info("%s: adopted %d flow entries left by a previous controller", switch, n)

@@ -38,6 +38,7 @@ from finsy.proto import p4r, rpc_code
 from controller.aio import cancel_all
 from controller.config import ControllerConfig, SwitchConfig
 from controller.p4rt.client import NotPrimary, P4RTError, SwitchClient, update
+from controller.placement import port_roles
 from mfs.p4info import P4Schema, encode
 
 if TYPE_CHECKING:
@@ -515,12 +516,23 @@ class SwitchSupervisor:
                             "rho": self.rho.get(port)})
         return out
 
+    def port_summary(self) -> str:
+        """"edge 1,2 fabric 3": the role of each configured port (controller/placement.py)."""
+        roles = port_roles(self.cfg, self.sw.name)
+        parts = []
+        for role in ("edge", "fabric"):
+            ps = [str(p) for p, r in roles.items() if r == role]
+            if ps:
+                parts.append(f"{role} {','.join(ps)}")
+        return " ".join(parts) or "-"
+
     def status(self) -> dict:
         return {"name": self.sw.name, "address": self.sw.address, "device_id": self.sw.device_id,
                 "election_id": self.sw.election_id, "role": self.sw.role, "state": self.state,
                 "primary": bool(self.client and self.client.is_primary), "last_error": self.last_error,
                 "connects": self.connects, "resyncs": self.resyncs, "pipeline_pushes": self.pipeline_pushes,
                 "flow_entries": len(self.installed), "flow_table_size": self.flow_table.size,
+                "placement": self.cfg.placement, "ports": self.port_summary(),
                 "overflow": len(self.overflow), "writes": self.client.writes if self.client else 0,
                 "rho": {str(k): v for k, v in self.rho.items()}}
 

@@ -63,6 +63,12 @@ def test_status_switches_flows_queues(live, capsys):
     assert ctl(lc, "switches") == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("NAME") and "ready" in out
+    head = out.splitlines()[0].split()
+    assert "PLACEMENT" in head and "PORTS" in head and "FLOW_ENTRIES" in head
+    assert "edge 1,2" in out  # h1 and h2 hang off s1 ports 1 and 2
+    assert ctl(lc, "--json", "switches") == 0
+    sw = json.loads(capsys.readouterr().out)[0]
+    assert (sw["placement"], sw["ports"], sw["flow_entries"]) == ("all", "edge 1,2", 2)  # the 2 live flows
     assert ctl(lc, "--json", "flows") == 0
     flows = json.loads(capsys.readouterr().out)
     assert {f["flow_id"]: f["stage"] for f in flows} == {1: 3, 2: 1}

@@ -1,0 +1,119 @@
+"""Edge placement (controller/placement.py): a flow's entry only on the switch its host hangs off.
+
+Against real P4Runtime targets over loopback gRPC (embedded switch; bmv2 when installed):
+what each switch holds is read back from the switch with an independent session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controller import config as config_mod
+from controller.placement import Placement, SwitchDesired
+from controller.testing import config_data
+from mfs.configutil import ConfigError
+from tests.test_controller import Host, _target, run, started, switch_flows, target_kind  # noqa: F401
+
+
+def two_racks(addresses, placement="edge", **over):
+    """h1 on s1 port 1, h2 on s2 port 1; port 3 of each switch links the two (fabric)."""
+    data = config_data(addresses, placement=placement, **over)
+    for sw in data["switches"]:
+        sw["ports"] = {1: {"rate_bps": 1e9}, 3: {"rate_bps": 1e9}}
+    data["hosts"][1].update(switch="s2", port=1)
+    data["hosts"].append({"name": "h3", "address": "10.0.0.3", "token": "token-of-h3"})  # switch unknown
+    return config_mod.parse(data, "test.yaml")
+
+
+def test_edge_placement_writes_each_flow_only_on_its_edge_switch(target_kind):
+    with _target(target_kind) as t1, _target(target_kind) as t2:
+        async def go():
+            c = await started(two_racks([t1.address, t2.address]))
+            h1, h2 = Host(c.api_port), Host(c.api_port, "h2", "token-of-h2", "10.0.0.2")
+            h3 = Host(c.api_port, "h3", "token-of-h3", "10.0.0.3")
+            try:
+                for h in (h1, h2, h3):
+                    await h.register()
+                s1, s2 = c.engine.supervisors["s1"], c.engine.supervisors["s2"]
+                w2 = s2.client.writes
+                await h1.report(*[h1.start(i) for i in range(5)])
+                assert s2.client.writes == w2  # nothing of h1's is written on s2
+                await h2.report(*[h2.start(i) for i in range(3)])
+                f1, f2 = await switch_flows(t1.address), await switch_flows(t2.address)
+                assert {k[1] - h1.reg.flow_id_base for k in f1} == set(range(5))
+                assert {k[1] - h2.reg.flow_id_base for k in f2} == set(range(3))
+                # a host whose switch is unknown: its flows could enter anywhere, so every switch
+                await h3.report(h3.start(0))
+                key = (1, h3.reg.flow_id_base)
+                assert key in await switch_flows(t1.address) and key in await switch_flows(t2.address)
+                sts = {s["name"]: s for s in await c.switches()}
+                assert (sts["s1"]["flow_entries"], sts["s2"]["flow_entries"]) == (6, 4)
+                assert sts["s1"]["placement"] == "edge"
+                assert sts["s1"]["ports"] == "edge 1 fabric 3"
+                assert sts["s2"]["ports"] == "edge 1 fabric 3"
+                await h1.report(*[h1.end(i) for i in range(5)])
+                assert len(await switch_flows(t1.address)) == 1 and len(await switch_flows(t2.address)) == 4
+                assert not c.engine.where.get((1, h1.reg.flow_id_base))  # forgotten with the flow
+            finally:
+                for h in (h1, h2, h3):
+                    await h.close()
+                await c.stop()
+        run(go())
+
+
+def test_switching_to_edge_placement_deletes_the_copies_off_the_edge(target_kind):
+    """A controller restarted with placement: edge adopts h1's entries on s1 and deletes the
+    copies an all-switches controller had left on s2."""
+    with _target(target_kind) as t1, _target(target_kind) as t2:
+        async def go():
+            c = await started(two_racks([t1.address, t2.address], placement="all"))
+            h1 = Host(c.api_port)
+            try:
+                await h1.register()
+                await h1.report(*[h1.start(i, stage=2) for i in range(4)])
+                assert len(await switch_flows(t2.address)) == 4
+            finally:
+                await h1.close()
+                await c.stop()
+            c = await started(two_racks([t1.address, t2.address], placement="edge"))
+            try:
+                assert len(await switch_flows(t1.address)) == 4
+                for _ in range(200):  # the adopted keys' deletion on s2 is written at the next round
+                    if not await switch_flows(t2.address):
+                        break
+                    await asyncio.sleep(0.02)
+                assert await switch_flows(t2.address) == {}
+                assert len(c.engine.adopted) == 4
+            finally:
+                await c.stop()
+        run(go())
+
+
+def test_switch_view_and_placement_rules():
+    p = Placement("edge", {"a": "s1", "b": ""}, ["s1", "s2"])
+    assert p.switches_of("a") == {"s1"} and p.switches_of("b") is None and p.switches_of(None) is None
+    assert Placement("all", {"a": "s1"}, ["s1", "s2"]).switches_of("a") is None
+    desired = {(1, 1): 3, (1, 2): 4}
+    where = {(1, 1): frozenset({"s1"})}
+    v1, v2 = SwitchDesired(desired, where, "s1"), SwitchDesired(desired, where, "s2")
+    assert dict(v1) == desired and dict(v2) == {(1, 2): 4}
+    assert v2.get((1, 1)) is None and (1, 1) not in v2 and len(v2) == 1
+    with pytest.raises(ValueError, match="allowed: all, edge"):
+        Placement("path", {}, [])
+
+
+def test_placement_and_port_mode_config_errors():
+    data = config_data(["127.0.0.1:1"], placement="everywhere")
+    with pytest.raises(ConfigError, match=r"placement.*'everywhere' is not allowed \(allowed: all, edge\)"):
+        config_mod.parse(data, "c.yaml")
+    data = config_data(["127.0.0.1:1"])
+    data["switches"][0]["ports"][2]["mode"] = "core"
+    with pytest.raises(ConfigError, match=r"switches\[0\]\.ports\.2\.mode.*'core' is not allowed"):
+        config_mod.parse(data, "c.yaml")
+    data["switches"][0]["ports"][2]["mode"] = "fabric"  # h2 hangs off port 2, but the operator says fabric
+    cfg = config_mod.parse(data, "c.yaml")
+    from controller.placement import port_roles
+    assert port_roles(cfg, "s1") == {1: "edge", 2: "fabric"}
+    assert cfg.placement == "all"  # the default until every switch trusts DSCP on fabric ports
