@@ -97,7 +97,7 @@ def stage_defaults_from_policy(policy: PolicyConfig, rli_classes: int = 3) -> li
     out.append({"stage": 2, "level": level(1, 2)})
     for r in range(rli_classes):
         out.append({"stage": 1, "level": level(2 + r, 1, r), "rli": [r, r if r < rli_classes - 1 else 0xFFFF]})
-    out.append({"stage": 3, "level": level(2 + rli_classes, 3)})
+    out.append({"stage": 3, "level": level(2 + rli_classes, 3, 63)})  # its last layer's push: nothing more to come
     return out
 
 

@@ -118,7 +118,8 @@ def test_p2d_without_deadline_goes_to_loosest_tier():
 def test_p2d_deadline_falls_back_to_request_deadline():
     pol = mfs()
     pol.request_start(0, RequestInfo(5, 0, deadline=1.0, arrival=0, num_layers=4))
-    assert pol.flow_start(0, FlowInfo(1, STAGE_P2D, 5, int(0.6e9))) == 0
+    # the last layer's push (target_layer 3 of 4): no layers left to push after it
+    assert pol.flow_start(0, FlowInfo(1, STAGE_P2D, 5, int(0.6e9), target_layer=3)) == 0
 
 
 @pytest.mark.parametrize("deadline,size", [(1.0, 2e9), (-1.0, 10)])
@@ -151,9 +152,10 @@ def test_tick_only_rechecks_p2d_of_prefill_done_requests_and_is_rate_limited():
     pol = mfs(recheck_interval_s=0.1)
     pol.flow_start(0, p2d(1, 0.1e9, 1.0, rid=1))  # MLU 0.1 -> 6
     pol.flow_start(0, p2d(2, 0.1e9, 1.0, rid=2))
-    pol.flow_start(0, p2d(5, 0.2e9, 10.0, rid=1))  # MLU 0.02 -> 6
+    pol.flow_start(0, p2d(5, 0.2e9, 10.0, rid=3))  # MLU 0.02 -> 6
     pol.flow_start(0, kv(3, 5, rid=1))
     assert pol.tick(0.5) == {}  # nobody finished prefill
+    pol.layer_boundary(0.5, 3, 7, prefill_done=True)
     pol.layer_boundary(0.5, 1, 7, prefill_done=True)  # MLU 0.2 -> 5 (and the KV fetch promoted)
     assert pol.level(1) == 5 and pol.level(3) == 2
     assert pol.tick(0.85) == {1: 0}  # MLU 0.1/0.15 = 0.67 >= U; request 2 not done -> untouched
@@ -229,18 +231,20 @@ def test_batch_events_prune_into_scavenger_and_rank_by_red():
             RequestInfo(4, 20, 6.0, 0, 4, remaining_bytes=5)]
     for r in reqs:
         pol.request_start(0, r)
-    pol.flow_start(0, kv(41, 2, rid=4))
+    assert pol.flow_start(0, p2d(41, 1, 100.0, rid=4)) == 6  # MLU (1 + 3 layers to come) / 100
+    assert pol.flow_start(0, kv(40, 2, rid=4)) == 4
     pol.flow_start(0, kv(31, 2, rid=3))
     pol.flow_start(0, kv(11, 2, rid=1))
     assert pol.batch_event(0, 10, "arrival") == {}
     assert pol.rank(11) == 0
     ch = pol.batch_event(0, 20, "arrival")
-    assert ch == {41: 7}
+    assert ch == {41: 7}  # only the Stage-3 push is scavenged: batch 20 still waits for flow 40
     assert pol.is_pruned(4) and not pol.is_pruned(3)
     assert pol.rank(31) == 1 and pol.rank(11) == 0
-    # later flows of a pruned request start in the scavenger level; promotion never lifts it
-    assert pol.flow_start(1, kv(42, 1, rid=4)) == 7
-    assert pol.layer_boundary(1, 4, 3) == {}
+    # later pushes of a pruned request start in the scavenger level; promotion never lifts them
+    assert pol.flow_start(1, p2d(42, 1, 100.0, rid=4)) == 7
+    assert pol.layer_boundary(1, 4, 3) == {40: 2}  # its KV fetch is promoted as usual
+    assert pol.flow_start(1, kv(43, 4, rid=4)) == 3
     # departure of batch 10 re-ranks
     pol.batch_event(1, 10, "departure")
     assert pol.rank(31) == 0 and pol.rank(11) == math.inf

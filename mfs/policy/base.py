@@ -131,8 +131,8 @@ class BasePolicy:
         st = FlowState(info=flow, level=math.inf)
         self._flows[flow.flow_id] = st
         self._req_flows.setdefault(flow.request_id, set()).add(flow.flow_id)
+        self._on_flow_added(st)  # indexes first: the initial level may depend on them (MFS: request bytes)
         st.level = self._initial_level(now, st)
-        self._on_flow_added(st)
         return st.level
 
     def layer_boundary(self, now: float, request_id: int, current_layer: int, prefill_done: bool = False) -> Changes:

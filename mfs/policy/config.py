@@ -17,6 +17,7 @@ from mfs.levels import NUM_QUEUES
 SCHEDULERS = ("mfs", "fair", "fifo", "sjf", "edf", "karuna", "pias", "llf")
 MLU_MAPPINGS = ("u_top", "q1_top")
 ON_INFEASIBLE = ("scavenger", "urgent", "keep")
+MLU_BYTES = ("request", "message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class PolicyConfig:
     U: float = 0.5  # MLU scale of the thresholds
     mlu_mapping: str = "u_top"  # u_top: top tier iff MLU >= U; q1_top: top iff MLU >= U/E (Q_1)
     mlu_thresholds: list[float] | None = None  # explicit thresholds (overrides E/U), decreasing
+    mlu_bytes: str = "request"  # MLU on the request's remaining P2D bytes ("request") or the message's ("message")
     infeasible_mlu: float = 1.0  # MLU above this (or a past deadline) = infeasible
     on_infeasible: str = "scavenger"  # what an infeasible Stage-3 flow gets
     recheck_interval_s: float = 0.005  # MFS tick: min interval between Stage-3 re-checks
@@ -111,6 +113,8 @@ class PolicyConfig:
         _in_range(err, "U", self.U, 0.0, 1e6, lo_open=True)
         if self.mlu_mapping not in MLU_MAPPINGS:
             raise err("mlu_mapping", f"{self.mlu_mapping!r} is not allowed (allowed: {', '.join(MLU_MAPPINGS)})")
+        if self.mlu_bytes not in MLU_BYTES:
+            raise err("mlu_bytes", f"{self.mlu_bytes!r} is not allowed (allowed: {', '.join(MLU_BYTES)})")
         _in_range(err, "infeasible_mlu", self.infeasible_mlu, 0.0, 1e6, lo_open=True)
         if self.on_infeasible not in ON_INFEASIBLE:
             raise err("on_infeasible", f"{self.on_infeasible!r} is not allowed (allowed: {', '.join(ON_INFEASIBLE)})")
@@ -163,6 +167,7 @@ class PolicyConfig:
                      "threshold_base_bytes", "threshold_ratio", "edf_threshold_base_s"):
             kw[name] = num(name)
         kw["mlu_mapping"] = s.string("mlu_mapping", d.mlu_mapping)
+        kw["mlu_bytes"] = s.string("mlu_bytes", d.mlu_bytes)
         kw["on_infeasible"] = s.string("on_infeasible", d.on_infeasible)
         kw["red"] = s.boolean("red", d.red)
         kw["pruning"] = s.boolean("pruning", d.pruning)

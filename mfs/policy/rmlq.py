@@ -1,6 +1,7 @@
 """MFS: the Reverse Multi-Level Queue (paper §2.2-2.6), as documented in docs/policy.md.
 
-* Stage 3 (P2D, explicit deadline): level from MLU = bytes_left / (time_left * B * (1-rho))
+* Stage 3 (P2D, explicit deadline): level from MLU = the request's remaining P2D bytes
+  / (time_left * B * (1-rho))
   through geometric thresholds over the P2D tiers ``[urgent_p2d, *p2d]``; MLU above
   ``infeasible_mlu`` or a past deadline = infeasible (``on_infeasible``).
 * Stage 2: the Stage-2 level. Stage 1: ``stage1[min(RLI, len(stage1)-1)]``.
@@ -8,7 +9,8 @@
   (Stage-3 flows of requests whose prefill compute has ended), at most every
   ``recheck_interval_s``.
 * Batch arrival/departure: RED ranking (within-level order via :meth:`rank`) and
-  Algorithm 1 feasibility pruning of whole requests into the scavenger level.
+  Algorithm 1 feasibility pruning: a pruned request's Stage-3 flows go to the scavenger level
+  (its Stage-1/2 flows, which its whole batch waits for, keep theirs).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 
 from mfs.policy.api import Changes, FlowState, RequestInfo
-from mfs.policy.base import STAGE_COLLECTIVE, STAGE_P2D, BasePolicy
+from mfs.policy.base import STAGE_COLLECTIVE, STAGE_P2D, BasePolicy, link_name
 from mfs.policy.config import PolicyConfig
 from mfs.policy.red import RequestLoad, inter_schedule
 
@@ -33,6 +35,8 @@ class MfsPolicy(BasePolicy):
         self._cutoffs = c.mlu_cutoffs()
         self._tiers = self.layout.p2d_tiers
         self._p2d_by_req: dict[int, set[int]] = {}  # request -> its live Stage-3 flow ids
+        self._p2d_left: dict[int, int] = {}  # request -> bytes left of its live Stage-3 flows
+        self._p2d_seen: dict[int, list] = {}  # request -> [Stage-3 flows started, their bytes, highest layer]
         self._watch: set[int] = set()  # prefill-done requests with live Stage-3 flows (tick set)
         self._ports: dict[int, tuple[str, ...]] = {}  # flow id -> ports it loads (Algorithm 1)
         self._pruned: set[int] = set()  # requests parked in the scavenger level (sticky)
@@ -42,17 +46,35 @@ class MfsPolicy(BasePolicy):
         self._last_tick = -math.inf
 
     # --- level rules -------------------------------------------------------------
+    def p2d_bytes(self, st: FlowState) -> float:
+        """Bytes MLU is computed on for a Stage-3 flow (``mlu_bytes``). ``request``: what the
+        flow's request still has to push to decode: the bytes left of its live Stage-3 flows
+        plus, while its prefill computes, the layers not pushed yet (num_layers - 1 - the
+        highest layer pushed so far) at the mean size of its pushes. ``message``: the flow's own."""
+        if self.cfg.mlu_bytes == "message":
+            return st.bytes_left
+        rid = st.info.request_id
+        left = self._p2d_left.get(rid, st.bytes_left)
+        req = self._requests.get(rid)
+        seen = self._p2d_seen.get(rid)
+        if req is None or seen is None or rid in self._prefill_done:
+            return left
+        n, total, top = seen
+        return left + max(0, req.num_layers - 1 - top) * (total / n)
+
     def mlu(self, now: float, st: FlowState) -> float | None:
-        """Minimal Link Utilisation; inf when the deadline has passed; None without a deadline."""
+        """Minimal Link Utilisation of a Stage-3 flow on its request's remaining P2D bytes;
+        inf when the deadline has passed; None without a deadline."""
         deadline = self.deadline_of(st.info)
         if deadline is None:
             return None
         left = deadline - now
-        if st.bytes_left == 0:
+        size = self.p2d_bytes(st)
+        if size == 0:
             return 0.0
         if left <= 0:
             return math.inf
-        return st.bytes_left * 8.0 / (left * self.residual_bps(st.info))
+        return size * 8.0 / (left * self.residual_bps(st.info))
 
     def _tier_level(self, mlu: float) -> int:
         for j, cut in enumerate(self._cutoffs):
@@ -87,7 +109,7 @@ class MfsPolicy(BasePolicy):
         return lay.stage1[min(rli, len(lay.stage1) - 1)]
 
     def _initial_level(self, now: float, st: FlowState) -> float:
-        if st.info.request_id in self._pruned:
+        if st.info.stage == STAGE_P2D and st.info.request_id in self._pruned:
             st.scavenger = True
             return self.layout.scavenger
         if st.info.stage == STAGE_P2D:
@@ -107,24 +129,49 @@ class MfsPolicy(BasePolicy):
         self._promote(st, lvl, changes)
 
     # --- bookkeeping hooks ----------------------------------------------------------
+    def _p2d_uncount(self, rid: int, left: int) -> None:
+        n = self._p2d_left.get(rid, 0) - left
+        if n > 0:
+            self._p2d_left[rid] = n
+        else:
+            self._p2d_left.pop(rid, None)
+
+    def progress(self, now: float, flow_id: int, bytes_sent: int) -> Changes:
+        st = self._flows.get(flow_id)
+        before = st.bytes_left if st is not None else 0
+        changes = super().progress(now, flow_id, bytes_sent)
+        if st.info.stage == STAGE_P2D and st.bytes_left != before:
+            self._p2d_uncount(st.info.request_id, before - st.bytes_left)
+        return changes
+
     def _on_flow_added(self, st: FlowState) -> None:
         i = st.info
-        self._ports[i.flow_id] = tuple({f"tx:{i.src}" if i.src else "*", f"rx:{i.dst}" if i.dst else "*"})
+        self._ports[i.flow_id] = tuple({link_name(i.src, "tx") if i.src else "*",
+                                        link_name(i.dst, "rx") if i.dst else "*"})
         if st.info.stage == STAGE_P2D:
             rid = st.info.request_id
             self._p2d_by_req.setdefault(rid, set()).add(st.info.flow_id)
+            self._p2d_left[rid] = self._p2d_left.get(rid, 0) + st.bytes_left
+            seen = self._p2d_seen.setdefault(rid, [0, 0, -1])  # pushes started, their bytes, highest layer
+            seen[0] += 1
+            seen[1] += i.size_bytes
+            seen[2] = max(seen[2], i.target_layer)
             if rid in self._prefill_done:
                 self._watch.add(rid)
 
     def _on_flow_removed(self, st: FlowState) -> None:
         del self._ports[st.info.flow_id]
         if st.info.stage == STAGE_P2D:
-            s = self._p2d_by_req.get(st.info.request_id)
+            rid = st.info.request_id
+            self._p2d_uncount(rid, st.bytes_left)
+            s = self._p2d_by_req.get(rid)
             if s is not None:
                 s.discard(st.info.flow_id)
                 if not s:
-                    del self._p2d_by_req[st.info.request_id]
-                    self._watch.discard(st.info.request_id)
+                    del self._p2d_by_req[rid]
+                    self._watch.discard(rid)
+                    if rid not in self._requests:
+                        self._p2d_seen.pop(rid, None)
 
     def _on_request_start(self, now: float, req: RequestInfo) -> Changes:
         self._batch_members.setdefault(req.batch_id, set()).add(req.request_id)
@@ -141,6 +188,8 @@ class MfsPolicy(BasePolicy):
                     self._batch_rank.pop(req.batch_id, None)
         if request_id not in self._req_flows:
             self._pruned.discard(request_id)
+        if request_id not in self._p2d_by_req:
+            self._p2d_seen.pop(request_id, None)
         self._watch.discard(request_id)
         return {}
 
@@ -175,7 +224,7 @@ class MfsPolicy(BasePolicy):
         batches: dict[int, list[RequestLoad]] = {}
         for bid in self._active_batches:
             reqs = [self._request_load(self._requests[r]) for r in self._batch_members.get(bid, ())
-                    if r in self._requests and r not in self._pruned]
+                    if r in self._requests]
             if reqs:
                 batches[bid] = reqs
         bytes_per_s = self.cfg.bandwidth_bps / 8.0 * (1.0 - self.rho_for_link(""))
@@ -185,27 +234,48 @@ class MfsPolicy(BasePolicy):
         for rid in res.pruned:
             self._pruned.add(rid)
             for st in self.flows_of(rid):
-                st.scavenger = True
-                self._set(st, self.layout.scavenger, changes)
+                if st.info.stage == STAGE_P2D:  # only Stage 3 is scavenged: its batch waits for Stage 1/2
+                    st.scavenger = True
+                    self._set(st, self.layout.scavenger, changes)
         return changes
 
     def rho_for_link(self, link: str) -> float:
         return min(self.cfg.rho_cap, self._rho.get(link, 0.0))
 
+    def remaining_compute(self, req: RequestInfo) -> float:
+        """Compute left of a request: ``remaining_compute`` (given at request_start for the
+        whole prefill) times the share of layers not started yet; 0 once its prefill is done."""
+        rid = req.request_id
+        if rid in self._prefill_done:
+            return 0.0
+        layer = self._req_layer.get(rid, 0)
+        return req.remaining_compute * max(0, req.num_layers - layer) / req.num_layers
+
     def _request_load(self, req: RequestInfo) -> RequestLoad:
-        """Per-port bytes a request still has to move: the driver's estimate
-        ``remaining_bytes`` on one shared bottleneck "*" when given, else its live
-        flows' bytes on their sender ("tx:src") and receiver ("rx:dst") ports."""
+        """Per-port bytes a request still has to move. Prunable (``loads``): the driver's
+        estimate ``remaining_bytes`` on one shared bottleneck "*" when given, else its live
+        Stage-3 flows' bytes on their sender ("<src>:tx") and receiver ("<dst>:rx") ports.
+        Fixed: its live Stage-1/2 flows' bytes, likewise (none when ``remaining_bytes`` is given)."""
+        rid = req.request_id
         loads: dict[str, float] = {}
+        fixed: dict[str, float] = {}
+        pruned = rid in self._pruned
         if req.remaining_bytes > 0:
-            loads["*"] = float(req.remaining_bytes)
+            if not pruned:
+                loads["*"] = float(req.remaining_bytes)
         else:
-            for fid in self._req_flows.get(req.request_id, ()):
+            for fid in self._req_flows.get(rid, ()):
                 st = self._flows[fid]
+                if st.info.stage == STAGE_P2D:
+                    if pruned:
+                        continue
+                    into = loads
+                else:
+                    into = fixed
                 left = st.info.size_bytes - st.bytes_sent
                 for port in self._ports[fid]:
-                    loads[port] = loads.get(port, 0.0) + left
-        return RequestLoad(req.request_id, req.deadline, req.remaining_compute, loads)
+                    into[port] = into.get(port, 0.0) + left
+        return RequestLoad(rid, req.deadline, self.remaining_compute(req), loads, fixed, pruned)
 
     # --- queries --------------------------------------------------------------------
     def rank(self, flow_id: int) -> float:
