@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from finsy.proto import p4r, rpc_code
+from finsy.proto import p4i, p4r, rpc_code
 
 from mfs import header as mfsh
 from mfs import levels
@@ -75,6 +76,9 @@ class Entry:
     spec: TableEntrySpec
     action: str
     params: dict[str, int]
+    idle_ns: int = 0  # P4Runtime idle_timeout_ns (tables with NOTIFY_CONTROL only)
+    last_hit: float = 0.0  # time.monotonic() of the last hit (or of the write)
+    notified: float = 0.0  # time.monotonic() of the last idle-timeout notification
 
 
 def ipv4_checksum(hdr: bytes | bytearray | memoryview) -> int:
@@ -109,6 +113,8 @@ class Pipeline:
         if missing:
             raise P4InfoError(f"P4Info lacks tables of the MFS program: {', '.join(missing)}")
         self._digest_id = schema.digest("mfs_miss_t").id
+        self.idle_tables = {t.preamble.id for t in schema.info.tables
+                            if t.idle_timeout_behavior == p4i.Table.NOTIFY_CONTROL}
         self._cls_ctr = schema.counter("MfsIngress.class_counter")
         self._q_ctr = schema.counter("MfsEgress.queue_counter")
         self._q_depth = schema.register("MfsEgress.queue_depth")
@@ -227,7 +233,7 @@ class Pipeline:
                     raise EntityError(Code.INVALID_ARGUMENT, f"table {name}: INSERT needs an action")
                 if len(table) >= self.sizes[name]:
                     raise EntityError(Code.RESOURCE_EXHAUSTED, f"table {name} is full ({self.sizes[name]} entries)")
-                entry = Entry(spec, spec.action, spec.params)
+                entry = Entry(spec, spec.action, spec.params, *self._idle(tab, te))
                 table[key] = entry
                 self._index_add(name, key, entry)
             elif op == p4r.Update.MODIFY:
@@ -235,7 +241,7 @@ class Pipeline:
                     raise EntityError(Code.NOT_FOUND, f"table {name}: no entry with this match key to modify")
                 if spec.action is None:
                     raise EntityError(Code.INVALID_ARGUMENT, f"table {name}: MODIFY needs an action")
-                entry = Entry(spec, spec.action, spec.params)
+                entry = Entry(spec, spec.action, spec.params, *self._idle(tab, te))
                 table[key] = entry
                 self._index_add(name, key, entry)
             elif op == p4r.Update.DELETE:
@@ -245,6 +251,26 @@ class Pipeline:
                 self._index_del(name, key)
             else:
                 raise EntityError(Code.INVALID_ARGUMENT, f"update type {op} is not INSERT, MODIFY or DELETE")
+
+    def _idle(self, tab, te: p4r.TableEntry) -> tuple[int, float]:
+        """(idle_ns, last_hit) of a written entry; a timeout on a table without one is refused."""
+        if te.idle_timeout_ns and tab.id not in self.idle_tables:
+            raise EntityError(Code.INVALID_ARGUMENT, f"table {tab.name} does not support idle timeout "
+                                                     f"(P4Info idle_timeout_behavior is not NOTIFY_CONTROL)")
+        return te.idle_timeout_ns, time.monotonic()
+
+    def idle_entries(self, now: float) -> list[tuple[str, Entry]]:
+        """Entries with an idle timeout not hit for that long, and not reported for that long
+        either (an idle entry is reported again every idle_timeout_ns while idle)."""
+        out = []
+        with self.lock:
+            for tid in self.idle_tables:
+                name = self.schema.name_of(tid)
+                for e in self.entries[name].values():
+                    if e.idle_ns and now - max(e.last_hit, e.notified) >= e.idle_ns / 1e9:
+                        e.notified = now
+                        out.append((name, e))
+        return out
 
     def _index_add(self, name: str, key: tuple, entry: Entry) -> None:
         if name == "MfsIngress.ipv4_lpm":
@@ -362,6 +388,8 @@ class Pipeline:
             e = self.entries["MfsIngress.mfs_flow"].get((stage, flow_id))
             if e is not None:
                 level, cls = e.params["level"], CLS_FLOW
+                if e.idle_ns:
+                    e.last_hit = time.monotonic()
             else:
                 src = _IPV4_ADDRS.unpack_from(buf, 26)[0]
                 self._digest(stage, flow_id, request_id, src, in_port)

@@ -30,6 +30,7 @@ from finsy.proto import p4d, p4i, p4r, p4r_grpc, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
 from mfs.p4info import DEFAULT_P4INFO, P4InfoError, P4Schema, decode
+from topo.embedded.idle import IdleNotifier
 from topo.embedded.pipeline import EntityError, Pipeline
 
 log = logging.getLogger("mfs.switch.p4rt")
@@ -227,6 +228,7 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         self.max_election: dict[str, tuple[int, int]] = {}
         self.digests = Digests(self._send_digest)
         switch.on_digest = self.digests.add
+        self.idle = IdleNotifier(self)  # topo/embedded/idle.py
         self.reset()
 
     def reset(self) -> None:
@@ -688,6 +690,7 @@ class SwitchHandle:
             if self.dataplane is not None:
                 self.dataplane.stop()
             self.service.digests.stop()
+            self.service.idle.stop()
             raise
         self.address = f"{self._host}:{self.port}"
 
@@ -712,6 +715,7 @@ class SwitchHandle:
             self.dataplane.stop()
             self.dataplane = None
         self.service.digests.stop()
+        self.service.idle.stop()
 
     def restart(self) -> None:
         """Simulate a reboot: all state lost, streams broken, same address."""
