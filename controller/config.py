@@ -106,6 +106,7 @@ class ControllerConfig:
     admin_listen: str = "127.0.0.1:9100"
     gc_timeout_s: float = 30.0
     placement: str = "all"  # "all" | "edge": which switches hold a flow's entry (controller/placement.py)
+    flow_idle_timeout_s: float = 60.0  # idle timeout of a flow's edge entry (if the P4Info supports it); 0 = off
     counter_poll_s: float = 1.0
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 5.0
@@ -323,6 +324,7 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
     admin.done()
     cfg.gc_timeout_s = top.number("gc_timeout_s", cfg.gc_timeout_s, lo=0, lo_open=True)
     cfg.placement = top.choice("placement", PLACEMENTS, cfg.placement)
+    cfg.flow_idle_timeout_s = top.number("flow_idle_timeout_s", cfg.flow_idle_timeout_s, lo=0, hi=1e7)
     poll = top.section("poll")
     cfg.counter_poll_s = poll.number("counters_s", cfg.counter_poll_s, lo=0, lo_open=True)
     cfg.reconnect_min_s = poll.number("reconnect_min_s", cfg.reconnect_min_s, lo=0, lo_open=True)

@@ -114,8 +114,6 @@ class Engine:
         self.requests: dict[int, RequestInfo] = {}
         # after a controller restart: entries found on the switches, key -> Adopted (see adopt())
         self.adopted: dict[FlowKey, Adopted] = {}
-        self.host_ranges = [(h.host_id << cfg.limits.flow_id_bits, (h.host_id + 1) << cfg.limits.flow_id_bits, h.name)
-                            for h in cfg.hosts]
         self.last_seen: dict[str, float] = {}
         self.last_applied_seq: dict[str, int] = {}
         self.queues: dict[str, deque[Batch]] = {}
@@ -134,7 +132,8 @@ class Engine:
         for sw in cfg.switches:
             self.supervisors[sw.name] = SwitchSupervisor(cfg, sw, SwitchDesired(self.desired, self.where, sw.name),
                                                          self.metrics,
-                                                         adopt=self.adopt, on_load=self.on_load)
+                                                         adopt=self.adopt, on_load=self.on_load,
+                                                         owner=self.placement.owner, on_idle=self.on_idle)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -368,10 +367,8 @@ class Engine:
                 and self.adopted[(st, flow_id)].owner == host]
 
     def owner_of(self, flow_id: int) -> str | None:
-        for lo, hi, name in self.host_ranges:
-            if lo <= flow_id < hi:
-                return name
-        return None
+        h = self.placement.owner(flow_id)
+        return h.name if h is not None else None
 
     def _own_flow(self, host: str, flow_id: int) -> FlowRec:
         rec = self.flows.get(flow_id)
@@ -414,6 +411,23 @@ class Engine:
             n += 1
         self.metrics.count("adopted_entries", n, switch=switch)
         log.info("%s: adopted %d flow entries left by a previous controller", switch, n)
+
+    def on_idle(self, switch: str, key: FlowKey) -> None:
+        """``key``'s entry on ``switch`` was not hit for ``flow_idle_timeout_s`` (a P4Runtime
+        idle-timeout notification; only the entry on the flow's edge switch has a timeout):
+        its host forgot to end it. End the flow as GC would (policy, desired state, entries);
+        an adopted entry is dropped; an entry the controller does not want is deleted."""
+        rec = self.flows.get(key[1])
+        if rec is not None and rec.key == key:
+            log.info("%s: flow %d (%s, stage %d) idle for %.1f s: ended", switch, key[1], rec.host, key[0],
+                     self.cfg.flow_idle_timeout_s)
+            self._end_flow(time.time(), rec)
+            self.metrics.count("idle_timeout_flows")
+        elif self.adopted.pop(key, None) is not None:
+            self.desired.pop(key, None)
+            self.metrics.count("idle_timeout_flows")
+        self._dirty.add(key)  # deleted wherever it is installed and not wanted
+        self._wake.set()
 
     def on_load(self, switch: str, util: dict[int, list[float]]) -> None:
         """Per-port, per-level utilisation from the switch counters -> policy.link_load.

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from controller.config import ControllerConfig
+    from controller.config import ControllerConfig, HostConfig
 
 FlowKey = tuple[int, int]  # (stage, flow_id)
 PLACEMENTS = ("all", "edge")
@@ -28,22 +28,29 @@ PORT_MODES = ("edge", "fabric")
 
 
 class Placement:
-    """Which switches hold the entries of a host's flows."""
+    """Which switches hold the entries of a host's flows, and whose flow an id is."""
 
-    def __init__(self, mode: str, host_switch: Mapping[str, str], switches: list[str]):
+    def __init__(self, mode: str, hosts: "list[HostConfig]", switches: list[str], flow_id_bits: int = 20):
         if mode not in PLACEMENTS:
             raise ValueError(f"placement {mode!r} is not allowed (allowed: {', '.join(PLACEMENTS)})")
         self.mode = mode
         self.switches = list(switches)
-        self.host_switch = {h: s for h, s in host_switch.items() if s}
+        self.flow_id_bits = flow_id_bits
+        self.hosts = {h.name: h for h in hosts}
+        self._by_id = {h.host_id: h for h in hosts}
 
     @classmethod
     def from_config(cls, cfg: "ControllerConfig") -> "Placement":
-        return cls(cfg.placement, {h.name: h.switch for h in cfg.hosts}, [s.name for s in cfg.switches])
+        return cls(cfg.placement, cfg.hosts, [s.name for s in cfg.switches], cfg.limits.flow_id_bits)
+
+    def owner(self, flow_id: int) -> "HostConfig | None":
+        """The host whose flow-id range holds ``flow_id`` (host i owns [i·2^bits, (i+1)·2^bits))."""
+        return self._by_id.get(flow_id >> self.flow_id_bits)
 
     def edge_switch(self, host: str | None) -> str | None:
         """The switch ``host`` hangs off (None: unknown)."""
-        return self.host_switch.get(host) if host is not None else None
+        h = self.hosts.get(host) if host is not None else None
+        return (h.switch or None) if h is not None else None
 
     def switches_of(self, host: str | None) -> frozenset[str] | None:
         """Switches that hold the entries of ``host``'s flows; None = every switch."""

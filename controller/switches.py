@@ -29,14 +29,15 @@ Semantics (docs/controller.md, "Supervision and resync"):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
-from finsy.proto import p4r, rpc_code
+from finsy.proto import p4i, p4r, rpc_code
 
 from controller.aio import cancel_all
-from controller.config import ControllerConfig, SwitchConfig
+from controller.config import ControllerConfig, HostConfig, SwitchConfig
 from controller.p4rt.client import NotPrimary, P4RTError, SwitchClient, update
 from controller.placement import port_roles
 from mfs.p4info import P4Schema, encode
@@ -109,13 +110,21 @@ def flood_group(sw: SwitchConfig) -> p4r.Entity | None:
 class SwitchSupervisor:
     def __init__(self, cfg: ControllerConfig, sw: SwitchConfig, desired: dict[FlowKey, int],
                  metrics: "Metrics", adopt: Callable[[str, dict[FlowKey, int]], None] | None = None,
-                 on_load: Callable[[str, dict[int, list[float]]], None] | None = None):
+                 on_load: Callable[[str, dict[int, list[float]]], None] | None = None,
+                 owner: Callable[[int], HostConfig | None] | None = None,
+                 on_idle: Callable[[str, FlowKey], None] | None = None):
         self.cfg, self.sw, self.desired, self.metrics = cfg, sw, desired, metrics
-        self.schema = P4Schema.load(sw.p4info)
+        self.schema = P4Schema.load(sw.p4info)  # per switch: v1model and Tofino P4Info differ in ids
         self.flow_table = self.schema.table(FLOW_TABLE)
         self.level_param = self.schema.action(SET_LEVEL).params["level"].id
         self.set_level_id = self.schema.action(SET_LEVEL).id
         self.adopt, self.on_load = adopt, on_load
+        self.owner, self.on_idle = owner, on_idle
+        # idle timeout on this switch's flow entries: only if its P4Info says the table notifies
+        raw = next(t for t in self.schema.info.tables if t.preamble.id == self.flow_table.id)
+        self.idle_ns = int(cfg.flow_idle_timeout_s * 1e9) \
+            if raw.idle_timeout_behavior == p4i.Table.NOTIFY_CONTROL else 0
+        self.idle_timeouts = 0
         self.installed: dict[FlowKey, int] = {}
         self.overflow: set[FlowKey] = set()
         # flow entries the switch can hold: the P4Info size, lowered to what it really held
@@ -139,15 +148,39 @@ class SwitchSupervisor:
 
     # -------------------------------------------------------------- entries
     def flow_entry(self, key: FlowKey, level: int | None) -> p4r.TableEntry:
+        """The ``mfs_flow`` entry of ``key`` (level None: for a DELETE). A source-bound table
+        (fields ``ingress_port``/``src_addr``, docs/p4-api.md) gets the owning host's port and
+        address; the entry on the owner's edge switch gets the idle timeout."""
         te = p4r.TableEntry(table_id=self.flow_table.id)
         fs = self.flow_table.fields
         te.match.add(field_id=fs["stage"].id).exact.value = encode(key[0], fs["stage"].bitwidth, "stage")
         te.match.add(field_id=fs["flow_id"].id).exact.value = encode(key[1], fs["flow_id"].bitwidth, "flow_id")
+        host = self.owner(key[1]) if self.owner is not None else None
+        if "ingress_port" in fs:
+            te.match.add(field_id=fs["ingress_port"].id).exact.value = encode(
+                host.port if host is not None and host.port is not None else 0, fs["ingress_port"].bitwidth, "port")
+        if "src_addr" in fs:
+            addr = int(ipaddress.IPv4Address(host.address)) if host is not None else 0
+            te.match.add(field_id=fs["src_addr"].id).exact.value = encode(addr, fs["src_addr"].bitwidth, "src_addr")
         if level is not None:
             a = te.action.action
             a.action_id = self.set_level_id
             a.params.add(param_id=self.level_param, value=encode(level, 8, "level"))
+            if self.idle_ns and host is not None and host.switch == self.sw.name:
+                te.idle_timeout_ns = self.idle_ns
         return te
+
+    async def _on_idle(self, client: SwitchClient, n: p4r.IdleTimeoutNotification) -> None:
+        """P4Runtime idle-timeout notification: these entries were not hit for their idle
+        timeout. The engine ends their flows as GC would (their entries are deleted)."""
+        for te in n.table_entry:
+            if te.table_id != self.flow_table.id:
+                continue
+            key, _ = self._flow_of(te)
+            self.idle_timeouts += 1
+            self.metrics.count("idle_timeouts", switch=self.sw.name)
+            if self.on_idle is not None:
+                self.on_idle(self.sw.name, key)
 
     def _flow_of(self, te: p4r.TableEntry) -> tuple[FlowKey, int | None]:
         vals = {m.field_id: int.from_bytes(m.exact.value, "big") for m in te.match}
@@ -185,7 +218,8 @@ class SwitchSupervisor:
         backoff = self.cfg.reconnect_min_s
         while not self._stop.is_set():
             client = SwitchClient(self.sw.address, self.sw.device_id, self.sw.election_id, self.sw.role,
-                                  name=self.sw.name, on_digest=self._on_digest, on_primary_change=self._on_primary)
+                                  name=self.sw.name, on_digest=self._on_digest, on_primary_change=self._on_primary,
+                                  on_idle_timeout=self._on_idle)
             try:
                 self.state = "connecting"
                 await client.open()
@@ -533,6 +567,7 @@ class SwitchSupervisor:
                 "connects": self.connects, "resyncs": self.resyncs, "pipeline_pushes": self.pipeline_pushes,
                 "flow_entries": len(self.installed), "flow_table_size": self.flow_table.size,
                 "placement": self.cfg.placement, "ports": self.port_summary(),
+                "idle_timeout_s": self.idle_ns / 1e9, "idle_timeouts": self.idle_timeouts,
                 "overflow": len(self.overflow), "writes": self.client.writes if self.client else 0,
                 "rho": {str(k): v for k, v in self.rho.items()}}
 

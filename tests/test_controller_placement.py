@@ -11,6 +11,7 @@ import asyncio
 import pytest
 
 from controller import config as config_mod
+from controller.config import HostConfig
 from controller.placement import Placement, SwitchDesired
 from controller.testing import config_data
 from mfs.configutil import ConfigError
@@ -92,9 +93,11 @@ def test_switching_to_edge_placement_deletes_the_copies_off_the_edge(target_kind
 
 
 def test_switch_view_and_placement_rules():
-    p = Placement("edge", {"a": "s1", "b": ""}, ["s1", "s2"])
+    hosts = [HostConfig("a", "10.0.0.1", "x" * 8, 0, switch="s1", port=1), HostConfig("b", "10.0.0.2", "x" * 8, 1)]
+    p = Placement("edge", hosts, ["s1", "s2"], flow_id_bits=20)
     assert p.switches_of("a") == {"s1"} and p.switches_of("b") is None and p.switches_of(None) is None
-    assert Placement("all", {"a": "s1"}, ["s1", "s2"]).switches_of("a") is None
+    assert Placement("all", hosts, ["s1", "s2"]).switches_of("a") is None
+    assert p.owner(5).name == "a" and p.owner((1 << 20) + 5).name == "b" and p.owner(2 << 20) is None
     desired = {(1, 1): 3, (1, 2): 4}
     where = {(1, 1): frozenset({"s1"})}
     v1, v2 = SwitchDesired(desired, where, "s1"), SwitchDesired(desired, where, "s2")

@@ -4,7 +4,8 @@ What it does, and nothing more (supervision, resync and desired state live in
 controller/switches.py):
 
 * StreamChannel: arbitration (device id, election id, role name), digest lists
-  (acknowledged at once and handed to a callback), arbitration updates (losing
+  (acknowledged at once and handed to a callback), idle-timeout notifications (handed
+  to a callback), arbitration updates (losing
   primary flips :attr:`SwitchClient.is_primary` and every later write raises
   :class:`NotPrimary`), stream errors.
 * SetForwardingPipelineConfig with a cookie: GetForwardingPipelineConfig
@@ -110,6 +111,7 @@ def pipeline_cookie(p4info: p4r.ForwardingPipelineConfig | bytes, device_config:
 
 
 DigestHandler = Callable[["SwitchClient", p4r.DigestList], Awaitable[None] | None]
+IdleHandler = Callable[["SwitchClient", p4r.IdleTimeoutNotification], Awaitable[None] | None]
 
 
 class SwitchClient:
@@ -117,12 +119,14 @@ class SwitchClient:
 
     def __init__(self, address: str, device_id: int, election_id: int, role: str = "",
                  name: str = "", on_digest: DigestHandler | None = None,
-                 on_primary_change: Callable[[bool], None] | None = None):
+                 on_primary_change: Callable[[bool], None] | None = None,
+                 on_idle_timeout: IdleHandler | None = None):
         if election_id <= 0 or election_id >> 128:
             raise ValueError(f"election_id {election_id} must be in 1..2^128-1")
         self.address, self.device_id, self.election_id, self.role = address, device_id, election_id, role
         self.name = name or address
         self.on_digest, self.on_primary_change = on_digest, on_primary_change
+        self.on_idle_timeout = on_idle_timeout
         self.is_primary = False
         self.primary_election_id: int | None = None
         self.channel: grpc.aio.Channel | None = None
@@ -135,6 +139,7 @@ class SwitchClient:
         self.writes = 0  # Write RPCs sent (tests check batching with this)
         self.updates = 0
         self.digests = 0
+        self.idle_notifications = 0
 
     # ------------------------------------------------------------ session
     def _eid(self) -> p4r.Uint128:
@@ -187,6 +192,12 @@ class SwitchClient:
                     self._on_arbitration(resp.arbitration)
                 elif kind == "digest":
                     await self._on_digest(resp.digest)
+                elif kind == "idle_timeout_notification":
+                    self.idle_notifications += 1
+                    if self.on_idle_timeout:
+                        r = self.on_idle_timeout(self, resp.idle_timeout_notification)
+                        if asyncio.iscoroutine(r):
+                            await r
                 elif kind == "error":
                     log.warning("%s: stream error: %s", self.name, resp.error)
             self.stream_error = "stream closed by the device"
