@@ -120,3 +120,78 @@ def test_placement_and_port_mode_config_errors():
     from controller.placement import port_roles
     assert port_roles(cfg, "s1") == {1: "edge", 2: "fabric"}
     assert cfg.placement == "all"  # the default until every switch trusts DSCP on fabric ports
+
+
+# ------------------------------------------------------------------ per-switch P4Info
+def renumbered_p4info(path) -> str:
+    """The committed P4Info with every object id moved (names equal), as the Tofino back end's
+    P4Info differs from the v1model one (issue 11)."""
+    from finsy.proto import p4i
+    from google.protobuf import text_format
+
+    from mfs.p4info import P4Schema
+    info = p4i.P4Info.FromString(P4Schema.load().info.SerializeToString())
+    new = {}
+    for kind in ("tables", "actions", "counters", "registers", "digests", "meters", "direct_counters"):
+        for obj in getattr(info, kind):
+            new[obj.preamble.id] = obj.preamble.id + 0x400
+            obj.preamble.id = new[obj.preamble.id]
+    for t in info.tables:
+        for ref in t.action_refs:
+            ref.id = new[ref.id]
+        if t.const_default_action_id:
+            t.const_default_action_id = new[t.const_default_action_id]
+        t.direct_resource_ids[:] = [new[i] for i in t.direct_resource_ids]
+    path.write_text(text_format.MessageToString(info))
+    return str(path)
+
+
+def test_each_switch_is_programmed_with_its_own_p4info(tmp_path):
+    """s1 serves the committed (v1model) P4Info, s2 one with other ids and the same names:
+    the controller resolves every name through each switch's own P4Info."""
+    from finsy.proto import p4r_grpc
+    import grpc
+
+    from controller.p4rt.client import SwitchClient
+    from mfs.p4info import P4Schema
+    from topo.embedded.server import start_server
+    other = renumbered_p4info(tmp_path / "other.p4info.txtpb")
+    s_other = P4Schema.load(other)
+    assert s_other.table("MfsIngress.mfs_flow").id != P4Schema.load().table("MfsIngress.mfs_flow").id
+    h1, h2 = start_server(address="127.0.0.1:0"), start_server(address="127.0.0.1:0", p4info_path=other)
+    try:
+        async def flows_of(address, schema):
+            c = SwitchClient(address, 1, election_id=1, name="reader")
+            c.channel = grpc.aio.insecure_channel(address)
+            c.stub = p4r_grpc.P4RuntimeStub(c.channel)
+            try:
+                out = {}
+                for te in await c.read_table(0):
+                    spec = schema.describe_table_entry(te)
+                    out.setdefault(spec.table, []).append(spec)
+                return out
+            finally:
+                await c.channel.close()
+
+        async def go():
+            data = config_data([h1.address, h2.address])
+            data["switches"][1]["p4info"] = other
+            c = await started(config_mod.parse(data, "p4info.yaml"))
+            h = Host(c.api_port)
+            try:
+                await h.register()
+                await h.report(h.start(0, stage=3), h.start(1))
+                a, b = await flows_of(h1.address, P4Schema.load()), await flows_of(h2.address, s_other)
+                for tab in ("MfsIngress.mfs_flow", "MfsIngress.mfs_stage_default",
+                            "MfsEgress.level_dscp", "MfsEgress.dscp_rewrite"):
+                    assert sorted(map(repr, a[tab])) == sorted(map(repr, b[tab])), tab
+                assert len(b["MfsIngress.mfs_flow"]) == 2
+                # and the counters are read by name on each switch too
+                assert (await c.engine.supervisors["s2"].read_queues())[0]["switch"] == "s2"
+            finally:
+                await h.close()
+                await c.stop()
+        run(go())
+    finally:
+        h1.stop()
+        h2.stop()
