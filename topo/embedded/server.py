@@ -10,20 +10,27 @@ FAILED_PRECONDITION before a pipeline is set, PERMISSION_DENIED for a Write
 that does not carry the primary's election id. Arbitration follows the spec:
 per role, the primary is the client whose election id equals the highest one
 ever received for that role; when it leaves there is no primary until a
-client arrives with an election id >= that one. See docs/embedded-switch.md.
+client arrives with an election id >= that one; a client that sets no election id
+is a backup (P4Runtime 1.4 §5), any number of them. See docs/embedded-switch.md.
+
+The server is grpc.aio on one event-loop thread: a stream costs no thread, so
+clients that open streams and never arbitrate cannot starve the others (they are
+closed after ``arbitration_timeout_s``). Unary RPCs run in a small thread pool.
+Each stream queues at most ``DIGEST_QUEUE`` digest lists for a client that does
+not read; beyond that the oldest is dropped, counted and forgotten (its data is
+digested again when seen again).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import logging
-import queue
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 from finsy.proto import p4d, p4i, p4r, p4r_grpc, rpc_code, rpc_status
@@ -37,6 +44,10 @@ log = logging.getLogger("mfs.switch.p4rt")
 Code = rpc_code.Code
 API_VERSION = "1.4.1"
 READ_BATCH = 1000  # entities per streamed ReadResponse
+DIGEST_QUEUE = 1024  # digest lists queued per stream (client not reading): beyond, the oldest is dropped
+CONTROL_QUEUE = 4096  # other messages queued per stream: beyond, the stream is closed (RESOURCE_EXHAUSTED)
+MAX_UNACKED = 4096  # digest lists sent and not acknowledged: beyond, the oldest is forgotten
+ARBITRATION_TIMEOUT_S = 10.0  # a stream must arbitrate within this time
 
 _GRPC_CODE = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -84,15 +95,82 @@ def p4info_mismatch(ours: p4i.P4Info, theirs: p4i.P4Info) -> str | None:
 
 
 # ---------------------------------------------------------------- stream connections
-@dataclass(eq=False)
 class Connection:
-    peer: str
-    out: "queue.Queue[p4r.StreamMessageResponse | RpcAbort | None]" = field(default_factory=queue.Queue)
-    role: str | None = None
-    election: tuple[int, int] | None = None
+    """One StreamChannel. ``send``/``send_digest`` may be called from any thread; the stream's
+    handler (on the event loop) takes the messages in order with ``next``. At most DIGEST_QUEUE
+    digest lists wait: beyond, the oldest is dropped."""
+
+    def __init__(self, peer: str, loop: asyncio.AbstractEventLoop):
+        self.peer, self.loop = peer, loop
+        self.role: str | None = None
+        self.election: tuple[int, int] | None = None  # None: no election id (a backup)
+        self.arbitrated = False
+        self.closed = False
+        self.digests_dropped = 0
+        self.queue_max = 0  # most digest lists ever queued at once
+        self._lock = threading.Lock()
+        self._q: collections.deque = collections.deque()
+        self._ndig = 0  # digest lists in _q
+        self._wake = asyncio.Event()
+
+    def _notify(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # event loop already closed (server stopped)
+            pass
 
     def send(self, msg) -> None:
-        self.out.put(msg)
+        """A StreamMessageResponse, an RpcAbort (close the stream with it) or None (end the stream)."""
+        with self._lock:
+            if self.closed:
+                return
+            if len(self._q) - self._ndig >= CONTROL_QUEUE and isinstance(msg, p4r.StreamMessageResponse):
+                msg = RpcAbort(Code.RESOURCE_EXHAUSTED, f"{CONTROL_QUEUE} stream messages queued: the client "
+                                                        f"does not read its stream")
+                self._q.clear()
+                self._ndig = 0
+            self._q.append(msg)
+        self._notify()
+
+    def send_digest(self, msg: p4r.StreamMessageResponse) -> p4r.DigestList | None:
+        """Queue a digest list; returns the oldest queued one if it had to be dropped to make room."""
+        dropped = None
+        with self._lock:
+            if self.closed:
+                return None
+            if self._ndig >= DIGEST_QUEUE:
+                for i, m in enumerate(self._q):  # the oldest digest list (control messages are few)
+                    if isinstance(m, p4r.StreamMessageResponse) and m.HasField("digest"):
+                        dropped = m.digest
+                        del self._q[i]
+                        break
+                self._ndig -= 1
+                self.digests_dropped += 1
+            self._q.append(msg)
+            self._ndig += 1
+            self.queue_max = max(self.queue_max, self._ndig)
+        self._notify()
+        return dropped
+
+    async def next(self):
+        while True:
+            with self._lock:
+                if self._q:
+                    m = self._q.popleft()
+                    if isinstance(m, p4r.StreamMessageResponse) and m.HasField("digest"):
+                        self._ndig -= 1
+                    return m
+                self._wake.clear()
+            await self._wake.wait()
+
+    def close(self) -> list[p4r.DigestList]:
+        """No more messages; returns the digest lists that were never delivered."""
+        with self._lock:
+            self.closed = True
+            left = [m.digest for m in self._q if isinstance(m, p4r.StreamMessageResponse) and m.HasField("digest")]
+            self._q.clear()
+            self._ndig = 0
+        return left
 
 
 class Digests:
@@ -107,7 +185,9 @@ class Digests:
         self.cache: dict[int, set] = {}  # digest id -> data sent or pending, not yet acked
         self.unacked: dict[tuple[int, int], tuple[float, list[tuple]]] = {}  # (did, list_id) -> (deadline, data)
         self.list_id = 0
-        self.dropped = 0
+        self.dropped = 0  # digests with no DigestEntry config
+        self.lists_dropped = 0  # lists dropped from a stream queue or forgotten unacked (counted in stats)
+        self.unacked_dropped = 0  # unacked lists forgotten because more than MAX_UNACKED were outstanding
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="digests", daemon=True)
         self._thread.start()
@@ -171,6 +251,16 @@ class Digests:
             self.cache.get(did, set()).difference_update(item[1])
             return True
 
+    def forget(self, did: int, list_id: int, count: bool = True) -> None:
+        """A list that was never delivered (dropped from a full stream queue): its data may be
+        digested again."""
+        with self.cv:
+            item = self.unacked.pop((did, list_id), None)
+            if item is not None:
+                self.cache.get(did, set()).difference_update(item[1])
+            if count:
+                self.lists_dropped += 1
+
     def _flush(self, did: int) -> None:  # holds cv
         data = self.pending.pop(did, [])
         self.pending_since.pop(did, None)
@@ -184,6 +274,10 @@ class Digests:
             cfg = self.configs[did]
             deadline = time.monotonic() + (cfg.ack_timeout_ns / 1e9 if cfg.ack_timeout_ns else float("inf"))
             self.unacked[(did, self.list_id)] = (deadline, data)
+            while len(self.unacked) > MAX_UNACKED:  # a primary that never acks: forget the oldest
+                key = next(iter(self.unacked))
+                self.cache.get(key[0], set()).difference_update(self.unacked.pop(key)[1])
+                self.unacked_dropped += 1
         else:
             self.cache.get(did, set()).difference_update(data)
 
@@ -219,13 +313,17 @@ class Digests:
 
 # ---------------------------------------------------------------- the service
 class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
-    def __init__(self, switch: Pipeline, device_id: int, p4info: p4i.P4Info):
+    def __init__(self, switch: Pipeline, device_id: int, p4info: p4i.P4Info, workers: int = 8):
         self.switch = switch
+        self.pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p4rt")
         self.device_id = device_id
         self.p4info = p4info
         self.lock = threading.RLock()
-        self.conns: set[Connection] = set()
+        self.streams: set[Connection] = set()  # every open stream, arbitrated or not
+        self.conns: set[Connection] = set()  # arbitrated streams
         self.max_election: dict[str, tuple[int, int]] = {}
+        self._primaries: dict[str, Connection] = {}  # role -> primary (read without the lock by digests)
+        self.arbitration_timeout_s = ARBITRATION_TIMEOUT_S
         self.digests = Digests(self._send_digest)
         switch.on_digest = self.digests.add
         self.idle = IdleNotifier(self)  # topo/embedded/idle.py
@@ -236,19 +334,43 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
             self.config: p4r.ForwardingPipelineConfig | None = None
             self.saved: p4r.ForwardingPipelineConfig | None = None
             self.max_election.clear()
-            for c in list(self.conns):
+            for c in list(self.streams):
                 c.send(RpcAbort(Code.UNAVAILABLE, "switch restarted: stream closed"))
             self.conns.clear()
+            self._primaries.clear()
         self.digests.reset()
         self.switch.reset()
+
+    def stream_count(self) -> int:
+        return len(self.streams)
+
+    def stats(self) -> dict:
+        """Counters of the P4Runtime server (exported by mfs-switch --metrics-addr)."""
+        d = self.digests
+        with self.lock:
+            streams = list(self.streams)
+        return {"streams": len(streams), "arbitrated_streams": sum(c.arbitrated for c in streams),
+                "digest_lists_dropped": d.lists_dropped, "digest_unacked_dropped": d.unacked_dropped,
+                "digests_unconfigured_dropped": d.dropped,
+                "stream_queue_max": max((c.queue_max for c in streams), default=0)}
 
     # ----- arbitration
     def primary(self, role: str) -> Connection | None:
         top = self.max_election.get(role)
+        if top is None:
+            return None
         for c in self.conns:
             if c.role == role and c.election == top:
                 return c
         return None
+
+    def _refresh_primary(self, role: str) -> Connection | None:  # holds lock
+        p = self.primary(role)
+        if p is None:
+            self._primaries.pop(role, None)
+        else:
+            self._primaries[role] = p
+        return p
 
     def _arb_msg(self, c: Connection) -> p4r.StreamMessageResponse:
         p = self.primary(c.role)
@@ -272,21 +394,22 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         if upd.device_id != self.device_id:
             raise RpcAbort(Code.NOT_FOUND, f"device id {upd.device_id} is not this switch's ({self.device_id})")
         role = upd.role.name if upd.HasField("role") else ""
-        eid = _eid(upd.election_id)
+        eid = _eid(upd.election_id) if upd.HasField("election_id") else None  # none: a backup
         with self.lock:
-            if c.role is not None and c.role != role:
+            if c.arbitrated and c.role != role:
                 raise RpcAbort(Code.INVALID_ARGUMENT, f"a stream cannot change role ({c.role!r} -> {role!r})")
-            for o in self.conns:
-                if o is not c and o.role == role and o.election == eid:
-                    raise RpcAbort(Code.INVALID_ARGUMENT, f"election id {eid} is already used by another client "
-                                                          f"of role {role!r}")
+            if eid is not None:
+                for o in self.conns:
+                    if o is not c and o.role == role and o.election == eid:
+                        raise RpcAbort(Code.INVALID_ARGUMENT, f"election id {eid} is already used by another "
+                                                              f"client of role {role!r}")
             before = self.primary(role)
-            c.role, c.election = role, eid
+            c.role, c.election, c.arbitrated = role, eid, True
             self.conns.add(c)
             top = self.max_election.get(role)
-            if top is None or eid >= top:
+            if eid is not None and (top is None or eid >= top):
                 self.max_election[role] = eid
-            after = self.primary(role)
+            after = self._refresh_primary(role)
             if after is not before:
                 for o in self.conns:
                     if o.role == role:
@@ -300,18 +423,21 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
                 return
             was = self.primary(c.role)
             self.conns.discard(c)
+            self._refresh_primary(c.role)
             if was is c:
                 for o in self.conns:
                     if o.role == c.role:
                         o.send(self._arb_msg(o))
 
     def _send_digest(self, msg: p4r.DigestList) -> bool:
-        with self.lock:
-            p = self.primary("")
-            if p is None:
-                return False
-            p.send(p4r.StreamMessageResponse(digest=msg))
-            return True
+        """Called by the digest engine holding its lock: must not take self.lock (lock order)."""
+        p = self._primaries.get("")
+        if p is None:
+            return False
+        dropped = p.send_digest(p4r.StreamMessageResponse(digest=msg))
+        if dropped is not None:
+            self.digests.forget(dropped.digest_id, dropped.list_id)
+        return True
 
     def _stream_error(self, c: Connection, code: int, message: str, **which) -> None:
         m = p4r.StreamMessageResponse()
@@ -325,7 +451,7 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         if kind == "arbitration":
             self._arbitrate(c, req.arbitration)
             return
-        if c.election is None:
+        if not c.arbitrated:
             raise RpcAbort(Code.FAILED_PRECONDITION, "the first stream message must be a MasterArbitrationUpdate")
         if kind == "packet":
             if self.primary(c.role) is not c:
@@ -344,64 +470,85 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         else:
             self._stream_error(c, Code.UNIMPLEMENTED, f"stream message {kind!r} is not supported")
 
-    def StreamChannel(self, request_iterator, context) -> Iterator[p4r.StreamMessageResponse]:
-        c = Connection(peer=context.peer())
-        context.add_callback(lambda: c.send(None))
+    async def StreamChannel(self, request_iterator, context):
+        loop = asyncio.get_running_loop()
+        c = Connection(context.peer(), loop)
+        with self.lock:
+            self.streams.add(c)
 
-        def reader():
+        async def reader():
             try:
-                for req in request_iterator:
+                async for req in request_iterator:
                     try:
                         self._on_stream_msg(c, req)
                     except RpcAbort as e:
                         c.send(e)
                         return
-            except Exception:  # stream cancelled / server stopping
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # stream broken / server stopping
                 pass
             finally:
                 self._disconnect(c)
-                c.send(None)
+            c.send(None)
 
-        threading.Thread(target=reader, name=f"stream {c.peer}", daemon=True).start()
-        while True:
-            msg = c.out.get()
-            if msg is None:
-                self._disconnect(c)
-                return
-            if isinstance(msg, RpcAbort):
-                self._disconnect(c)
-                context.abort(_GRPC_CODE[msg.code], msg.message)
-            yield msg
+        async def arbitration_deadline():
+            await asyncio.sleep(self.arbitration_timeout_s)
+            if not c.arbitrated:
+                c.send(RpcAbort(Code.DEADLINE_EXCEEDED, f"no MasterArbitrationUpdate within "
+                                                        f"{self.arbitration_timeout_s:g} s: stream closed"))
+
+        tasks = [loop.create_task(reader()), loop.create_task(arbitration_deadline())]
+        try:
+            while True:
+                msg = await c.next()
+                if msg is None:
+                    return
+                if isinstance(msg, RpcAbort):
+                    self._disconnect(c)
+                    await context.abort(_GRPC_CODE[msg.code], msg.message)
+                yield msg
+        finally:
+            for t in tasks:
+                t.cancel()
+            self._disconnect(c)
+            with self.lock:
+                self.streams.discard(c)
+            for dl in c.close():  # never delivered: may be digested again
+                self.digests.forget(dl.digest_id, dl.list_id, count=False)
 
     # ----- unary RPCs
-    def Capabilities(self, request, context):
+    async def Capabilities(self, request, context):
         return p4r.CapabilitiesResponse(p4runtime_api_version=API_VERSION)
 
     def _check_device(self, device_id: int) -> None:
         if device_id != self.device_id:
             raise RpcAbort(Code.NOT_FOUND, f"device id {device_id} is not this switch's ({self.device_id})")
 
-    def _check_primary(self, role: str, election_id: p4r.Uint128) -> None:
+    def _check_primary(self, role: str, request) -> None:
         p = self.primary(role)
-        if p is None or p.election != _eid(election_id):
-            raise RpcAbort(Code.PERMISSION_DENIED, f"election id {_eid(election_id)} is not the primary's for "
+        if not request.HasField("election_id"):
+            raise RpcAbort(Code.PERMISSION_DENIED, f"no election id: only the primary of role {role!r} may write")
+        eid = _eid(request.election_id)
+        if p is None or p.election != eid:
+            raise RpcAbort(Code.PERMISSION_DENIED, f"election id {eid} is not the primary's for "
                                                    f"role {role!r}" + ("" if p else " (there is no primary)"))
 
-    def _unary(fn):  # noqa: N805 - decorator
-        def wrapper(self, request, context):
+    def _unary(fn):  # noqa: N805 - decorator: the blocking work runs in the unary thread pool
+        async def wrapper(self, request, context):
             try:
-                return fn(self, request, context)
+                return await asyncio.get_running_loop().run_in_executor(self.pool, fn, self, request)
             except RpcAbort as e:
-                context.abort(_GRPC_CODE[e.code], e.message)
+                await context.abort(_GRPC_CODE[e.code], e.message)
         wrapper.__name__ = fn.__name__
         return wrapper
 
     @_unary
-    def SetForwardingPipelineConfig(self, request, context):
+    def SetForwardingPipelineConfig(self, request):
         self._check_device(request.device_id)
         A = p4r.SetForwardingPipelineConfigRequest
         with self.lock:
-            self._check_primary(request.role, request.election_id)
+            self._check_primary(request.role, request)
             action = request.action
             if action == A.COMMIT:
                 if self.saved is None:
@@ -440,7 +587,7 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         return p4r.SetForwardingPipelineConfigResponse()
 
     @_unary
-    def GetForwardingPipelineConfig(self, request, context):
+    def GetForwardingPipelineConfig(self, request):
         self._check_device(request.device_id)
         R = p4r.GetForwardingPipelineConfigRequest
         resp = p4r.GetForwardingPipelineConfigResponse()
@@ -458,17 +605,29 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
                 resp.config.p4_device_config = cfg.p4_device_config
         return resp
 
-    def Write(self, request, context):
+    async def Write(self, request, context):
+        failed = await asyncio.get_running_loop().run_in_executor(self.pool, self._write, request)
+        if isinstance(failed, RpcAbort):
+            await context.abort(_GRPC_CODE[failed.code], failed.message)
+        if failed is not None:
+            message, trailer = failed
+            await context.abort(grpc.StatusCode.UNKNOWN, message,
+                                trailing_metadata=(("grpc-status-details-bin", trailer),))
+        return p4r.WriteResponse()
+
+    def _write(self, request) -> RpcAbort | tuple[str, bytes] | None:
+        """None when every update succeeded; else the RPC error, or (message, status trailer) with
+        one p4.v1.Error per update."""
         try:
             self._check_device(request.device_id)
             if self.config is None:
                 raise RpcAbort(Code.FAILED_PRECONDITION, "no forwarding pipeline config has been set")
-            self._check_primary(request.role, request.election_id)
+            self._check_primary(request.role, request)
             if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
                 raise RpcAbort(Code.UNIMPLEMENTED, f"atomicity {p4r.WriteRequest.Atomicity.Name(request.atomicity)} "
                                                    f"is not supported (only CONTINUE_ON_ERROR)")
         except RpcAbort as e:
-            context.abort(_GRPC_CODE[e.code], e.message)
+            return e
         errors = []
         failed = 0
         for upd in request.updates:
@@ -484,11 +643,10 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
                 a = any_pb2.Any()
                 a.Pack(err)
                 st.details.append(a)
-            context.set_trailing_metadata((("grpc-status-details-bin", st.SerializeToString()),))
             first = next(e for e in errors if e.canonical_code != Code.OK)
-            context.abort(grpc.StatusCode.UNKNOWN, f"{st.message}; first: {Code.Name(first.canonical_code)}: "
-                                                   f"{first.message}")
-        return p4r.WriteResponse()
+            return (f"{st.message}; first: {Code.Name(first.canonical_code)}: {first.message}",
+                    st.SerializeToString())
+        return None
 
     def _write_one(self, upd: p4r.Update) -> None:
         if upd.type not in (p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE):
@@ -564,7 +722,14 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
                         raise EntityError(Code.INVALID_ARGUMENT, f"register value does not fit in {bw} bits")
                     reg[i] = v
 
-    def Read(self, request, context):
+    async def Read(self, request, context):
+        ents = await asyncio.get_running_loop().run_in_executor(self.pool, self._read, request)
+        if isinstance(ents, (RpcAbort, EntityError)):
+            await context.abort(_GRPC_CODE[ents.code], ents.message)
+        for i in range(0, max(1, len(ents)), READ_BATCH):
+            yield p4r.ReadResponse(entities=ents[i:i + READ_BATCH])
+
+    def _read(self, request) -> list[p4r.Entity] | RpcAbort | EntityError:
         try:
             self._check_device(request.device_id)
             if self.config is None:
@@ -572,12 +737,9 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
             ents: list[p4r.Entity] = []
             for ent in request.entities:
                 ents.extend(self._read_one(ent))
-        except RpcAbort as e:
-            context.abort(_GRPC_CODE[e.code], e.message)
-        except EntityError as e:
-            context.abort(_GRPC_CODE[e.code], e.message)
-        for i in range(0, max(1, len(ents)), READ_BATCH):
-            yield p4r.ReadResponse(entities=ents[i:i + READ_BATCH])
+            return ents
+        except (RpcAbort, EntityError) as e:
+            return e
 
     def _read_one(self, ent: p4r.Entity) -> list[p4r.Entity]:
         sw = self.switch
@@ -672,57 +834,88 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
 
 # ---------------------------------------------------------------- in-process handle
 class SwitchHandle:
-    """A running embedded switch (P4Runtime server + pipeline [+ data plane])."""
+    """A running embedded switch (P4Runtime server + pipeline [+ data plane]).
+
+    The gRPC server (grpc.aio) runs on its own event-loop thread; unary RPCs run in a pool of
+    ``max_workers`` threads, streams on the loop (no thread each)."""
 
     def __init__(self, address: str, device_id: int, p4info_path, table_sizes, dataplane_factory=None,
-                 max_workers: int = 32):
+                 max_workers: int = 8):
         self.device_id = device_id
         schema = P4Schema.load(p4info_path or DEFAULT_P4INFO)
         self.switch = Pipeline(schema, table_sizes=table_sizes)
-        self.service = P4RuntimeService(self.switch, device_id, schema.info)
-        self._max_workers = max_workers
+        self.service = P4RuntimeService(self.switch, device_id, schema.info, workers=max_workers)
         self._host = address.rsplit(":", 1)[0]
         self.server = None
-        self.dataplane = dataplane_factory(self.switch) if dataplane_factory else None
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="p4rt-loop", daemon=True)
+        self._loop_thread.start()
+        self.dataplane = None
         try:
+            self.dataplane = dataplane_factory(self.switch) if dataplane_factory else None
             self.port = self._start(address)
         except Exception:
-            if self.dataplane is not None:
-                self.dataplane.stop()
-            self.service.digests.stop()
-            self.service.idle.stop()
+            self._shutdown()
             raise
         self.address = f"{self._host}:{self.port}"
 
+    def _call(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
     def _start(self, address: str) -> int:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="p4rt"),
-                             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20),
-                                      ("grpc.max_send_message_length", 64 << 20)])
-        p4r_grpc.add_P4RuntimeServicer_to_server(self.service, server)
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address} (address in use or invalid)")
-        server.start()
-        self.server = server
+        async def start():
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20),
+                                              ("grpc.max_send_message_length", 64 << 20)])
+            p4r_grpc.add_P4RuntimeServicer_to_server(self.service, server)
+            port = server.add_insecure_port(address)
+            if port == 0:
+                raise OSError(f"cannot listen on {address} (address in use or invalid)")
+            await server.start()
+            return server, port
+
+        try:
+            self.server, port = self._call(start())
+        except RuntimeError as e:  # grpc.aio: "Failed to bind to address"
+            raise OSError(f"cannot listen on {address}: {e}") from None
         return port
 
-    def stop(self, grace: float | None = 0) -> None:
-        if self.server is not None:
-            self.service.reset()
-            self.server.stop(grace).wait()
-            self.server = None
+    def _stop_server(self, grace: float | None) -> None:
+        srv, self.server = self.server, None
+        if srv is None:
+            return
+
+        async def stop():
+            # streams told to close (reset) get up to 1 s to send their status before the server goes
+            deadline = time.monotonic() + 1.0
+            while self.service.stream_count() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await srv.stop(grace)
+
+        self._call(stop())
+
+    def _shutdown(self) -> None:
         if self.dataplane is not None:
             self.dataplane.stop()
             self.dataplane = None
         self.service.digests.stop()
         self.service.idle.stop()
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=5)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+        self.service.pool.shutdown(wait=False)
+
+    def stop(self, grace: float | None = 0) -> None:
+        if self.server is not None:
+            self.service.reset()
+            self._stop_server(grace)
+        self._shutdown()
 
     def restart(self) -> None:
         """Simulate a reboot: all state lost, streams broken, same address."""
-        srv = self.server
         self.service.reset()
-        if srv is not None:
-            srv.stop(0).wait()
+        self._stop_server(0)
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -732,6 +925,13 @@ class SwitchHandle:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def stats(self) -> dict:
+        """P4Runtime server counters and, with a data plane, per-port counters (rx, tx, drops)."""
+        out = {"p4runtime": self.service.stats()}
+        if self.dataplane is not None:
+            out["ports"] = self.dataplane.stats()
+        return out
 
     def __enter__(self):
         return self
