@@ -94,6 +94,13 @@ class Limits:
     max_flow_bytes: int = 1 << 40
     deadline_past_s: float = 3600.0  # deadlines older than this are rejected
     deadline_future_s: float = 86400.0
+    # per-host caps (one host must not take what the others need)
+    max_flows_per_host: int = 2048  # live flows = flow-table entries (default table: 4,096)
+    max_requests_per_host: int = 4096  # started, not ended
+    max_unknown_requests: int = 1024  # requests with layer state but never started
+    max_connections: int = 256  # host API connections, all hosts together
+    idle_timeout_s: float = 60.0  # a host API connection without RPCs for this long is closed
+    handshake_timeout_s: float = 5.0  # a connection must complete its HTTP/2 preface within this
 
 
 @dataclass
@@ -353,6 +360,12 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
         max_flow_bytes=lim.integer("max_flow_bytes", L.max_flow_bytes, lo=1),
         deadline_past_s=lim.number("deadline_past_s", L.deadline_past_s, lo=0),
         deadline_future_s=lim.number("deadline_future_s", L.deadline_future_s, lo=0, lo_open=True),
+        max_flows_per_host=lim.integer("max_flows_per_host", L.max_flows_per_host, lo=1, hi=1 << 24),
+        max_requests_per_host=lim.integer("max_requests_per_host", L.max_requests_per_host, lo=1, hi=1 << 24),
+        max_unknown_requests=lim.integer("max_unknown_requests", L.max_unknown_requests, lo=0, hi=1 << 24),
+        max_connections=lim.integer("max_connections", L.max_connections, lo=1, hi=1 << 20),
+        idle_timeout_s=lim.number("idle_timeout_s", L.idle_timeout_s, lo=0, lo_open=True),
+        handshake_timeout_s=lim.number("handshake_timeout_s", L.handshake_timeout_s, lo=0, lo_open=True),
     )
     lim.done()
     if len(hosts) > (1 << (32 - cfg.limits.flow_id_bits)):

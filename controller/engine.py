@@ -1,8 +1,9 @@
 """Promotion engine: host events -> policy -> desired flow entries -> one Write per switch per round.
 
 Rounds: host batches (already validated statelessly by controller/hostapi.py) are
-queued per host; each round drains every host's queue (a bounded number of
-events per host per round, round robin, so no host can stall the others),
+queued per host; each round takes whole batches round robin, one batch per host at a
+time starting from a rotating host, until ``ROUND_EVENTS`` events are taken (so a host
+with a deep queue costs the others at most one round of bounded work, never a freeze),
 applies the events to the policy in seq order, runs ``tick`` when the re-check
 interval has passed, merges all level changes into the desired state and writes
 the changed keys to every switch at once (one WriteRequest per switch per
@@ -16,11 +17,13 @@ converts them to int 0..7 (mfs.levels.clamp) and writes only real changes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass, field, replace
 
 from controller.aio import cancel_all
 from controller.config import ControllerConfig
@@ -33,7 +36,14 @@ from mfs.proto import report_pb2 as pb
 
 log = logging.getLogger("mfs.engine")
 
-MAX_EVENTS_PER_HOST_PER_ROUND = 4096
+# events applied per round (whole batches, round robin over hosts): bounds the time a round
+# holds the event loop, so other hosts' reports, keep-alives and timers keep running
+ROUND_EVENTS = 1024
+ROUND_PAUSE_S = 0.001  # after a round longer than this, the event loop gets this long for the rest
+# the controller-alive clock (Engine.alive_now) counts at most this much of any gap between two
+# of its readings: a longer gap means the controller itself was not running (event loop blocked,
+# process stopped) and no host is judged silent for it
+ALIVE_STEP_MAX_S = 1.0
 # ReportAck.levels: at most this many "level changed since the last ack" flows kept per host
 # (a host that never reports again would otherwise grow its set; the oldest are dropped first:
 # such a host has stopped listening anyway, and GC ends its flows after gc_timeout_s)
@@ -50,11 +60,29 @@ class Reject(Exception):
 
 @dataclass
 class FlowRec:
-    info: FlowInfo
+    info: FlowInfo  # info.request_id is the policy's id (ReqRec.iid)
     host: str
     key: FlowKey
     started: float
     level: int
+    req: "ReqRec | None" = None
+
+
+@dataclass
+class ReqRec:
+    """A request in the engine: ``owner``'s request ``rid`` (request ids are per host, as flow
+    ids are), known to the policy as ``iid`` (unique across hosts). ``info`` is None for a
+    placeholder: a request id a host referred to (layer boundary, flow) before any request of
+    that id that names it was started."""
+
+    owner: str
+    rid: int
+    iid: int
+    info: RequestInfo | None = None
+    peers: frozenset = frozenset()
+    layer: tuple[int, bool] | None = None  # last layer boundary (current layer, prefill done), for replay
+    since: float = 0.0  # alive clock when created
+    flows: set = field(default_factory=set)  # live flow ids linked to it
 
 
 @dataclass
@@ -71,6 +99,7 @@ class Batch:
     t_recv: float
     future: asyncio.Future
     rejected: list = field(default_factory=list)  # (seq, message)
+    pos: int = 0  # events applied so far (a big batch spans rounds)
 
 
 def to_level(x: float) -> int:
@@ -111,7 +140,16 @@ class Engine:
         self.placement = Placement.from_config(cfg)
         self.where: dict[FlowKey, frozenset[str]] = {}
         self.flows: dict[int, FlowRec] = {}
-        self.requests: dict[int, RequestInfo] = {}
+        # (host, request id) -> ReqRec; peers[(peer host, request id)] -> the owner's key
+        self.requests: dict[tuple[str, int], ReqRec] = {}
+        self.peers: dict[tuple[str, int], tuple[str, int]] = {}
+        self._iids = itertools.count(1)
+        self.live_flows: dict[str, int] = {}  # host -> live flows (its flow-table entries)
+        self.live_requests: dict[str, int] = {}  # host -> started requests
+        self.placeholders: dict[str, int] = {}  # host -> placeholders carrying layer state
+        self.alive = 0.0  # the controller-alive clock (alive_now)
+        self._alive_mono = time.monotonic()
+        self._rr = 0  # round robin start
         # after a controller restart: entries found on the switches, key -> Adopted (see adopt())
         self.adopted: dict[FlowKey, Adopted] = {}
         self.last_seen: dict[str, float] = {}
@@ -122,7 +160,6 @@ class Engine:
         self._tasks: list[asyncio.Task] = []
         self._last_tick = 0.0
         self._dirty: set[FlowKey] = set()  # keys whose desired level changed outside a policy Changes dict
-        self.req_layer: dict[int, tuple[int, bool]] = {}  # request -> (current layer, prefill done), for replay
         self.rounds = 0
         # per host: flow id -> level, for the host's flows started or re-levelled since its last ack
         # (ReportAck.levels; taken by take_levels). Insertion ordered, bounded per host.
@@ -160,40 +197,71 @@ class Engine:
     def submit(self, host: str, events: list, t_recv: float) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         self.queues.setdefault(host, deque()).append(Batch(host, events, t_recv, fut))
-        self.last_seen[host] = time.time()
+        self.touch(host)
         self._wake.set()
         return fut
 
     def touch(self, host: str) -> None:
-        self.last_seen[host] = time.time()
+        self.last_seen[host] = self.alive_now()
+
+    def alive_now(self) -> float:
+        """The controller-alive clock (seconds): follows the monotonic clock, except that any gap
+        between two readings longer than ALIVE_STEP_MAX_S counts as that much only. It is read
+        by every report and by the timers (every policy re-check interval), so a long gap means
+        the controller was not running (its event loop blocked by a long computation, the
+        process stopped): host silence is measured on this clock, and no host is judged silent
+        (GC) for a period in which the controller could not hear it."""
+        now = time.monotonic()
+        gap = now - self._alive_mono
+        self._alive_mono = now
+        if gap > ALIVE_STEP_MAX_S:
+            self.metrics.count("controller_stalls")
+            self.metrics.observe("controller_stall_seconds", gap)
+        self.alive += min(max(gap, 0.0), ALIVE_STEP_MAX_S)
+        return self.alive
 
     # ------------------------------------------------------------------ rounds
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            t0 = time.perf_counter()
             try:
                 await self.round()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a bug in one round must not stop the controller
                 log.exception("engine round failed")
+            # let the rest of the controller run between rounds (reports arriving, keep-alives,
+            # timers): a round that wrote nothing never gave the event loop a turn
+            await asyncio.sleep(ROUND_PAUSE_S if time.perf_counter() - t0 > ROUND_PAUSE_S else 0)
 
     async def round(self) -> None:
         now = time.time()
         taken: list[Batch] = []
         changes: dict[int, float] = {}
         try:
-            for host in list(self.queues):
-                q = self.queues[host]
-                budget = MAX_EVENTS_PER_HOST_PER_ROUND
-                while q and budget > 0:
-                    b = q.popleft()
-                    budget -= len(b.events)
-                    taken.append(b)
-                    self._apply_batch(now, b, changes)
-                if q:
-                    self._wake.set()  # more next round
+            hosts = [h for h, q in self.queues.items() if q]
+            if hosts:
+                self._rr = (self._rr + 1) % len(hosts)
+                hosts = hosts[self._rr:] + hosts[:self._rr]
+            budget = ROUND_EVENTS
+            while hosts and budget > 0:
+                for host in list(hosts):
+                    q = self.queues[host]
+                    b = q[0]
+                    n = min(len(b.events) - b.pos, max(1, budget // len(hosts)))
+                    self._apply_batch(now, b, changes, b.pos, b.pos + n)
+                    b.pos += n
+                    budget -= n
+                    if b.pos >= len(b.events):
+                        taken.append(q.popleft())  # applied whole: acked after this round's write
+                    if not q:
+                        hosts.remove(host)
+                    if budget <= 0:
+                        break
+            if any(self.queues.values()):
+                self._wake.set()  # more next round
             if now - self._last_tick >= max(0.001, self.cfg.policy.recheck_interval_s):
                 self._last_tick = now
                 changes.update(self.policy.tick(now))
@@ -265,8 +333,8 @@ class Engine:
             self.where[key] = w
 
     # ------------------------------------------------------------------ events
-    def _apply_batch(self, now: float, b: Batch, changes: dict[int, float]) -> None:
-        for ev in b.events:
+    def _apply_batch(self, now: float, b: Batch, changes: dict[int, float], lo: int = 0, hi: int | None = None) -> None:
+        for ev in b.events[lo:hi]:
             try:
                 self._apply(now, b.host, ev, changes)
             except Reject as r:
@@ -285,7 +353,12 @@ class Engine:
             fs = ev.flow_start
             if fs.flow_id in self.flows:
                 raise Reject("duplicate_flow", f"flow {fs.flow_id} already started (end it first)")
-            info = FlowInfo(flow_id=fs.flow_id, stage=fs.stage, request_id=fs.request_id, size_bytes=fs.size_bytes,
+            cap = self.cfg.limits.max_flows_per_host
+            if self.live_flows.get(host, 0) >= cap:
+                raise Reject("host_cap", f"host {host} already has {cap} live flows (limits.max_flows_per_host); "
+                                         f"end some first")
+            req = self._resolve(host, fs.request_id, create=True)
+            info = FlowInfo(flow_id=fs.flow_id, stage=fs.stage, request_id=req.iid, size_bytes=fs.size_bytes,
                             deadline=fs.deadline or None, target_layer=fs.target_layer,
                             current_layer=fs.current_layer, batch_id=fs.batch_id, src=host,
                             dst=self.host_by_address.get(fs.dst, fs.dst),  # the policy names links by host
@@ -298,7 +371,9 @@ class Engine:
             adopted = self.adopted.pop(key, None)
             if adopted is not None and adopted.level < lvl:
                 lvl = adopted.level  # keep the promotion the switch already had (controller restart)
-            rec = self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl)
+            rec = self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl, req)
+            req.flows.add(fs.flow_id)
+            self.live_flows[host] = self.live_flows.get(host, 0) + 1
             if self.where.get(key) != self.placement.switches_of(host):
                 self.place(key, host)
                 self._dirty.add(key)
@@ -332,29 +407,55 @@ class Engine:
             self._end_flow(now, rec)
         elif kind == "layer":
             lb = ev.layer
-            req = self.requests.get(lb.request_id)
-            if req is not None and lb.current_layer > req.num_layers:
+            req = self._resolve(host, lb.request_id)
+            if req is not None and req.info is not None and lb.current_layer > req.info.num_layers:
                 raise Reject("bad_layer", f"request {lb.request_id}: current_layer={lb.current_layer} > "
-                                          f"num_layers={req.num_layers}")
-            changes.update(pol.layer_boundary(now, lb.request_id, lb.current_layer, lb.prefill_done))
-            self.req_layer[lb.request_id] = (lb.current_layer, lb.prefill_done)
+                                          f"num_layers={req.info.num_layers}")
+            if req is None:  # layer state of a request not started (yet): bounded per host
+                cap = self.cfg.limits.max_unknown_requests
+                if self.placeholders.get(host, 0) >= cap:
+                    raise Reject("host_cap", f"host {host} already has layer state for {cap} requests that were "
+                                             f"never started (limits.max_unknown_requests)")
+                req = self._resolve(host, lb.request_id, create=True)
+            if req.info is None and req.layer is None:
+                self.placeholders[req.owner] = self.placeholders.get(req.owner, 0) + 1
+            self._layer(now, req, lb.current_layer, lb.prefill_done, changes)
         elif kind == "request_start":
             rs = ev.request_start
-            req = RequestInfo(request_id=rs.request_id, batch_id=rs.batch_id, deadline=rs.deadline,
-                              arrival=rs.arrival or now, num_layers=rs.num_layers,
-                              remaining_compute=rs.remaining_compute, remaining_bytes=rs.remaining_bytes)
+            key = (host, rs.request_id)
+            old = self.requests.get(key)
+            if old is None or old.info is None:
+                cap = self.cfg.limits.max_requests_per_host
+                if self.live_requests.get(host, 0) >= cap:
+                    raise Reject("host_cap", f"host {host} already has {cap} live requests "
+                                             f"(limits.max_requests_per_host); end some first")
+            req = self._resolve(host, rs.request_id, create=True, own=True)
+            info = RequestInfo(request_id=req.iid, batch_id=rs.batch_id, deadline=rs.deadline,
+                               arrival=rs.arrival or now, num_layers=rs.num_layers,
+                               remaining_compute=rs.remaining_compute, remaining_bytes=rs.remaining_bytes)
             try:
-                changes.update(pol.request_start(now, req))
+                changes.update(pol.request_start(now, info))
             except (ValueError, TypeError) as e:
+                if old is None:
+                    self._drop_req(now, req)
                 raise Reject("policy", str(e)) from None
-            self.requests[rs.request_id] = req
+            if req.info is None:
+                self.live_requests[host] = self.live_requests.get(host, 0) + 1
+                if req.layer is not None:
+                    self.placeholders[host] -= 1
+            req.info = info
+            self._set_peers(now, req, [p for p in rs.peers if p != host], changes)
         elif kind == "request_end":
             rid = ev.request_end.request_id
-            if rid not in self.requests:
+            req = self.requests.get((host, rid))
+            if req is None or req.info is None:
+                owner = self.peers.get((host, rid))
+                if owner is not None:
+                    raise Reject("not_owner", f"request {rid} belongs to host {owner[0]!r} (a peer may report "
+                                              f"layer boundaries and flows of it, not end it)")
                 raise Reject("unknown_request", f"request {rid} was never started")
-            changes.update(pol.request_end(now, rid))
-            self.requests.pop(rid, None)
-            self.req_layer.pop(rid, None)
+            changes.update(pol.request_end(now, req.iid))
+            self._drop_req(now, req)
         elif kind == "batch":
             changes.update(pol.batch_event(now, ev.batch.batch_id, ev.batch.kind))
         else:  # hostapi already refuses these; keep the engine safe on its own
@@ -370,6 +471,81 @@ class Engine:
         h = self.placement.owner(flow_id)
         return h.name if h is not None else None
 
+    # ------------------------------------------------------------------ requests (per host)
+    def _resolve(self, host: str, rid: int, create: bool = False, own: bool = False) -> ReqRec | None:
+        """The request ``host`` means by ``rid``: its own request of that id; else, unless ``own``,
+        the request of that id whose owner named ``host`` a peer; else (``create``) a
+        placeholder in ``host``'s own namespace. Another host's request is never reached
+        without being named its peer."""
+        req = self.requests.get((host, rid))
+        if req is not None and (own or req.info is not None):
+            return req
+        if not own:
+            okey = self.peers.get((host, rid))
+            if okey is not None and okey in self.requests:
+                return self.requests[okey]
+        if req is None and create:
+            req = self.requests[(host, rid)] = ReqRec(host, rid, next(self._iids), since=self.alive)
+        return req
+
+    def _layer(self, now: float, req: ReqRec, layer: int, done: bool, changes: dict[int, float]) -> None:
+        changes.update(self.policy.layer_boundary(now, req.iid, layer, done))
+        prev = req.layer or (0, False)
+        req.layer = (max(prev[0], layer), prev[1] or done)
+
+    def _set_peers(self, now: float, req: ReqRec, peers: list[str], changes: dict[int, float]) -> None:
+        """``req``'s owner names the hosts that may report its layer boundaries and flows. What a
+        peer reported under this id before (a placeholder: its flows, its layer state) joins."""
+        for p in req.peers - set(peers):
+            if self.peers.get((p, req.rid)) == (req.owner, req.rid):
+                del self.peers[(p, req.rid)]
+        req.peers = frozenset(peers)
+        for p in req.peers:
+            self.peers[(p, req.rid)] = (req.owner, req.rid)
+            ph = self.requests.get((p, req.rid))
+            if ph is None or ph.info is not None:
+                continue  # the peer's own started request of the same id stays its own
+            for fid in list(ph.flows):
+                self._relink(now, self.flows[fid], req, changes)
+            if ph.layer is not None:
+                self._layer(now, req, ph.layer[0], ph.layer[1], changes)
+            self._drop_req(now, ph)
+
+    def _relink(self, now: float, rec: FlowRec, req: ReqRec, changes: dict[int, float]) -> None:
+        """Move a live flow to request ``req`` (the policy sees it end and start again, with its progress)."""
+        sent = next((st.bytes_sent for st in self.policy.flows() if st.info.flow_id == rec.info.flow_id), 0)
+        with contextlib.suppress(KeyError):
+            self.policy.flow_end(now, rec.info.flow_id)
+        if rec.req is not None:
+            rec.req.flows.discard(rec.info.flow_id)
+        rec.info = replace(rec.info, request_id=req.iid)
+        rec.req = req
+        req.flows.add(rec.info.flow_id)
+        changes[rec.info.flow_id] = self.policy.flow_start(now, rec.info)
+        if sent:
+            changes.update(self.policy.progress(now, rec.info.flow_id, sent))
+
+    def _drop_req(self, now: float, req: ReqRec) -> None:
+        """Forget ``req`` (ended, GC'd, or a placeholder merged into its owner's request); its
+        live flows, if any, stay (a placeholder is then recreated for them)."""
+        if self.requests.get((req.owner, req.rid)) is not req:
+            return
+        del self.requests[(req.owner, req.rid)]
+        if req.info is not None:
+            self.live_requests[req.owner] -= 1
+        elif req.layer is not None:
+            self.placeholders[req.owner] -= 1
+            with contextlib.suppress(KeyError, ValueError):
+                self.policy.request_end(now, req.iid)  # the policy's layer state of it
+        for p in req.peers:
+            if self.peers.get((p, req.rid)) == (req.owner, req.rid):
+                del self.peers[(p, req.rid)]
+        if req.flows:  # flows outlive their request: they keep its policy id, in a placeholder
+            self.requests[(req.owner, req.rid)] = ReqRec(req.owner, req.rid, req.iid, since=self.alive,
+                                                         flows=req.flows)
+            for fid in req.flows:
+                self.flows[fid].req = self.requests[(req.owner, req.rid)]
+
     def _own_flow(self, host: str, flow_id: int) -> FlowRec:
         rec = self.flows.get(flow_id)
         if rec is None:
@@ -383,7 +559,13 @@ class Engine:
             self.policy.flow_end(now, rec.info.flow_id)
         except KeyError:
             pass
-        self.flows.pop(rec.info.flow_id, None)
+        if self.flows.pop(rec.info.flow_id, None) is not None:
+            self.live_flows[rec.host] -= 1
+        req = rec.req
+        if req is not None:
+            req.flows.discard(rec.info.flow_id)
+            if req.info is None and req.layer is None and not req.flows:
+                self._drop_req(now, req)
         news = self.level_news.get(rec.host)
         if news:
             news.pop(rec.info.flow_id, None)  # ended: its level is no longer news
@@ -399,7 +581,7 @@ class Engine:
         better level); a flow_end deletes them; progress is acknowledged; they are deleted
         when their host is silent for gc_timeout_s (or has not come back gc_timeout_s after
         the adoption, or no configured host owns the id)."""
-        now = time.time()
+        now = self.alive_now()
         n = 0
         for key, lvl in entries.items():
             if key in self.desired or key[1] in self.flows:
@@ -444,17 +626,29 @@ class Engine:
                 # the port's egress counters carry what the host receives: its "<host>:rx" load
                 self.policy.link_load(now, min(0.999, sum(per_level[lv] for lv in levels)), link_name(host, "rx"))
 
-    async def gc(self, now: float | None = None) -> int:
-        """End every flow of hosts silent for gc_timeout_s; drop expired adopted entries."""
-        now = time.time() if now is None else now
-        silent = {h for h, t in self.last_seen.items() if now - t > self.cfg.gc_timeout_s}
+    async def gc(self, alive: float | None = None) -> int:
+        """End every flow, and forget every request and layer state, of hosts silent for
+        gc_timeout_s; forget layer state of requests never started after gc_timeout_s; drop
+        expired adopted entries. Silence is measured on the controller-alive clock
+        (:meth:`alive_now`): a period in which the controller was not running does not count."""
+        alive = self.alive_now() if alive is None else alive
+        now = time.time()
+        timeout = self.cfg.gc_timeout_s
+        silent = {h for h, t in self.last_seen.items() if alive - t > timeout}
         n = 0
         for rec in [r for r in self.flows.values() if r.host in silent]:
             self._end_flow(now, rec)
             n += 1
+        for req in [r for r in self.requests.values()
+                    if r.owner in silent or (r.info is None and not r.flows and alive - r.since > timeout)]:
+            if req.info is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.policy.request_end(now, req.iid)
+            self._drop_req(now, req)
+            self.metrics.count("gc_requests")
         for key, a in list(self.adopted.items()):
             seen = self.last_seen.get(a.owner, a.since) if a.owner else a.since
-            if now - max(seen, a.since) > self.cfg.gc_timeout_s:
+            if alive - max(seen, a.since) > timeout:
                 self.adopted.pop(key)
                 if self.desired.pop(key, None) is not None:
                     self._dirty.add(key)
@@ -465,14 +659,15 @@ class Engine:
         return n
 
     async def _timers(self) -> None:
-        period = max(0.001, self.cfg.policy.recheck_interval_s)
-        last_gc = time.time()
+        period = max(0.001, min(self.cfg.policy.recheck_interval_s, ALIVE_STEP_MAX_S / 4))
+        last_gc = self.alive_now()
         while True:
             await asyncio.sleep(period)
             self._wake.set()  # tick
-            if time.time() - last_gc >= min(1.0, self.cfg.gc_timeout_s / 4):
-                last_gc = time.time()
-                await self.gc()
+            alive = self.alive_now()
+            if alive - last_gc >= min(1.0, self.cfg.gc_timeout_s / 4):
+                last_gc = alive
+                await self.gc(alive)
 
     # ------------------------------------------------------------------ live policy change
     def set_policy(self, updates: dict) -> PolicyConfig:
@@ -484,15 +679,17 @@ class Engine:
         now = time.time()
         changes: dict[int, float] = {}
         for req in self.requests.values():
-            changes.update(new_pol.request_start(now, req))
+            if req.info is not None:
+                changes.update(new_pol.request_start(now, req.info))
         sent_of = {st.info.flow_id: st.bytes_sent for st in self.policy.flows()}
         for rec in self.flows.values():
             sent = sent_of.get(rec.info.flow_id, 0)
             changes[rec.info.flow_id] = new_pol.flow_start(now, rec.info)
             if sent:
                 changes.update(new_pol.progress(now, rec.info.flow_id, sent))
-        for rid, (layer, done) in self.req_layer.items():
-            changes.update(new_pol.layer_boundary(now, rid, layer, done))
+        for req in self.requests.values():
+            if req.layer is not None:
+                changes.update(new_pol.layer_boundary(now, req.iid, *req.layer))
         self.policy, self.cfg.policy = new_pol, new_cfg
         for fid, lvl in changes.items():
             rec = self.flows.get(fid)
@@ -510,9 +707,11 @@ class Engine:
         out = []
         for fid, rec in sorted(self.flows.items()):
             st = states.get(fid)
-            dl = rec.info.deadline or (self.requests[rec.info.request_id].deadline
-                                       if rec.info.request_id in self.requests else None)
-            out.append({"flow_id": fid, "host": rec.host, "stage": rec.info.stage, "request_id": rec.info.request_id,
+            req = rec.req
+            dl = rec.info.deadline or (req.info.deadline if req is not None and req.info is not None else None)
+            out.append({"flow_id": fid, "host": rec.host, "stage": rec.info.stage,
+                        "request_id": req.rid if req is not None else None,
+                        "request_owner": req.owner if req is not None else None,
                         "level": self.desired.get(rec.key), "policy_level": st.level if st else None,
                         "bytes_left": st.bytes_left if st else rec.info.size_bytes,
                         "size_bytes": rec.info.size_bytes, "mlu": st.mlu if st else None,

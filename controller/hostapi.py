@@ -17,6 +17,10 @@ Semantics are documented in docs/report-api.md. In short:
 * Flood control: a per-host token bucket (events/s, burst) and a bounded
   per-host queue of pending batches; beyond them the whole batch fails with
   RESOURCE_EXHAUSTED (nothing applied: retry later with the same seqs).
+* Transport: bytes that do not parse as the RPC's message answer INVALID_ARGUMENT with one
+  log line (repeats rate-limited); a connection must finish its HTTP/2 preface within
+  ``limits.handshake_timeout_s`` and is closed after ``limits.idle_timeout_s`` without RPCs;
+  at most ``limits.max_connections`` connections are held (the rest are refused at once).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from controller.config import ControllerConfig, HostConfig
 from controller.engine import Engine
@@ -67,6 +72,35 @@ class TokenBucket:
         return True
 
 
+class LogLimiter:
+    """One log line per ``key`` per ``interval`` seconds; the next says how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0):
+        self.log, self.interval = logger, interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        n = self._suppressed.pop(key, 0)
+        self.log.warning(msg + (f" ({n} more like this suppressed in the last {self.interval:g} s)" if n else ""),
+                         *args)
+        return True
+
+
+def server_options(lim) -> list[tuple[str, int]]:
+    """gRPC server options bounding what a connection may hold (limits.*)."""
+    return [("grpc.so_reuseport", 0),
+            ("grpc.max_allowed_incoming_connections", lim.max_connections),
+            ("grpc.server_handshake_timeout_ms", int(lim.handshake_timeout_s * 1000)),
+            ("grpc.http2.settings_timeout", int(lim.handshake_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", int(lim.idle_timeout_s * 1000))]
+
+
 class HostApi(pbg.HostReportsServicer):
     def __init__(self, cfg: ControllerConfig, engine: Engine, metrics: Metrics | None = None):
         self.cfg, self.engine = cfg, engine
@@ -75,11 +109,12 @@ class HostApi(pbg.HostReportsServicer):
         self.by_host: dict[str, HostSession] = {}
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.limited = LogLimiter(log)
 
     # ------------------------------------------------------------------ server
     async def start(self, address: str | None = None) -> int:
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pbg.add_HostReportsServicer_to_server(self, self.server)
+        self.server = grpc.aio.server(options=server_options(self.cfg.limits))
+        self.server.add_generic_rpc_handlers((self._handlers(),))
         addr = address or self.cfg.api_listen
         if addr.startswith("unix:"):
             sock = Path(addr[len("unix:"):])
@@ -95,6 +130,34 @@ class HostApi(pbg.HostReportsServicer):
         if self.server is not None:
             await self.server.stop(0.5)
             self.server = None
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        """The HostReports methods, each parsing its own request: bytes that are not the message
+        answer INVALID_ARGUMENT (gRPC's own deserializer answers UNKNOWN and logs a traceback),
+        and an unexpected error is one rate-limited log line, INTERNAL."""
+        def wrap(name, method, req_type, resp_type):
+            async def handler(raw: bytes, context):
+                try:
+                    request = req_type.FromString(raw)
+                except (DecodeError, ValueError) as e:
+                    self._reject_rpc("decode")
+                    self.limited.warning("decode", "host API %s: %d bytes from %s are not a %s (%s)", name,
+                                         len(raw), context.peer(), req_type.DESCRIPTOR.name, e)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"{name}: the request is not a valid {req_type.DESCRIPTOR.full_name}")
+                try:
+                    return await method(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as e:  # noqa: BLE001 - a bug: one line, not a traceback per call
+                    self._reject_rpc("internal")
+                    self.limited.warning("internal", "host API %s failed: %s: %s", name, type(e).__name__, e)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error ({type(e).__name__})")
+            return grpc.unary_unary_rpc_method_handler(handler, request_deserializer=None,
+                                                       response_serializer=resp_type.SerializeToString)
+        return grpc.method_handlers_generic_handler("mfs.report.v1.HostReports", {
+            "Register": wrap("Register", self.Register, pb.RegisterRequest, pb.RegisterResponse),
+            "Report": wrap("Report", self.Report, pb.ReportBatch, pb.ReportAck)})
 
     def _reject_rpc(self, reason: str) -> None:
         self.metrics.count("rejected_reports", reason=reason)
@@ -113,7 +176,9 @@ class HostApi(pbg.HostReportsServicer):
             self.by_session.pop(old.session, None)
         last = self.engine.last_applied_seq.get(h.name, 0)
         accepted = max(last, old.accepted_seq) if old is not None else last  # batches may still be queued
-        s = HostSession(h, secrets.token_hex(16), accepted, self.cfg.limits.burst, time.monotonic(),
+        # the token bucket belongs to the host, not the session: registering again does not refill it
+        tokens, t_tokens = (old.tokens, old.t_tokens) if old is not None else (self.cfg.limits.burst, time.monotonic())
+        s = HostSession(h, secrets.token_hex(16), accepted, tokens, t_tokens,
                         h.host_id << self.cfg.limits.flow_id_bits)
         self.by_session[s.session] = s
         self.by_host[h.name] = s
@@ -228,6 +293,12 @@ class HostApi(pbg.HostReportsServicer):
                                       f"(allowed: 0..{lim.deadline_future_s:g} s)")
             if r.remaining_bytes > lim.max_flow_bytes:
                 raise Bad("bad_size", f"request_start.remaining_bytes={r.remaining_bytes} exceeds {lim.max_flow_bytes}")
+            if len(r.peers) > len(self.cfg.hosts):
+                raise Bad("bad_peer", f"request_start.peers names {len(r.peers)} hosts "
+                                      f"(only {len(self.cfg.hosts)} are configured)")
+            for p in r.peers:
+                if self.cfg.host(p) is None:
+                    raise Bad("bad_peer", f"request_start.peers: {p[:64]!r} is not a configured host")
         elif kind == "batch":
             if ev.batch.kind not in BATCH_KINDS:
                 raise Bad("bad_kind", f"batch.kind={ev.batch.kind!r} is not allowed (allowed: {', '.join(BATCH_KINDS)})")

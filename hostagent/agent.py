@@ -349,9 +349,12 @@ class HostAgent:
                 self._emit("progress", flow_id=tr.flow_id, bytes_sent=tr._tx.bytes_acked())
 
     def request_start(self, request_id: int, deadline: float, arrival: float, num_layers: int, *, batch_id: int = 0,
-                      remaining_compute: float = 0.0, remaining_bytes: int = 0) -> None:
+                      remaining_compute: float = 0.0, remaining_bytes: int = 0, peers: list[str] = ()) -> None:
+        """This host owns request ``request_id``; ``peers`` (controller host names) may report its
+        layer boundaries and flows too (docs/report-api.md, "Requests are per host")."""
         self._emit("request_start", request_id=request_id, batch_id=batch_id, deadline=deadline, arrival=arrival,
-                   num_layers=num_layers, remaining_compute=remaining_compute, remaining_bytes=remaining_bytes)
+                   num_layers=num_layers, remaining_compute=remaining_compute, remaining_bytes=remaining_bytes,
+                   peers=list(peers))
 
     def request_end(self, request_id: int) -> None:
         with self._lock:

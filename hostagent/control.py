@@ -11,7 +11,7 @@ requests (client → agent), each may carry an ``"id"`` echoed in the reply::
         → {"id":…, "ok": true, "flow_id": F}
     {"op": "layer", "request_id": R, "current_layer": C, "prefill_done": false} → {"ok": true}
     {"op": "request_start", "request_id", "deadline", "arrival", "num_layers",
-     "batch_id", "remaining_compute", "remaining_bytes"}                        → {"ok": true}
+     "batch_id", "remaining_compute", "remaining_bytes", "peers": [host, ...]} → {"ok": true}
     {"op": "request_end", "request_id": R}                                      → {"ok": true}
     {"op": "batch", "batch_id": B, "kind": "arrival"|"departure"}              → {"ok": true}
     {"op": "status"}                                  → {"ok": true, "status": {...}}
@@ -75,6 +75,13 @@ def _opt_num(req: dict, key: str) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"{key}={v!r} is not a number")
     return float(v)
+
+
+def _names(req: dict, key: str) -> list[str]:
+    v = req.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{key}={v!r} is not a list of host names")
+    return v
 
 
 def _num(req: dict, key: str, default: Any = ...) -> float:
@@ -204,7 +211,7 @@ class _Conn:
             agent.request_start(_int(req, "request_id"), _num(req, "deadline"), _num(req, "arrival"),
                                 _int(req, "num_layers"), batch_id=_int(req, "batch_id", 0),
                                 remaining_compute=_num(req, "remaining_compute", 0.0),
-                                remaining_bytes=_int(req, "remaining_bytes", 0))
+                                remaining_bytes=_int(req, "remaining_bytes", 0), peers=_names(req, "peers"))
         elif op == "request_end":
             agent.request_end(_int(req, "request_id"))
         elif op == "batch":
@@ -372,10 +379,10 @@ class ControlClient:
         self.request("layer", request_id=request_id, current_layer=current_layer, prefill_done=prefill_done)
 
     def request_start(self, request_id: int, deadline: float, arrival: float, num_layers: int, *, batch_id: int = 0,
-                      remaining_compute: float = 0.0, remaining_bytes: int = 0) -> None:
+                      remaining_compute: float = 0.0, remaining_bytes: int = 0, peers: list[str] = ()) -> None:
         self.request("request_start", request_id=request_id, deadline=deadline, arrival=arrival,
                      num_layers=num_layers, batch_id=batch_id, remaining_compute=remaining_compute,
-                     remaining_bytes=remaining_bytes)
+                     remaining_bytes=remaining_bytes, peers=list(peers))
 
     def request_end(self, request_id: int) -> None:
         self.request("request_end", request_id=request_id)

@@ -23,6 +23,16 @@ ordered backlog until the controller acknowledges them. One thread:
    **same** seq numbers. Nothing is lost and nothing is applied twice; the agent's
    traffic keeps flowing meanwhile (reporting never blocks the data path).
 
+4. A controller that lost its state (restarted — and maybe the switch too, so it adopted
+   nothing): Register answers a ``last_seq`` *below* what this host had seen acknowledged.
+   Resending the backlog is not enough then — the flows and requests started and acknowledged
+   before are unknown to it (their events would be refused as ``unknown_flow``, their flows
+   left without entries). So the reporter, which keeps the host's live state from the events
+   it emits (live requests, live flows with their progress, the current layer of those
+   requests), **re-announces** it: ``request_start``, ``flow_start`` (+ ``progress``) and
+   ``layer`` events, ahead of the backlog (the backlog is renumbered after them; nothing of it
+   was applied by the new controller). What the backlog itself starts is not re-announced.
+
 The backlog is bounded (``max_backlog``); beyond it the oldest Progress events are
 dropped first (they are superseded by later progress or FlowEnd), then the call fails.
 """
@@ -95,6 +105,7 @@ class Reporter:
         self._cv = threading.Condition()
         self._backlog: deque[report_pb2.Event] = deque()
         self._next_seq = 1
+        self._reset_last_seq = 0
         self._ever_registered = False
         self._session: str | None = None
         self._stop = False
@@ -104,7 +115,14 @@ class Reporter:
         self.acked_seq = 0
         self.rejections: deque[tuple[int, str]] = deque(maxlen=1000)
         self.stats = {"batches": 0, "events_sent": 0, "events_acked": 0, "rejected": 0, "registers": 0,
-                      "rpc_errors": 0, "dropped_progress": 0, "resent": 0, "keepalives": 0, "levels": 0}
+                      "rpc_errors": 0, "dropped_progress": 0, "resent": 0, "keepalives": 0, "levels": 0,
+                      "controller_resets": 0, "reannounced": 0}
+        # the host's live state, from the events emitted (re-announced to a controller that lost it)
+        self._live_reqs: dict[int, dict] = {}  # request id -> request_start fields
+        self._live_flows: dict[int, dict] = {}  # flow id -> flow_start fields
+        self._flow_bytes: dict[int, int] = {}  # flow id -> last progress
+        self._req_flows: dict[int, set[int]] = {}  # request id -> live flow ids
+        self._req_layer: dict[int, tuple[int, bool]] = {}  # request id -> (layer, prefill done), live ones only
         self.last_error: str = ""
         self.registered = threading.Event()
 
@@ -120,8 +138,75 @@ class Reporter:
             ev.seq = self._next_seq
             self._next_seq += 1
             self._backlog.append(ev)
+            self._track(event, fields)
             self._cv.notify()
             return ev.seq
+
+    def _track(self, event: str, f: dict) -> None:
+        """Keep the live state (caller holds the lock)."""
+        if event == "flow_start":
+            self._live_flows[f["flow_id"]] = dict(f)
+            self._req_flows.setdefault(f.get("request_id", 0), set()).add(f["flow_id"])
+        elif event == "progress":
+            if f["flow_id"] in self._live_flows:
+                self._flow_bytes[f["flow_id"]] = f.get("bytes_sent", 0)
+        elif event == "flow_end":
+            fs = self._live_flows.pop(f["flow_id"], None)
+            self._flow_bytes.pop(f["flow_id"], None)
+            if fs is not None:
+                rid = fs.get("request_id", 0)
+                s = self._req_flows.get(rid)
+                if s is not None:
+                    s.discard(f["flow_id"])
+                    if not s:
+                        del self._req_flows[rid]
+                        if rid not in self._live_reqs:
+                            self._req_layer.pop(rid, None)
+        elif event == "request_start":
+            self._live_reqs[f["request_id"]] = dict(f)
+        elif event == "request_end":
+            self._live_reqs.pop(f["request_id"], None)
+            if f["request_id"] not in self._req_flows:
+                self._req_layer.pop(f["request_id"], None)
+        elif event == "layer":
+            rid = f["request_id"]
+            if rid in self._live_reqs or rid in self._req_flows:
+                layer, done = self._req_layer.get(rid, (0, False))
+                self._req_layer[rid] = (max(layer, f.get("current_layer", 0)), done or bool(f.get("prefill_done")))
+
+    def live_state(self) -> dict[str, int]:
+        with self._cv:
+            return {"requests": len(self._live_reqs), "flows": len(self._live_flows)}
+
+    def _reannounce(self, last_seq: int) -> None:
+        """The controller lost this host's state: put its live requests and flows (minus what the
+        backlog starts itself) ahead of the backlog, renumbering everything from ``last_seq + 1``
+        (caller holds the lock; no Report is in flight: this runs on the reporting thread)."""
+        started = {(e.WhichOneof("kind"), e.flow_start.flow_id if e.HasField("flow_start") else e.request_start.request_id)
+                   for e in self._backlog if e.HasField("flow_start") or e.HasField("request_start")}
+        now = time.time()
+        out = [report_pb2.Event(time=now, request_start=f) for rid, f in self._live_reqs.items()
+               if ("request_start", rid) not in started]
+        for fid, f in self._live_flows.items():
+            if ("flow_start", fid) in started:
+                continue
+            out.append(report_pb2.Event(time=now, flow_start=f))
+            if self._flow_bytes.get(fid):
+                out.append(report_pb2.Event(time=now, progress={"flow_id": fid, "bytes_sent": self._flow_bytes[fid]}))
+        for rid, (layer, done) in self._req_layer.items():
+            out.append(report_pb2.Event(time=now, layer={"request_id": rid, "current_layer": layer,
+                                                         "prefill_done": done}))
+        seq = last_seq
+        for e in out + list(self._backlog):
+            seq += 1
+            e.seq = seq
+        self._backlog = deque(out + list(self._backlog))
+        self._next_seq = seq + 1
+        self._reset_last_seq = seq
+        self.stats["controller_resets"] += 1
+        self.stats["reannounced"] += len(out)
+        log.warning("%s: the controller lost this host's state (last_seq %d < acked %d): re-announcing %d live "
+                    "requests and flows", self.host, last_seq, self.acked_seq, len(out))
 
     def _shed(self) -> None:
         for i, e in enumerate(self._backlog):
@@ -152,8 +237,11 @@ class Reporter:
         """Wait until every event emitted so far is acknowledged."""
         end = time.monotonic() + timeout
         with self._cv:
-            target = self._next_seq - 1
+            target, resets = self._next_seq - 1, self.stats["controller_resets"]
             while self.acked_seq < target or self._backlog and self._backlog[0].seq <= target:
+                if self.stats["controller_resets"] != resets:  # renumbered: wait for all that was there then
+                    target, resets = self._reset_last_seq, self.stats["controller_resets"]
+                    continue
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -194,6 +282,9 @@ class Reporter:
                     e.seq += shift
                 self._next_seq += shift
                 self._ever_registered = True
+            elif reg.last_seq < self.acked_seq:
+                self._reannounce(reg.last_seq)
+                self.acked_seq = reg.last_seq
             while self._backlog and self._backlog[0].seq <= reg.last_seq:
                 self._backlog.popleft()
             self.stats["resent"] += len(self._backlog) if self.stats["registers"] else 0

@@ -289,8 +289,12 @@ class Driver:
         # reported before the batch can start, but NOT under inst.cv: the agent's reply arrives on the
         # client's reader thread, which also runs transfer callbacks that take inst.cv (a deadlock until
         # the request timed out, seen as "no reply within 10 s")
+        # inst.hosts[0] owns the request (starts and ends it); the instance's other hosts and the
+        # holders of its reused KV report its layer boundaries and flows too: its peers
+        peers = [hn for hn in inst.hosts[1:]]
+        peers += [hn for hld in holders for hn in self.inst[hld].hosts if hn not in peers and hn != inst.hosts[0]]
         self.h[inst.hosts[0]].request_start(q.rid, self.t0 + q.deadline, self.t0 + now, self.L,
-                                            batch_id=q.batch, remaining_compute=prof.prefill_compute_s)
+                                            batch_id=q.batch, remaining_compute=prof.prefill_compute_s, peers=peers)
         with inst.cv:
             last.reqs.append(q)
             last.reporting -= 1

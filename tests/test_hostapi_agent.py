@@ -22,22 +22,29 @@ def wait(cond, timeout=20.0, what="condition"):
         time.sleep(0.05)
 
 
-def test_agent_reporter_survives_a_controller_restart():
+def setup():
+    """(switch, config factory, controller, started reporter of h1) — the caller closes them."""
     Reporter = pytest.importorskip("hostagent.report", reason="host agent not importable").Reporter
     try:
         cm = open_target("embedded")
         t = cm.__enter__()
     except TargetUnavailable as e:
         pytest.skip(str(e))
+    t.cm = cm
     api = free_port()
     cfg = lambda: config_mod.parse(config_data([t.address], api={"listen": f"127.0.0.1:{api}"}, gc_timeout_s=5),
                                    "agent-test.yaml")  # noqa: E731
     lc = LiveController(cfg())
     rep = Reporter(f"127.0.0.1:{api}", "h1", "token-of-h1", "10.0.0.1", flush_interval=0.0,
                    backoff_min=0.05, backoff_max=0.5, rpc_timeout=5)
+    rep.start()
+    assert rep.registered.wait(10)
+    return t, cfg, lc, rep
+
+
+def test_agent_reporter_survives_a_controller_restart():
+    t, cfg, lc, rep = setup()
     try:
-        rep.start()
-        assert rep.registered.wait(10)
         now = time.time()
         rep.emit("request_start", request_id=1, deadline=now + 5, arrival=now, num_layers=8)
         rep.emit("flow_start", flow_id=1, stage=3, request_id=1, size_bytes=5_000_000, target_layer=7)
@@ -66,4 +73,45 @@ def test_agent_reporter_survives_a_controller_restart():
     finally:
         rep.close(flush_timeout=0)
         lc.stop()
-        cm.__exit__(None, None, None)
+        t.cm.__exit__(None, None, None)
+
+
+def test_double_restart_controller_and_switch_loses_no_entry():
+    """Controller AND switch restart (issue 10, item 3): the new controller adopts nothing (the
+    switch is empty) and its last_seq (0) is below what the host had acked, so the reporter
+    re-announces its live requests and flows: every live flow gets its entry back, at the level
+    the policy gives it, and its later events are applied, not refused as unknown_flow."""
+    t, cfg, lc, rep = setup()
+    try:
+        now = time.time()
+        rep.emit("request_start", request_id=1, deadline=now + 30, arrival=now, num_layers=8)
+        rep.emit("flow_start", flow_id=1, stage=3, request_id=1, size_bytes=5_000_000, target_layer=7)
+        rep.emit("flow_start", flow_id=2, stage=1, request_id=1, size_bytes=100_000, target_layer=3)
+        rep.emit("flow_start", flow_id=3, stage=1, request_id=1, size_bytes=100_000, target_layer=6)
+        rep.emit("layer", request_id=1, current_layer=3)
+        rep.emit("progress", flow_id=1, bytes_sent=1_000_000)
+        rep.emit("flow_end", flow_id=3)
+        assert rep.flush(10) and not rep.rejections
+        flows = lambda: {(e["stage"], e["flow_id"]): e["installed"]["s1"] for e in lc.call(lc.c.flows())}  # noqa: E731
+        before = flows()
+        assert set(before) == {(3, 1), (1, 2)} and all(v is not None for v in before.values())
+
+        lc.stop()
+        t.restart()  # the switch restarts too: its table is empty
+        lc = LiveController(cfg())
+        assert not lc.c.engine.adopted
+        wait(lambda: rep.stats["controller_resets"] >= 1 and rep.backlog() == 0, what="the re-announce")
+        assert not rep.rejections, rep.rejections
+        wait(lambda: flows() == before, what=f"the entries back ({flows()} != {before})")
+        eng = lc.c.engine
+        assert eng.requests[("h1", 1)].layer == (3, False)  # the layer reached is re-announced too
+        assert dict(eng.flow_rows()[0]) and eng.policy.flows()  # the policy knows them again
+        rep.emit("progress", flow_id=2, bytes_sent=50_000)
+        rep.emit("flow_end", flow_id=2)
+        assert rep.flush(10)
+        assert not rep.rejections, rep.rejections
+        assert set(flows()) == {(3, 1)}
+    finally:
+        rep.close(flush_timeout=0)
+        lc.stop()
+        t.cm.__exit__(None, None, None)

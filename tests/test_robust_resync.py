@@ -31,7 +31,7 @@ def small_metadata(monkeypatch):
 def test_resync_of_a_desired_state_far_beyond_the_table_does_not_livelock(small_metadata):
     with _target("embedded", table_sizes={FLOW_TABLE: TABLE}) as t:
         async def go():
-            async with running(t) as (c, sup, (h,)):
+            async with running(t, limits={"max_flows_per_host": N_FLOWS}) as (c, sup, (h,)):
                 sizes: list[int] = []
                 real_write = type(sup.client).write
 

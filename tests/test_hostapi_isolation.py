@@ -1,0 +1,237 @@
+"""One host must not harm another (issue 10, items 1, 5, 6): request ids are per host and a
+request is shared only with the peers its owner names; per-host caps on flows, requests and
+layer state; GC frees a silent host's requests and layer state; registering again does not
+refill the rate-limit bucket; a round's work is bounded; a period in which the controller
+itself was not running does not make a host silent."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+
+from mfs.proto import report_pb2 as pb
+from mfs.proto import report_pb2_grpc as pbg
+from tests.test_hostapi import Env, ev, fs, run
+
+H2 = ("h2", "token-of-h2", "10.0.0.2")
+
+
+def req(rid, layers=8, deadline_in=5.0, peers=()):
+    now = time.time()
+    return pb.RequestStart(request_id=rid, batch_id=rid, deadline=now + deadline_in, arrival=now, num_layers=layers,
+                           remaining_compute=0.5, peers=list(peers))
+
+
+def slow_batch_events(monkeypatch, pol, seconds: float):
+    """Make the policy's batch_event block the event loop ``seconds`` per call; returns the real one."""
+    real = pol.batch_event
+
+    def slow(now, batch_id, kind):
+        time.sleep(seconds)
+        return real(now, batch_id, kind)
+    monkeypatch.setattr(pol, "batch_event", slow)
+    return real
+
+
+def reasons(ack) -> list[str]:
+    return [r.reason.split(":")[0] for r in ack.rejected]
+
+
+def level(e, fid, stage):
+    return e.c.engine.desired[(stage, fid)]
+
+
+def test_another_hosts_request_cannot_be_touched():
+    """h1 (its own valid token) replays h2's request 7 with a past deadline, ends it, and sends
+    layer boundaries for it: h2's flows keep their levels and h2's request stays live."""
+    async def go():
+        async with Env() as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            b2 = r2.flow_id_base
+            s3, s1 = b2 + 1, b2 + 2
+            ack = await e.report(r2, [ev(1, request_start=req(7, deadline_in=30)),
+                                      ev(2, flow_start=fs(s3, stage=3, request_id=7, target_layer=0, size_bytes=400_000)),
+                                      ev(3, flow_start=fs(s1, stage=1, request_id=7, target_layer=6, current_layer=0,
+                                                          size_bytes=400_000))])
+            assert not ack.rejected
+            before = {s3: level(e, s3, 3), s1: level(e, s1, 1)}
+            past = time.time() - 60
+            ack = await e.report(r1, [
+                ev(1, request_start=pb.RequestStart(request_id=7, batch_id=7, deadline=past, arrival=past - 1,
+                                                    num_layers=8, remaining_compute=0.1)),
+                *[ev(2 + i, layer=pb.LayerBoundary(request_id=7, current_layer=i, prefill_done=i == 8))
+                  for i in range(9)],
+                ev(20, request_end=pb.RequestEnd(request_id=7))])
+            assert not ack.rejected  # all about h1's own request 7: nothing to refuse, nothing reaches h2's
+            ack = await e.report(r1, [ev(21, request_end=pb.RequestEnd(request_id=7))])
+            assert reasons(ack) == ["unknown_request"]
+            await e.report(r2, [])  # a round of ticks
+            assert {s3: level(e, s3, 3), s1: level(e, s1, 1)} == before
+            assert ("h2", 7) in e.c.engine.requests and e.c.engine.requests[("h2", 7)].info is not None
+            # h2's own layer boundary still promotes its own fetch
+            await e.report(r2, [ev(4, layer=pb.LayerBoundary(request_id=7, current_layer=6))])
+            assert level(e, s1, 1) < before[s1]
+    run(go())
+
+
+def test_peers_named_by_the_owner_share_its_request():
+    """Prefill and decode hosts share requests by design (hostagent/workload.py): the owner (the
+    host that starts it) names its peers, who may report the request's layer boundaries and
+    flows, but not end it. A peer's flow reported before the owner's request_start joins it."""
+    async def go():
+        async with Env() as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            b2 = r2.flow_id_base
+            # the race: h2's fetch for request 11 arrives before h1 starts request 11
+            ack = await e.report(r2, [ev(1, flow_start=fs(b2 + 1, stage=1, request_id=11, target_layer=3,
+                                                          current_layer=0, size_bytes=400_000))])
+            assert not ack.rejected
+            ack = await e.report(r1, [ev(1, request_start=req(11, peers=["h2"]))])
+            assert not ack.rejected
+            rec = e.c.engine.flows[b2 + 1]
+            assert rec.req is e.c.engine.requests[("h1", 11)]
+            lvl0 = level(e, b2 + 1, 1)
+            # the owner's layer boundary promotes the peer's fetch
+            await e.report(r1, [ev(2, layer=pb.LayerBoundary(request_id=11, current_layer=3))])
+            assert level(e, b2 + 1, 1) < lvl0
+            # the peer's own layer boundary reaches the owner's request too
+            ack = await e.report(r2, [ev(2, flow_start=fs(b2 + 2, stage=1, request_id=11, target_layer=6,
+                                                          current_layer=0, size_bytes=400_000))])
+            lvl1 = level(e, b2 + 2, 1)
+            ack = await e.report(r2, [ev(3, layer=pb.LayerBoundary(request_id=11, current_layer=6))])
+            assert not ack.rejected and level(e, b2 + 2, 1) < lvl1
+            assert e.c.engine.requests[("h1", 11)].layer == (6, False)
+            # ... but may not end it
+            ack = await e.report(r2, [ev(4, request_end=pb.RequestEnd(request_id=11))])
+            assert reasons(ack) == ["not_owner"]
+            ack = await e.report(r1, [ev(3, request_start=req(12, peers=["h9"]))])
+            assert reasons(ack) == ["bad_peer"]
+            ack = await e.report(r1, [ev(4, request_end=pb.RequestEnd(request_id=11))])
+            assert not ack.rejected and e.c.engine.requests[("h1", 11)].info is None  # ended (its flows live on)
+            assert ("h2", 11) not in e.c.engine.peers
+    run(go())
+
+
+def test_per_host_caps_on_flows_requests_and_unknown_layer_state():
+    limits = {"max_flows_per_host": 4, "max_requests_per_host": 3, "max_unknown_requests": 5}
+    async def go():
+        async with Env(limits=limits) as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            ack = await e.report(r1, [ev(i + 1, flow_start=fs(r1.flow_id_base + i)) for i in range(6)])
+            assert reasons(ack) == ["host_cap"] * 2 and "max_flows_per_host" in ack.rejected[0].reason
+            ack = await e.report(r2, [ev(i + 1, flow_start=fs(r2.flow_id_base + i)) for i in range(4)])
+            assert not ack.rejected  # the other host's share is untouched
+            ack = await e.report(r1, [ev(7, flow_end=pb.FlowEnd(flow_id=r1.flow_id_base)),
+                                      ev(8, flow_start=fs(r1.flow_id_base + 10))])
+            assert not ack.rejected  # ending one makes room
+            ack = await e.report(r1, [ev(9 + i, request_start=req(100 + i)) for i in range(4)])
+            assert reasons(ack) == ["host_cap"]
+            ack = await e.report(r1, [ev(13, request_end=pb.RequestEnd(request_id=100)),
+                                      ev(14, request_start=req(200)), ev(15, request_start=req(201))])
+            assert reasons(ack) == ["host_cap"]
+            pol_layers = len(e.c.engine.policy._req_layer)
+            ack = await e.report(r1, [ev(20 + i, layer=pb.LayerBoundary(request_id=5000 + i, current_layer=1))
+                                      for i in range(10)])
+            assert reasons(ack) == ["host_cap"] * 5
+            assert len(e.c.engine.policy._req_layer) == pol_layers + 5
+            ack = await e.report(r2, [ev(10 + i, layer=pb.LayerBoundary(request_id=5000 + i, current_layer=1))
+                                      for i in range(5)])
+            assert not ack.rejected
+    run(go())
+
+
+def test_gc_frees_requests_and_layer_state_of_silent_hosts():
+    async def go():
+        async with Env(gc_timeout_s=0.6) as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            ack = await e.report(r1, [ev(1, request_start=req(1)), ev(2, request_start=req(2)),
+                                      ev(3, layer=pb.LayerBoundary(request_id=77, current_layer=2)),
+                                      ev(4, flow_start=fs(r1.flow_id_base + 1, request_id=1))])
+            assert not ack.rejected
+            await e.report(r2, [ev(1, request_start=req(1))])
+            pol = e.c.engine.policy
+            assert len(pol._requests) == 3 and len(pol._req_layer) == 4
+            for _ in range(10):  # h2 keeps reporting, h1 is silent
+                await e.report(r2, [])
+                await asyncio.sleep(0.2)
+            eng = e.c.engine
+            assert [k for k in eng.requests if k[0] == "h1"] == [] and not eng.flows
+            assert len(pol._requests) == 1 and len(pol._req_layer) == 1  # h2's only
+            assert eng.live_requests["h1"] == 0 and eng.placeholders["h1"] == 0 and eng.live_flows["h1"] == 0
+    run(go())
+
+
+def test_registering_again_does_not_refill_the_rate_limit_bucket():
+    async def go():
+        async with Env(limits={"reports_per_s": 1, "burst": 20}) as e:
+            r1 = await e.register()
+            assert not (await e.report(r1, [ev(i + 1, batch=pb.BatchEvent(batch_id=1, kind="arrival"))
+                                            for i in range(20)])).rejected
+            r1 = await e.register()
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await e.report(r1, [ev(30 + i, batch=pb.BatchEvent(batch_id=1, kind="arrival")) for i in range(10)])
+            assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    run(go())
+
+
+def test_a_slow_policy_under_one_hosts_big_batch_does_not_hold_back_another_host(monkeypatch):
+    """A round applies a bounded number of events, round robin: h2's 3,000-event batch (the
+    policy made slow: 1 ms per event) is applied over several rounds, and h1's report, sent from
+    its own thread while that batch is being applied, gets in between them."""
+    from controller import engine as engine_mod
+    monkeypatch.setattr(engine_mod, "ROUND_EVENTS", 256)
+
+    async def go():
+        async with Env() as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            slow_batch_events(monkeypatch, e.c.engine.policy, 0.001)
+            out = {}
+
+            def small():  # h1 as a separate process would be: its own channel and thread
+                time.sleep(0.3)
+                with grpc.insecure_channel(f"127.0.0.1:{e.c.api_port}") as ch:
+                    stub = pbg.HostReportsStub(ch)
+                    t1 = time.perf_counter()
+                    ack = stub.Report(pb.ReportBatch(session=r1.session,
+                                                     events=[ev(1, flow_start=fs(r1.flow_id_base + 1))]), timeout=30)
+                    out["t"], out["ack"] = time.perf_counter() - t1, ack
+            th = threading.Thread(target=small)
+            th.start()
+            t0 = time.perf_counter()
+            ack = await e.report(r2, [ev(i + 1, batch=pb.BatchEvent(batch_id=i, kind="arrival")) for i in range(3000)])
+            t_big = time.perf_counter() - t0
+            await asyncio.get_running_loop().run_in_executor(None, th.join)
+            assert not ack.rejected and not out["ack"].rejected
+            assert out["t"] < 0.5 * t_big, (out["t"], t_big)
+    run(go())
+
+
+def test_no_host_is_silent_for_a_period_the_controller_was_not_running(monkeypatch):
+    """The event loop blocked for 4 s (a long policy computation): h1, which kept reporting
+    every 0.2 s as far as it could, must not be garbage collected (gc_timeout_s = 2)."""
+    async def go():
+        async with Env(gc_timeout_s=2.0) as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            assert not (await e.report(r1, [ev(1, flow_start=fs(r1.flow_id_base + 1))])).rejected
+            stop = False
+
+            async def keepalive():
+                while not stop:
+                    await e.report(r1, [])
+                    await asyncio.sleep(0.2)
+            ka = asyncio.ensure_future(keepalive())
+            await asyncio.sleep(0.5)
+            real = slow_batch_events(monkeypatch, e.c.engine.policy, 4.0)  # the loop frozen 4 s
+            await e.report(r2, [ev(1, batch=pb.BatchEvent(batch_id=1, kind="arrival"))])
+            monkeypatch.setattr(e.c.engine.policy, "batch_event", real)
+            await asyncio.sleep(1.5)  # several GC passes after the freeze
+            stop = True
+            await ka
+            assert r1.flow_id_base + 1 in e.c.engine.flows
+            assert e.c.metrics.total("gc_entries") == 0
+            assert e.c.metrics.total("controller_stalls") >= 1
+    run(go())

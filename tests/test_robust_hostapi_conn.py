@@ -1,0 +1,104 @@
+"""The host API's transport under hostile clients (issue 10, item 12): garbage bytes and
+truncated protobufs answer INVALID_ARGUMENT with one rate-limited log line (not UNKNOWN and a
+traceback each); a connection that sends its HTTP/2 preface a byte at a time is closed after
+the handshake timeout; connections beyond the cap are refused at once, and a legitimate host
+still registers once the hostile ones are gone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import grpc
+
+from mfs.proto import report_pb2 as pb
+from tests.test_hostapi import Env, ev, fs, run
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def closed(s: socket.socket) -> bool:
+    """True if the peer closed ``s`` (everything it sent is drained)."""
+    s.setblocking(False)
+    try:
+        while True:
+            if s.recv(4096) == b"":
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_garbage_and_truncated_protobufs_are_invalid_argument_with_one_log_line(caplog):
+    caplog.set_level(logging.INFO)
+
+    async def go():
+        async with Env() as e:
+            reg = await e.register()
+            good = pb.ReportBatch(session=reg.session, events=[ev(1, flow_start=fs(reg.flow_id_base + 1))])
+            blob = good.SerializeToString()
+            ch = grpc.aio.insecure_channel(f"127.0.0.1:{e.c.api_port}")
+            calls = {m: ch.unary_unary(f"/mfs.report.v1.HostReports/{m}") for m in ("Report", "Register")}
+            bad = [b"\xff" * 16, blob[:-3], blob[:7], b"\x0a\xff\xff\xff\xff\x0f", b"\x08"]
+            for i in range(60):
+                with_method = "Report" if i % 3 else "Register"
+                try:
+                    await calls[with_method](bad[i % len(bad)])
+                    raise AssertionError("garbage accepted")
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+                    assert "not a valid mfs.report.v1." in err.details()
+            await ch.close()
+            assert e.c.metrics.total("rejected_reports", reason="decode") == 60
+            ack = await e.report(reg, list(good.events))  # the API still works
+            assert not ack.rejected
+    run(go())
+    lines = [r for r in caplog.records if "not a" in r.getMessage() or r.exc_info or "Traceback" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # rate limited: one line per 10 s
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in lines)
+
+
+def test_slow_preface_is_closed_and_connections_are_capped():
+    limits = {"max_connections": 8, "handshake_timeout_s": 1.0}
+
+    async def go():
+        async with Env(limits=limits) as e:
+            loop = asyncio.get_running_loop()
+            port = e.c.api_port
+
+            def slow_preface() -> float:
+                s = socket.create_connection(("127.0.0.1", port))
+                t0 = time.monotonic()
+                try:
+                    for b in PREFACE:  # a byte every 0.3 s: 7.2 s for the preface
+                        try:
+                            s.send(bytes([b]))
+                        except OSError:
+                            return time.monotonic() - t0
+                        time.sleep(0.3)
+                        if closed(s):
+                            return time.monotonic() - t0
+                        s.setblocking(True)
+                    return float("inf")
+                finally:
+                    s.close()
+            took = await loop.run_in_executor(None, slow_preface)
+            assert took < 5, f"a connection sending its preface a byte at a time stayed open {took:.1f} s"
+
+            def flood() -> tuple[int, list[socket.socket]]:
+                socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+                time.sleep(0.5)
+                return sum(not closed(s) for s in socks), socks
+            held, socks = await loop.run_in_executor(None, flood)
+            try:
+                assert held <= 8, f"{held} idle connections held (cap 8)"
+                await asyncio.sleep(2.5)  # the handshake timeout frees the slots
+                reg = await asyncio.wait_for(e.register(), 10)
+                assert reg.session
+            finally:
+                for s in socks:
+                    s.close()
+    run(go())
