@@ -38,13 +38,18 @@ $(SHELL_VENV)/.installed:
 
 shell-venv: $(SHELL_VENV)/.installed
 
-# System packages the emulation needs (Debian). Skipped when already present.
-SYSDEPS := iproute2 iputils-ping mininet bridge-utils ethtool procps
+# System packages the emulation needs (Debian). Skipped when already present. (No ethtool or
+# procps: offloads and sysctls are set with the SIOCETHTOOL ioctl and /proc/sys.) Afterwards
+# the preflight (topo/preflight.py: the same checks conftest.py skips tests by) prints what is
+# met and which tests will be skipped, with the reason.
+SYSDEPS := iproute2 iputils-ping mininet bridge-utils
+
 sysdeps:
 	@missing=""; for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
-	  || echo "warning: could not install$$missing (emulation tests will skip)"; fi
+	  || echo "warning: could not install$$missing"; fi
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m topo.preflight
 
 demo: venv sysdeps
 	$(PY) -m topo.demo $(DEMO_ARGS)

@@ -1,6 +1,3 @@
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,20 +8,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _netns_ok() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if not shutil.which("ip"):
-        return "iproute2 (ip) is not installed"
-    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"ip netns does not work here: {r.stderr.strip()}"
-    return None
-
-
 def pytest_collection_modifyitems(config, items):
-    reason = _netns_ok()
-    if reason:
-        for item in items:
-            if "netns" in item.keywords:
-                item.add_marker(pytest.mark.skip(reason=reason))
+    """Preflight: a test marked with a need (topo/preflight.py: netns, ping) that this machine
+    does not meet is skipped with the reason; the others run (and may fail)."""
+    from topo import preflight
+
+    for item in items:
+        for need in preflight.NEEDS:
+            if need in item.keywords:
+                why = preflight.reason(need)
+                if why:
+                    item.add_marker(pytest.mark.skip(reason=f"{need}: {why}"))
+                    break

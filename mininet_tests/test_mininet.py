@@ -91,6 +91,7 @@ def _mac_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
 
+@pytest.mark.ping
 @netns_only
 @pytest.mark.parametrize("target", TARGETS)
 def test_ping_through_switch_and_entries_read_back(target, tmp_path, nets):
@@ -209,6 +210,7 @@ def _gone(pred, timeout: float = 10.0) -> bool:
     return True
 
 
+@pytest.mark.ping
 @netns_only
 def test_cli_mininet_runs_until_sigterm(tmp_path):
     """`mfs-topo run line2 --mininet` (no TTY, controller on): routes arrive, SIGTERM cleans up."""

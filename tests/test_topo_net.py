@@ -17,6 +17,7 @@ def _leftovers(tag):
     return ns + netns.links(f"mfs-{tag}")
 
 
+@pytest.mark.ping
 def test_plumbing_two_switches_and_cleanup(tmp_path):
     tag = N.unique_tag()
     net = N.Network(load("two_switch"), tag=tag, target="lxbr", controller=False, agents=False, logdir=tmp_path)
@@ -67,6 +68,7 @@ def test_bad_topology_is_a_clear_cli_error(tmp_path):
     assert r.returncode == 2 and f"{f}: hosts: at least one host is required" in r.stderr
 
 
+@pytest.mark.ping
 def test_plain_stop_leaves_a_live_process_cluster_alone(tmp_path):
     """`mfs-topo stop` (no tag) from another shell must not tear down a demo or test still running;
     --all does."""

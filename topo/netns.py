@@ -79,25 +79,27 @@ _ETHTOOL = {"rx": (0x14, 0x15), "tx": (0x16, 0x17), "sg": (0x18, 0x19), "tso": (
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro", "sg")  # tx first: sg/tso depend on it
 
 
-def _socket_in(ns: str | None) -> socket.socket:
-    """A datagram socket living in network namespace ``ns`` (None: ours); ioctls on it
-    name interfaces of that namespace."""
+def in_ns(ns: str | None, fn):
+    """``fn()`` run inside network namespace ``ns`` (None: ours), in a short-lived thread that
+    setns()es into it (only that thread changes namespace). Its result or its exception."""
     if ns is None:
-        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        return fn()
     out: dict = {}
 
-    def enter():  # setns() changes only this short-lived thread's namespace
+    def enter():
         try:
             fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
         except OSError as e:
-            out["err"] = f"network namespace {ns!r}: {e.strerror}"
+            out["err"] = NetError(f"network namespace {ns!r}: {e.strerror}")
             return
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.setns(fd, CLONE_NEWNET) != 0:
-                out["err"] = f"setns into {ns!r}: {os.strerror(ctypes.get_errno())}"
+                out["err"] = NetError(f"setns into {ns!r}: {os.strerror(ctypes.get_errno())}")
                 return
-            out["sock"] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            out["ok"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            out["err"] = e
         finally:
             os.close(fd)
 
@@ -105,8 +107,14 @@ def _socket_in(ns: str | None) -> socket.socket:
     t.start()
     t.join()
     if "err" in out:
-        raise NetError(out["err"])
-    return out["sock"]
+        raise out["err"]
+    return out["ok"]
+
+
+def _socket_in(ns: str | None) -> socket.socket:
+    """A datagram socket living in network namespace ``ns``; ioctls on it name that namespace's
+    interfaces."""
+    return in_ns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
 
 
 def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
@@ -183,8 +191,19 @@ def del_link(name: str) -> None:
     run(["ip", "link", "del", name], check=False)
 
 
-def sysctl(key: str, value: str, ns: str | None = None) -> None:
-    run(["sysctl", "-q", "-w", f"{key}={value}"], check=False, ns=ns)
+def sysctl(key: str, value: str, ns: str | None = None) -> bool:
+    """Write /proc/sys/<key> (in namespace ``ns``) without the sysctl binary; False if it failed."""
+    path = "/proc/sys/" + key.replace(".", "/")
+
+    def write():
+        with open(path, "w") as f:
+            f.write(value)
+
+    try:
+        in_ns(ns, write)
+        return True
+    except OSError:
+        return False
 
 
 def quiet_iface(name: str, ns: str | None = None) -> None:

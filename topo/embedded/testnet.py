@@ -46,7 +46,7 @@ class TwoHosts:
                             ("ip", "link", "set", "eth0", "up"), ("ip", "link", "set", "lo", "up")):
                     _sh("ip", "netns", "exec", ns, *cmd)
                 netns.offloads_off("eth0", ns=ns)  # SIOCETHTOOL: no ethtool binary needed
-                _sh("sysctl", "-q", "-w", f"net.ipv6.conf.{swif}.disable_ipv6=1", check=False)
+                netns.sysctl(f"net.ipv6.conf.{swif}.disable_ipv6", "1")
                 _sh("ip", "link", "set", swif, "up")
             for a, b in ((1, 2), (2, 1)):
                 _sh("ip", "netns", "exec", self.ns[a], "ip", "neigh", "add", self.ip[b], "lladdr", self.mac[b],
