@@ -1,6 +1,8 @@
 """Controller metrics: counters, gauges, latency samples; Prometheus text at /metrics.
 
-The admin HTTP server (controller/admin.py) serves :meth:`Metrics.prometheus`.
+The admin HTTP server (controller/admin.py) serves :meth:`Metrics.prometheus`, which is
+prometheus_client's exposition of this registry (a custom collector: the controller keeps its
+own counters so it can query them — ``total``, ``by_label``, ``quantiles``, ``rate``).
 """
 
 from __future__ import annotations
@@ -10,23 +12,14 @@ import time
 from collections import deque
 
 import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 
 RATE_WINDOW_S = 10.0
 
 
 def _labels(labels: dict) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in labels.items()))
-
-
-def _fmt(name: str, labels: tuple) -> str:
-    if not labels:
-        return name
-    inner = ",".join(f'{k}="{_esc(v)}"' for k, v in labels)
-    return f"{name}{{{inner}}}"
-
-
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class Metrics:
@@ -95,31 +88,39 @@ class Metrics:
         return (tot - v0) / (now - t0) if now - t0 > 1e-3 else 0.0
 
     # ------------------------------------------------------------- exposition
-    def prometheus(self) -> str:
-        lines: list[str] = []
+    def collect(self):
+        """prometheus_client collector protocol: counters as ``mfs_<name>_total``, gauges as
+        ``mfs_<name>``, latency samples as summaries ``mfs_<name>{quantile="0.5"|"0.99"}`` with
+        ``_sum`` and ``_count`` (quantiles over the last ``samples`` observations)."""
         with self._lock:
             counters = sorted(self.counters.items())
             gauges = sorted(self.gauges.items())
-            samples = {k: list(d) for k, d in self.samples.items()}
+            samples = {k: list(d) for k, d in sorted(self.samples.items())}
             sums = dict(self.sums)
-        seen: set[str] = set()
-        for items, suffix, kind in ((counters, "_total", "counter"), (gauges, "", "gauge")):
-            for (name, lb), v in items:
-                full = f"mfs_{name}{suffix}"
-                if full not in seen:
-                    lines.append(f"# TYPE {full} {kind}")
-                    seen.add(full)
-                lines.append(f"{_fmt(full, lb)} {v:g}")
-        for (name, lb) in sorted(samples):
-            full = f"mfs_{name}"
-            if full not in seen:
-                lines.append(f"# TYPE {full} summary")
-                seen.add(full)
-            arr = np.asarray(samples[(name, lb)])
+        families: dict[str, Metric] = {}
+
+        def family(name: str, kind: str) -> Metric:
+            m = families.get(name)
+            if m is None:
+                m = families[name] = Metric(name, f"MFS controller {name[4:]}", kind)
+            return m
+        for (name, lb), v in counters:
+            family(f"mfs_{name}", "counter").add_sample(f"mfs_{name}_total", dict(lb), v)
+        for (name, lb), v in gauges:
+            family(f"mfs_{name}", "gauge").add_sample(f"mfs_{name}", dict(lb), v)
+        for (name, lb), vals in samples.items():
+            m = family(f"mfs_{name}", "summary")
+            arr = np.asarray(vals)
             for q in (0.5, 0.99):
                 val = float(np.quantile(arr, q)) if arr.size else float("nan")
-                lines.append(f"{_fmt(full, lb + (('quantile', str(q)),))} {val:g}")
-            c, s = sums[(name, lb)]
-            lines.append(f"{_fmt(full + '_sum', lb)} {s:g}")
-            lines.append(f"{_fmt(full + '_count', lb)} {c}")
-        return "\n".join(lines) + "\n"
+                m.add_sample(m.name, {**dict(lb), "quantile": str(q)}, val)
+            c, sm = sums[(name, lb)]
+            m.add_sample(f"{m.name}_sum", dict(lb), sm)
+            m.add_sample(f"{m.name}_count", dict(lb), c)
+        yield from families.values()
+
+    def prometheus(self) -> str:
+        """The Prometheus text exposition (format 0.0.4) of every metric, by prometheus_client."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry).decode()
