@@ -195,9 +195,10 @@ def test_udp_through_the_switch_without_ethtool(no_ethtool, tmp_path):
     from topo import netns
     n = 200
     with TwoHosts() as net:
-        addr = f"127.0.0.1:{_free_port()}"
+        addr, maddr = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
         sw = subprocess.Popen([PY, "-m", "topo.embedded.main", "-i", f"1@{net.sw_if[1]}", "-i", f"2@{net.sw_if[2]}",
-                               "--grpc-server-addr", addr, "--log-file", str(tmp_path / "switch.log")],
+                               "--grpc-server-addr", addr, "--log-file", str(tmp_path / "switch.log"),
+                               "--metrics-addr", maddr],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
         rx = None
         try:
@@ -212,6 +213,11 @@ def test_udp_through_the_switch_without_ethtool(no_ethtool, tmp_path):
             print(f"sent {n} UDP datagrams h1 -> switch -> h2 without ethtool on PATH, received {got}")
             assert got >= 0.9 * n, f"only {got} of {n} datagrams arrived (checksum offload left on?)"
             assert not netns.offloads("eth0", ns=net.h1).get("tx"), "h1's tx checksum offload is still on"
+            import urllib.request
+            metrics = urllib.request.urlopen(f"http://{maddr}/metrics", timeout=10).read().decode()
+            tx2 = next(float(ln.split()[-1]) for ln in metrics.splitlines()
+                       if ln.startswith('mfs_switch_port_tx_packets_total{port="2"}'))
+            assert tx2 >= got, metrics
         finally:
             if rx is not None and rx.poll() is None:
                 rx.kill()
@@ -266,6 +272,9 @@ def test_queue_counter_counts_only_frames_that_left(tmp_path):
         print(f"port 2: tx {st['tx']}, drops {st['drops']}, queue_counter {pk[q]} packets {by[q]} bytes")
         assert st["tx"] == 5 and st["drops"][7] == 5, st
         assert pk[q] == 5 and by[q] == 5 * 300, (pk[q], by[q])
+        from tests.test_robust_p4rt_streams import scrape
+        m = scrape(h)
+        assert m["mfs_switch_port_drops_total{level=7,port=2}"] == 5 and m["mfs_switch_port_tx_packets_total{port=2}"] == 5
         c.close()
     finally:
         if h is not None:

@@ -18,6 +18,27 @@ C = rpc_code.Code
 INS = p4r.Update.INSERT
 
 
+def scrape(handle) -> dict:
+    """The switch's Prometheus /metrics (topo/embedded/metrics.py) as {name{labels}: value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from topo.embedded.metrics import serve
+    server, port = serve(handle.stats, "127.0.0.1:0")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()))
+            out[smp.name + (f"{{{labels}}}" if labels else "")] = smp.value
+    return out
+
+
 @pytest.fixture
 def sw():
     h = start_server(address="127.0.0.1:0", device_id=1)
@@ -130,6 +151,7 @@ def test_primary_that_stops_reading_has_a_bounded_digest_queue(sw, monkeypatch):
         st = sw.service.stats()
         assert st["digest_lists_dropped"] > 0, st
         assert st["stream_queue_max"] <= 50, st
+        assert scrape(sw)["mfs_switch_digest_lists_dropped_total"] == st["digest_lists_dropped"]
         # read again: far fewer than n lists arrive, the newest (last flow id) among them
         send(arb)  # arbitration again: its reply marks the end of what was queued
         got = []

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pcap", metavar="DIR", help="write <port>_in.pcap / <port>_out.pcap into DIR")
     ap.add_argument("--log-file", help="log to this file instead of stderr")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--metrics-addr", metavar="HOST:PORT",
+                    help="serve Prometheus /metrics (port rx/tx/drops, dropped digest lists) on HOST:PORT")
     ap.add_argument("--keep-offloads", action="store_true",
                     help="leave the interfaces' checksum/segmentation offloads as they are (default: turned off "
                          "with the SIOCETHTOOL ioctl, as 'ethtool -K IF tx off rx off tso off gso off gro off')")
@@ -116,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, P4InfoError) as e:
         print(f"mfs-switch: {e}", file=sys.stderr)
         return 1
+    metrics = None
+    if args.metrics_addr:
+        from topo.embedded.metrics import serve
+        try:
+            metrics, mport = serve(h.stats, args.metrics_addr)
+        except (OSError, ValueError) as e:
+            print(f"mfs-switch: --metrics-addr: {e}", file=sys.stderr)
+            h.stop()
+            return 1
+        logging.getLogger("mfs.switch").info("metrics on %s (port %d)", args.metrics_addr, mport)
     done = threading.Event()
 
     def on_signal(signum, _frame):
@@ -129,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ready {h.address}", flush=True)
     while not done.wait(0.5):
         pass
+    if metrics is not None:
+        metrics.shutdown()
     h.stop()
     return 0
 
