@@ -84,6 +84,14 @@ class StageDefault:
 
 
 @dataclass
+class UnknownFlows:
+    """What the controller does with ``mfs_miss_t`` digests (docs/controller.md, "Digests")."""
+
+    install: bool = False  # install an entry at the stage default for a flow its owner did not report
+    filter_clear_s: float = 10.0  # clear the whole miss_filter register this often (lost digests)
+
+
+@dataclass
 class Limits:
     reports_per_s: float = 5000.0  # token bucket refill per host (events/s)
     burst: float = 10000.0  # token bucket size (events)
@@ -123,6 +131,7 @@ class ControllerConfig:
     level_dscp: dict[int, int] = field(default_factory=lambda: {lv: levels.default_dscp(lv)
                                                                  for lv in range(levels.NUM_QUEUES)})
     limits: Limits = field(default_factory=Limits)
+    unknown_flows: UnknownFlows = field(default_factory=UnknownFlows)
 
     def switch(self, name: str) -> SwitchConfig:
         for s in self.switches:
@@ -348,6 +357,10 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
             lv = _int_key(lsec, k, "level", 0, levels.LOWEST_LEVEL)
             cfg.level_dscp[lv] = lsec.integer(k, lo=0, hi=63)
         lsec.done()
+    uf = top.section("unknown_flows")
+    cfg.unknown_flows = UnknownFlows(install=uf.boolean("install", False),
+                                     filter_clear_s=uf.number("filter_clear_s", 10.0, lo=0, lo_open=True, hi=1e7))
+    uf.done()
     lim = top.section("limits")
     L = Limits()
     cfg.limits = Limits(

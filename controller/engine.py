@@ -17,6 +17,7 @@ converts them to int 0..7 (mfs.levels.clamp) and writes only real changes.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import math
@@ -90,6 +91,7 @@ class Adopted:
     level: int
     since: float
     owner: str | None  # host whose flow-id range holds the flow
+    from_miss: bool = False  # installed on an unknown-flow digest (expires gc_timeout_s after, owner alive or not)
 
 
 @dataclass
@@ -165,12 +167,14 @@ class Engine:
         # (ReportAck.levels; taken by take_levels). Insertion ordered, bounded per host.
         self.level_news: dict[str, dict[int, int]] = {}
         self.host_by_address = {h.address: h.name for h in cfg.hosts}
+        self._misses_logged: dict[FlowKey, None] = {}  # unknown flows already logged (bounded, oldest out)
         self.hosts_by_port = {(h.switch, h.port): h.name for h in cfg.hosts if h.switch and h.port is not None}
         for sw in cfg.switches:
             self.supervisors[sw.name] = SwitchSupervisor(cfg, sw, SwitchDesired(self.desired, self.where, sw.name),
                                                          self.metrics,
                                                          adopt=self.adopt, on_load=self.on_load,
-                                                         owner=self.placement.owner, on_idle=self.on_idle)
+                                                         owner=self.placement.owner, on_idle=self.on_idle,
+                                                         on_miss=self.on_miss)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -611,6 +615,51 @@ class Engine:
         self._dirty.add(key)  # deleted wherever it is installed and not wanted
         self._wake.set()
 
+    def on_miss(self, switch: str, miss: dict[str, int]) -> str:
+        """An ``mfs_miss_t`` digest: a valid MFS packet whose flow has no entry on ``switch``.
+
+        Classified (returned, and counted as ``unknown_flows{switch,kind}``): ``known`` (the
+        controller has the flow: the packet raced its entry), ``foreign`` (no configured host
+        owns the flow id, or the packet's source address is not the owner's: a misbehaving or
+        spoofing sender; never installed), ``unreported`` (its owner did not report it). Each
+        unknown key is logged once. With ``unknown_flows.install`` an unreported flow gets an
+        entry at its stage default level, held like an adopted entry: its owner's flow_start
+        takes it over, flow_end, GC of the silent owner or the idle timeout remove it."""
+        key = (miss["stage"], miss["flow_id"])
+        owner = self.placement.owner(key[1])
+        src = miss.get("src_addr")
+        if key in self.desired:
+            kind = "known"
+        elif owner is None or (src is not None and src != int(ipaddress.IPv4Address(owner.address))):
+            kind = "foreign"
+        else:
+            kind = "unreported"
+        self.metrics.count("unknown_flows", switch=switch, kind=kind)
+        if kind == "known":
+            return kind
+        if key not in self._misses_logged:
+            self._misses_logged[key] = None
+            while len(self._misses_logged) > MAX_PENDING_LEVELS_PER_HOST:
+                self._misses_logged.pop(next(iter(self._misses_logged)))
+            log.info("%s: %s flow %s (stage %d) from %s on port %s, request %s", switch, kind, key[1], key[0],
+                     ipaddress.IPv4Address(src) if src is not None else "?", miss.get("ingress_port", "?"),
+                     miss.get("request_id", "?"))
+        if kind == "unreported" and self.cfg.unknown_flows.install and key[0] in (1, 2, 3):
+            lvl = self.stage_default_level(key[0])
+            self.desired[key] = lvl
+            self.adopted[key] = Adopted(lvl, self.alive_now(), owner.name, from_miss=True)
+            self.place(key, owner.name)
+            self._dirty.add(key)
+            self._wake.set()
+            self.metrics.count("unknown_flows_installed", switch=switch)
+        return kind
+
+    def stage_default_level(self, stage: int) -> int:
+        """The level a packet of ``stage`` gets without a flow entry and without knowing its RLI:
+        the least urgent of the stage's configured defaults, else ``classify_default_level``."""
+        lv = [d.level for d in self.cfg.stage_defaults if d.stage == stage]
+        return max(lv) if lv else self.cfg.classify_default_level
+
     def on_load(self, switch: str, util: dict[int, list[float]]) -> None:
         """Per-port, per-level utilisation from the switch counters -> policy.link_load.
 
@@ -647,7 +696,7 @@ class Engine:
             self._drop_req(now, req)
             self.metrics.count("gc_requests")
         for key, a in list(self.adopted.items()):
-            seen = self.last_seen.get(a.owner, a.since) if a.owner else a.since
+            seen = self.last_seen.get(a.owner, a.since) if a.owner and not a.from_miss else a.since
             if alive - max(seen, a.since) > timeout:
                 self.adopted.pop(key)
                 if self.desired.pop(key, None) is not None:

@@ -51,6 +51,9 @@ FlowKey = tuple[int, int]  # (stage, flow_id)
 FLOW_TABLE = "MfsIngress.mfs_flow"
 SET_LEVEL = "MfsIngress.set_level"
 FLOOD_GROUP = 1
+MISS_FILTER = "MfsIngress.miss_filter"  # unknown-flow digest filter (docs/p4-api.md revision 2)
+PORT_MODE, DSCP_TRUST = "MfsIngress.port_mode", "MfsIngress.dscp_trust"  # revision 2, v1model/embedded only
+OWNED_IF_PRESENT = (PORT_MODE, DSCP_TRUST)
 # at most this many updates per flow-table Write: each failed update costs ~100 bytes of
 # trailing metadata (P4Runtime per-update errors), so 1,024 of them stay ~100 kB, far below
 # the client's limit (controller/p4rt/client.py MAX_METADATA) and any switch's
@@ -94,6 +97,15 @@ def static_entries(cfg: ControllerConfig, sw: SwitchConfig, schema: P4Schema) ->
         out.append(schema.table_entry("MfsEgress.level_dscp", {"level": lv}, "MfsEgress.set_dscp", {"dscp": dscp}))
     out.append(schema.table_entry("MfsIngress.classify_default", None, SET_LEVEL,
                                   {"level": cfg.classify_default_level}, default=True))
+    # revision 2 (docs/p4-api.md), where the switch's P4Info has them: each port's mode, and the
+    # DSCP a fabric port trusts = the inverse of level_dscp (what the edge switch marked)
+    if PORT_MODE in schema.tables:
+        for port, role in port_roles(cfg, sw.name).items():
+            out.append(schema.table_entry(PORT_MODE, {"ingress_port": port},
+                                          "MfsIngress.fabric_port" if role == "fabric" else "MfsIngress.edge_port", {}))
+    if DSCP_TRUST in schema.tables:
+        for dscp, lv in sorted({d: lv for lv, d in sorted(cfg.level_dscp.items())}.items()):  # shared: least urgent
+            out.append(schema.table_entry(DSCP_TRUST, {"dscp": dscp}, SET_LEVEL, {"level": lv}))
     return out
 
 
@@ -112,14 +124,16 @@ class SwitchSupervisor:
                  metrics: "Metrics", adopt: Callable[[str, dict[FlowKey, int]], None] | None = None,
                  on_load: Callable[[str, dict[int, list[float]]], None] | None = None,
                  owner: Callable[[int], HostConfig | None] | None = None,
-                 on_idle: Callable[[str, FlowKey], None] | None = None):
+                 on_idle: Callable[[str, FlowKey], None] | None = None,
+                 on_miss: Callable[[str, dict[str, int]], None] | None = None):
         self.cfg, self.sw, self.desired, self.metrics = cfg, sw, desired, metrics
         self.schema = P4Schema.load(sw.p4info)  # per switch: v1model and Tofino P4Info differ in ids
         self.flow_table = self.schema.table(FLOW_TABLE)
         self.level_param = self.schema.action(SET_LEVEL).params["level"].id
         self.set_level_id = self.schema.action(SET_LEVEL).id
         self.adopt, self.on_load = adopt, on_load
-        self.owner, self.on_idle = owner, on_idle
+        self.owner, self.on_idle, self.on_miss = owner, on_idle, on_miss
+        self._last_filter_clear = time.monotonic()
         # idle timeout on this switch's flow entries: only if its P4Info says the table notifies
         raw = next(t for t in self.schema.info.tables if t.preamble.id == self.flow_table.id)
         self.idle_ns = int(cfg.flow_idle_timeout_s * 1e9) \
@@ -193,6 +207,7 @@ class SwitchSupervisor:
 
     def owned_table_ids(self) -> set[int]:
         ids = {self.schema.table(t).id for t in OWNED_TABLES}
+        ids |= {self.schema.tables[t].id for t in OWNED_IF_PRESENT if t in self.schema.tables}
         ids |= {self.schema.table(e.table).id for e in self.sw.entries}
         return ids
 
@@ -347,8 +362,70 @@ class SwitchSupervisor:
         for e in errs:
             log.info("%s: digest config not accepted: %s %s", self.sw.name, e.code_name, e.message)
 
+    def _miss_members(self) -> list[str]:
+        """Member names of the ``mfs_miss_t`` digest struct, in order (from the P4Info)."""
+        try:
+            d = self.schema.digest("mfs_miss_t")
+        except Exception:  # noqa: BLE001 - a P4Info without the digest
+            return []
+        raw = next(x for x in self.schema.info.digests if x.preamble.id == d.id)
+        st = self.schema.info.type_info.structs.get(raw.type_spec.struct.name)
+        return [m.name for m in st.members] if st is not None else []
+
+    def miss_filter(self):
+        """The ``miss_filter`` register (docs/p4-api.md revision 2), or None if the P4Info has none."""
+        return self.schema.registers.get(MISS_FILTER)
+
     async def _on_digest(self, client: SwitchClient, dl: p4r.DigestList) -> None:
+        """Unknown-flow digests (``mfs_miss_t``): each is handed to the engine (log, metric,
+        optional install at the stage default); then the switch's filter cells of the
+        digested flows are cleared, so a flow still unknown later is reported again."""
         self.metrics.count("flow_miss_digests", len(dl.data), switch=self.sw.name)
+        names = self._miss_members()
+        cells = set()
+        for d in dl.data:
+            vals = [m.bitstring for m in d.struct.members] if d.HasField("struct") else []
+            miss = {n: int.from_bytes(v, "big") for n, v in zip(names, vals)}
+            if "stage" not in miss or "flow_id" not in miss:
+                continue
+            if self.on_miss is not None:
+                self.on_miss(self.sw.name, miss)
+            if "filter_index" in miss:
+                cells.add(miss["filter_index"])
+        reg = self.miss_filter()
+        if reg is not None and cells:
+            await self._clear_cells(client, reg, sorted(cells))
+
+    async def _clear_cells(self, client: SwitchClient, reg, cells, metric: str = "miss_filter_cleared") -> int:
+        ups = []
+        for i in cells:
+            if not 0 <= i < reg.size:
+                log.warning("%s: %s index %d out of range 0..%d", self.sw.name, reg.name, i, reg.size - 1)
+                continue
+            re = p4r.RegisterEntry(register_id=reg.id)
+            re.index.index = i
+            re.data.bitstring = encode(0, reg.bitwidth or 8, reg.name)
+            ups.append(update("modify", p4r.Entity(register_entry=re)))
+        try:
+            errs = await client.write(ups, timeout=self.cfg.write_timeout_s)
+        except P4RTError as e:  # not primary / switch gone: the periodic clear catches up
+            log.info("%s: clearing %s failed: %s", self.sw.name, reg.name, e)
+            return 0
+        for e in errs[:1]:
+            log.warning("%s: clearing %s: %d cells refused, first: %s %s", self.sw.name, reg.name, len(errs),
+                        e.code_name, e.message)
+        if metric:
+            self.metrics.count(metric, len(ups) - len(errs), switch=self.sw.name)
+        return len(ups) - len(errs)
+
+    async def clear_miss_filter(self) -> int:
+        """Clear every set cell of the miss filter (read, then write 0 where non-zero): a digest
+        lost on the way would otherwise silence its cell for good. Returns the cells cleared."""
+        reg, client = self.miss_filter(), self.client
+        if reg is None or client is None or not self.ready.is_set():
+            return 0
+        cells = [i for i, v in (await client.read_register(reg.id)).items() if v]
+        return await self._clear_cells(client, reg, cells) if cells else 0
 
     async def reprogram(self) -> bool:
         """Re-run the full resync now (after a live config change). False if not ready."""
@@ -498,6 +575,9 @@ class SwitchSupervisor:
                     async with self.lock:
                         if self.ready.is_set() and self.client is not None:
                             await self._retry_overflow(self.client, probe=True)
+                if time.monotonic() - self._last_filter_clear >= self.cfg.unknown_flows.filter_clear_s:
+                    self._last_filter_clear = time.monotonic()
+                    await self.clear_miss_filter()
             except P4RTError as e:
                 log.info("%s: counter poll failed: %s", self.sw.name, e)
 
@@ -514,8 +594,7 @@ class SwitchSupervisor:
         now = time.monotonic()
         per_level: dict[int, list[int]] = {}
         for port in self.sw.ports:
-            base = (port % 64) * 8
-            per_level[port] = [cells.get(base + lv, (0, 0))[1] for lv in range(8)]
+            per_level[port] = [cells.get(self.queue_index(port, lv), (0, 0))[1] for lv in range(8)]
         util: dict[int, list[float]] = {}
         if self._last_poll:
             dt = max(1e-6, now - self._last_poll)
@@ -538,17 +617,32 @@ class SwitchSupervisor:
         if self.client is None or not self.ready.is_set():
             raise P4RTError(f"{self.sw.name} queues", rpc_code.UNAVAILABLE, self.last_error or self.state)
         cnt = await self.client.read_counter(self.schema.counter("MfsEgress.queue_counter").id)
-        depth = await self.client.read_register(self.schema.register("MfsEgress.queue_depth").id)
-        delay = await self.client.read_register(self.schema.register("MfsEgress.queue_delay").id)
+        regs = [self.schema.register("MfsEgress.queue_depth"), self.schema.register("MfsEgress.queue_delay")]
+        depth, delay = [await self.client.read_register(r.id) for r in regs]
+        if self.full_port_stats:  # revision 2: the registers keep the maximum until cleared: read-and-clear
+            for r, vals in zip(regs, (depth, delay)):
+                set_cells = sorted(i for i, v in vals.items() if v)
+                if set_cells:
+                    await self._clear_cells(self.client, r, set_cells, metric="")
         out = []
         for port in sorted(self.sw.ports):
             for lv in range(8):
-                i = (port % 64) * 8 + lv
+                i = self.queue_index(port, lv)
                 pk, by = cnt.get(i, (0, 0))
                 out.append({"switch": self.sw.name, "port": port, "level": lv, "packets": pk, "bytes": by,
                             "depth": depth.get(i, 0), "delay_us": delay.get(i, 0),
                             "rho": self.rho.get(port)})
         return out
+
+    @property
+    def full_port_stats(self) -> bool:
+        """Revision 2 layout (docs/p4-api.md): per-port stats indexed by the full 9-bit port
+        (4096 cells), depth/delay registers keeping the maximum until the controller clears them.
+        Before: ``(port % 64) * 8 + level`` (512 cells), last value."""
+        return self.schema.counter("MfsEgress.queue_counter").size >= 512 * 8
+
+    def queue_index(self, port: int, level: int) -> int:
+        return (port if self.full_port_stats else port % 64) * 8 + level
 
     def port_summary(self) -> str:
         """"edge 1,2 fabric 3": the role of each configured port (controller/placement.py)."""

@@ -25,14 +25,22 @@ from tests.test_controller import Host, run, started, switch_flows, until
 IDLE_S = 30.0  # long: the switch's own 50 ms check never fires during the test
 
 
+def p4info_copy() -> p4i.P4Info:
+    """A mutable copy of the committed P4Info (tests derive variants from it)."""
+    return p4i.P4Info.FromString(P4Schema.load(DEFAULT_P4INFO).info.SerializeToString())
+
+
+def save_p4info(info: p4i.P4Info, path) -> str:
+    path.write_text(text_format.MessageToString(info))
+    return str(path)
+
+
 def idle_p4info(path) -> str:
-    info = P4Schema.load(DEFAULT_P4INFO).info
-    info = p4i.P4Info.FromString(info.SerializeToString())
+    info = p4info_copy()
     for t in info.tables:
         if t.preamble.name == "MfsIngress.mfs_flow":
             t.idle_timeout_behavior = p4i.Table.NOTIFY_CONTROL
-    path.write_text(text_format.MessageToString(info))
-    return str(path)
+    return save_p4info(info, path)
 
 
 @contextlib.contextmanager

@@ -126,11 +126,8 @@ def test_placement_and_port_mode_config_errors():
 def renumbered_p4info(path) -> str:
     """The committed P4Info with every object id moved (names equal), as the Tofino back end's
     P4Info differs from the v1model one (issue 11)."""
-    from finsy.proto import p4i
-    from google.protobuf import text_format
-
-    from mfs.p4info import P4Schema
-    info = p4i.P4Info.FromString(P4Schema.load().info.SerializeToString())
+    from tests.test_controller_idle import p4info_copy, save_p4info
+    info = p4info_copy()
     new = {}
     for kind in ("tables", "actions", "counters", "registers", "digests", "meters", "direct_counters"):
         for obj in getattr(info, kind):
@@ -142,8 +139,7 @@ def renumbered_p4info(path) -> str:
         if t.const_default_action_id:
             t.const_default_action_id = new[t.const_default_action_id]
         t.direct_resource_ids[:] = [new[i] for i in t.direct_resource_ids]
-    path.write_text(text_format.MessageToString(info))
-    return str(path)
+    return save_p4info(info, path)
 
 
 def test_each_switch_is_programmed_with_its_own_p4info(tmp_path):

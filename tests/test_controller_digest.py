@@ -1,0 +1,149 @@
+"""Unknown-flow digests (``mfs_miss_t``): the controller classifies each (known / foreign /
+unreported), counts and logs it, optionally installs an unreported flow at its stage default,
+and clears the switch's digest filter cell (``miss_filter``, docs/p4-api.md revision 2).
+
+Against the embedded switch over loopback gRPC: real packets through its pipeline raise the
+digests. The filter-register part runs against a switch serving a P4Info with the register and
+the digest's ``filter_index`` member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from finsy.proto import p4r
+
+from controller import config as config_mod
+from controller.testing import config_data
+from mfs.p4info import encode
+from tests.test_controller import Host, _target, run, started, switch_flows, until
+from tests.test_controller_idle import frame, p4info_copy, save_p4info, switches
+
+
+def mfs_frame(stage, flow_id, src="10.0.0.1"):
+    if src == "10.0.0.1":
+        return frame(stage, flow_id)
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from mfs.header import MFS_UDP_PORT, pack
+    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src=src, dst="10.0.0.2") / UDP(dport=MFS_UDP_PORT)
+                 / pack(stage, flow_id) / (b"x" * 100))
+
+
+def kinds(c):
+    return {k: int(v) for k, v in c.metrics.by_label("unknown_flows", "kind").items()}
+
+
+def test_unknown_flows_are_classified_and_unreported_ones_installed_at_the_stage_default():
+    with _target("embedded") as t:
+        async def go():
+            data = config_data([t.address], unknown_flows={"install": True}, gc_timeout_s=30)
+            c = await started(config_mod.parse(data, "miss.yaml"))
+            h = Host(c.api_port)
+            try:
+                await h.register()
+                base = h.reg.flow_id_base
+                await h.report(h.start(1, stage=1))
+                known, unreported, spoofed, unowned = (1, base + 1), (2, base + 7), (2, base + 8), (2, (5 << 20) + 1)
+                pipe = t.handle.switch
+                pipe.process(1, mfs_frame(*unreported))
+                pipe.process(1, mfs_frame(*spoofed, src="10.0.0.9"))  # h1's flow id from another address
+                pipe.process(1, mfs_frame(*unowned))  # no configured host owns host id 5
+                await until(lambda: sum(kinds(c).values()) >= 3, what="3 digests acted on")
+                assert kinds(c) == {"unreported": 1, "foreign": 2}
+                await until(lambda: unreported in sup_installed(c), what="the unreported flow installed")
+                flows = await switch_flows(t.address)
+                assert flows[unreported] == 1  # config_data: stage 2 default level 1
+                assert spoofed not in flows and unowned not in flows and known in flows
+                assert c.engine.adopted[unreported].from_miss
+                # its owner reports it after all: a normal flow from now on
+                await h.report(h.start(7, stage=2))
+                assert unreported not in c.engine.adopted and (base + 7) in c.engine.flows
+                # an installed-on-digest entry nobody claims expires gc_timeout_s after, owner alive or not
+                pipe.process(1, mfs_frame(2, base + 9))
+                await until(lambda: (2, base + 9) in c.engine.adopted, what="second install")
+                h_seen = c.engine.last_seen["h1"]
+                assert await c.engine.gc(alive=h_seen + 1) == 0
+                later = c.engine.adopted[(2, base + 9)].since + 31
+                c.engine.last_seen["h1"] = later  # h1 is alive then: only the unclaimed entry goes
+                assert await c.engine.gc(alive=later) == 1
+                assert (2, base + 9) not in c.engine.adopted and len(c.engine.flows) == 2
+                await until(lambda: (2, base + 9) not in sup_installed(c), what="expired entry deleted")
+            finally:
+                await h.close()
+                await c.stop()
+        run(go())
+
+
+def sup_installed(c):
+    return c.engine.supervisors["s1"].installed
+
+
+def test_without_install_unknown_flows_are_only_counted():
+    with _target("embedded") as t:
+        async def go():
+            c = await started(config_mod.parse(config_data([t.address]), "miss.yaml"))
+            try:
+                t.handle.switch.process(1, mfs_frame(2, 3))  # h1 owns flow id 3
+                await until(lambda: kinds(c) == {"unreported": 1}, what="digest acted on")
+                await asyncio.sleep(0.1)
+                assert await switch_flows(t.address) == {} and not c.engine.adopted
+            finally:
+                await c.stop()
+        run(go())
+
+
+def filter_p4info(path) -> str:
+    """The committed P4Info plus revision 2's digest filter: register MfsIngress.miss_filter
+    (bit<8>, 4096 cells) and the digest member filter_index:16."""
+    info = p4info_copy()
+    reg = info.registers.add()
+    reg.preamble.id, reg.preamble.name, reg.preamble.alias = 0x16000003, "MfsIngress.miss_filter", "miss_filter"
+    reg.type_spec.bitstring.bit.bitwidth = 8
+    reg.size = 4096
+    m = info.type_info.structs["mfs_miss_t"].members.add()
+    m.name = "filter_index"
+    m.type_spec.bitstring.bit.bitwidth = 16
+    return save_p4info(info, path)
+
+
+def test_digest_filter_cells_are_cleared(tmp_path):
+    p4 = filter_p4info(tmp_path / "filter.p4info.txtpb")
+    with switches([p4]) as (h,):
+        async def go():
+            data = config_data([h.address])
+            data["switches"][0]["p4info"] = p4
+            c = await started(config_mod.parse(data, "filter.yaml"))
+            try:
+                sup = c.engine.supervisors["s1"]
+                reg = sup.miss_filter()
+                cells = h.switch.registers[reg.id]
+                for i in (5, 77, 4095):  # as the data plane sets them on misses
+                    cells[i] = 1
+                dl = p4r.DigestList(digest_id=sup.schema.digest("mfs_miss_t").id, list_id=1)
+                for fid, idx in ((3, 5), (4, 77)):
+                    d = dl.data.add()
+                    for v, w in ((2, 8), (fid, 32), (0, 32), (0x0A000001, 32), (1, 9), (idx, 16)):
+                        d.struct.members.add(bitstring=encode(v, w))
+                await sup._on_digest(sup.client, dl)
+                assert (cells[5], cells[77], cells[4095]) == (0, 0, 1)  # the digested flows' cells only
+                assert kinds(c) == {"unreported": 2}
+                # the periodic clear catches a cell whose digest was lost
+                assert await sup.clear_miss_filter() == 1 and cells[4095] == 0
+                assert await sup.clear_miss_filter() == 0
+            finally:
+                await c.stop()
+        run(go())
+
+
+def test_unknown_flows_config_errors():
+    import pytest
+
+    from mfs.configutil import ConfigError
+    with pytest.raises(ConfigError, match=r"unknown_flows\.install"):
+        config_mod.parse(config_data(["127.0.0.1:1"], unknown_flows={"install": "yes"}), "c.yaml")
+    with pytest.raises(ConfigError, match=r"unknown_flows\.filter_clear_s"):
+        config_mod.parse(config_data(["127.0.0.1:1"], unknown_flows={"filter_clear_s": 0}), "c.yaml")
+    with pytest.raises(ConfigError, match=r"unknown_flows.*everything"):
+        config_mod.parse(config_data(["127.0.0.1:1"], unknown_flows={"everything": 1}), "c.yaml")
