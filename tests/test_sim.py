@@ -110,12 +110,12 @@ def _sim(policy=None, **kw):
 
 def test_layer_waits_for_stage2_and_ttft_includes_stage3_tail():
     # Stage 2 above Stage 3; both leave through tx(prefill instance). Hand timeline (c = layer compute,
-    # s2/s3 = per-GPU bytes / NIC rate, s3 < c): layer 0 computes [0, c]; its Stage 2 runs alone at full
+    # s2/s3 = per-NIC bytes of its group / NIC rate, s3 < c): layer 0 computes [0, c]; its Stage 2 runs alone at full
     # rate [c, c+s2] (Stage-3 push of layer 0 starved); layer 1 starts at c+s2 and the layer-0 push runs
     # during it; layer 1's Stage 2 [2c+s2, 2c+2s2] = prefill end; the layer-1 push then lands at 2c+2s2+s3.
     sim = _sim(FixedLevels({1: 0, 2: 0, 3: 1}))
     prof = sim.cost.request_profile(4096, 0)
-    c, s2, s3 = prof.layer_compute_s, prof.per_gpu(prof.stage2_bytes) / 1e9, prof.per_gpu(prof.stage3_bytes) / 1e9
+    c, s2, s3 = prof.layer_compute_s, prof.stage2_per_nic / 1e9, prof.per_nic(prof.stage3_bytes) / 1e9
     assert 0 < s3 < c and s2 > 0
     (r,) = sim.run([Request(0, 0.0, 4096, 1, (), 512)])
     layers = [e[1] for e in sim.policy.calls if e[0] == "layer" and not e[3]]
@@ -133,7 +133,7 @@ def test_strict_priority_for_stage2_shortens_layer_wait():
         (r,) = sim.run([Request(0, 0.0, 4096, 1, (), 512)])
         sims[name] = r
     prof = _sim().cost.request_profile(4096, 0)
-    c, s2 = prof.layer_compute_s, prof.per_gpu(prof.stage2_bytes) / 1e9
+    c, s2 = prof.layer_compute_s, prof.stage2_per_nic / 1e9
     # with Stage 2 on top, every layer's collective runs at full NIC speed
     assert sims["s2first"].prefill_end == pytest.approx(2 * (c + s2), rel=1e-9)
     assert sims["s2first"].stage2_cct == pytest.approx(2 * s2, rel=1e-9)
@@ -157,7 +157,7 @@ def test_stage1_must_land_before_layer(conns):
     assert sorted(e[3] for e in starts) == [0, 1]  # one Stage-1 message per layer, issued on arrival
     assert all(e[1] == pytest.approx(1e-6) for e in starts)
     # KV of 4096 tokens for 2 layers through the holder's 1 GB/s NIC at top priority; layer 0 lands first
-    per_layer = sim.cost.stage1_bytes(4096) / 16 / 1e9
+    per_layer = sim.cost.nic_bytes(sim.cost.stage1_bytes(4096)) / 1e9  # per NIC of the 8-GPU group
     assert r1.stage1_done == pytest.approx(1e-6 + 2 * per_layer, rel=1e-6)
     # the first layer waited for its KV: it starts when layer 0's KV has landed. One shared FIFO
     # connection sends layer 0 first; separate per-layer transfers at one level share the NIC fairly,

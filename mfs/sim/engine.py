@@ -32,6 +32,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from mfs.policy.api import FlowInfo, Policy, RequestInfo
 from mfs.policy.base import link_name
 from mfs.sim import plan
@@ -47,7 +49,7 @@ class ClusterConfig:
     servers: int = 256
     gpus_per_server: int = 8
     prefill_fraction: float = 0.5  # 1:1 prefill:decode
-    max_batch_tokens: int = 16384  # new tokens per prefill batch (at least one request)
+    max_batch_tokens: int = 8192  # new tokens per attention group per prefill step (at least one request)
     tick_s: float = 0.002  # policy.tick / link_load / progress cadence (simulated seconds)
     warmup: int = 512
     measured: int = 1024
@@ -63,10 +65,13 @@ class ClusterConfig:
     kv_placement: str = "owner"  # prefix block KV stays at the instance that computed it ("owner") or
     #                              moves to the last instance that used it ("last")
     ideal_network: bool = False  # bound: links 1e6x faster (transfers take ~0 s); deadlines unchanged
+    fairness: str = "per_connection"  # inside a level: a Stage-2 collective gets one share per peer
+    #                                   connection it opens ("per_connection"), or one share ("per_flow")
 
     def validate(self, model: ModelConfig) -> None:
         for key, allowed in (("stage1_issue", ("schedule", "arrival")), ("stage1_conns", ("per_layer", "shared")),
-                             ("rho_source", ("blocking", "all")), ("kv_placement", ("owner", "last"))):
+                             ("rho_source", ("blocking", "all")), ("kv_placement", ("owner", "last")),
+                             ("fairness", ("per_connection", "per_flow"))):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"ClusterConfig.{key}={getattr(self, key)!r} is not allowed "
                                  f"(allowed: {', '.join(allowed)})")
@@ -107,10 +112,11 @@ class Msg:
 
 
 class Conn:
-    __slots__ = ("key", "tx", "rx", "queue", "head", "rate", "t", "ver", "cap", "stale")
+    __slots__ = ("key", "tx", "rx", "queue", "head", "rate", "t", "ver", "cap", "stale", "w")
 
-    def __init__(self, key, tx, rx):
+    def __init__(self, key, tx, rx, w=1.0):
         self.key, self.tx, self.rx = key, tx, rx
+        self.w = w  # fairness weight inside a level: the transport connections (QPs) this one stands for
         self.queue: list = []  # heap of (level, seq, msg)
         self.head: Msg | None = None
         self.rate = 0.0
@@ -150,17 +156,37 @@ class Network:
         self.active: set[Conn] = set()
         self.msgs: dict[int, Msg] = {}
         self.dirty = False
+        self.dirty_links: set[int] = set()  # links whose connections need a new allocation
+        self.full = False  # re-allocate every active connection (ranks may have changed)
+        self.link_users: dict[int, set[Conn]] = {}  # active connections on each link
         self.touched: set[Conn] = set()
         self.allocations = 0
-        self.link_rate = [0.0] * nlinks
-        self.link_rate_blocking = [0.0] * nlinks  # the part used by Stage-1/2 (GPU-blocking) traffic
         self.exact_caps = False  # True: re-read every cap at every allocation (reference behaviour)
 
-    def conn(self, key, tx, rx) -> Conn:
+    def conn(self, key, tx, rx, w: float = 1.0) -> Conn:
         c = self.conns.get(key)
         if c is None:
-            c = self.conns[key] = Conn(key, tx, rx)
+            c = self.conns[key] = Conn(key, tx, rx, w)
         return c
+
+    def _mark(self, c: Conn) -> None:
+        self.dirty_links.add(c.tx)
+        self.dirty_links.add(c.rx)
+        self.dirty = True
+
+    def mark_all(self) -> None:
+        """Re-allocate every active connection at the next flush (e.g. within-level ranks changed)."""
+        self.full = self.dirty = True
+
+    def link_usage(self, blocking_only: bool = False) -> dict[int, float]:
+        """Bytes/s in use on each link with traffic ({link: rate}); ``blocking_only``: Stage-1/2 traffic only."""
+        used: dict[int, float] = {}
+        for c in self.active:
+            if c.rate > 0 and not (blocking_only and c.head.stage == 3):
+                used[c.tx] = used.get(c.tx, 0.0) + c.rate
+                if c.rx != c.tx:
+                    used[c.rx] = used.get(c.rx, 0.0) + c.rate
+        return used
 
     def drop_conn(self, key) -> None:
         c = self.conns.get(key)
@@ -180,7 +206,7 @@ class Network:
             self._rehead(c, now)
         elif c.cap is not None and c in self.active:
             c.stale = True  # the connection's pacing rate includes every queued message's cap
-            self.dirty = True
+            self._mark(c)
 
     def _rehead(self, c: Conn, now: float, flag: bool = True) -> None:
         """Make the best queued message the head (after an arrival, a level change or a completion).
@@ -201,15 +227,21 @@ class Network:
         if c.head is None:
             if c in self.active:
                 self.active.discard(c)
+                self.link_users[c.tx].discard(c)
+                self.link_users[c.rx].discard(c)
                 c.rate = 0.0
-                self.dirty = True
+                self._mark(c)
             return
         if c not in self.active:
             self.active.add(c)
-            c.stale = self.dirty = True
+            self.link_users.setdefault(c.tx, set()).add(c)
+            self.link_users.setdefault(c.rx, set()).add(c)
+            c.stale = True
+            self._mark(c)
         elif flag and old is not c.head and (old is None or old.level != c.head.level or c.cap is not None
                                     or self.caps(c.head.fid) is not None):
-            c.stale = self.dirty = True
+            c.stale = True
+            self._mark(c)
 
     def set_level(self, m: Msg, level: float, now: float) -> None:
         if m.level == level or m.fid not in self.msgs:
@@ -218,13 +250,15 @@ class Network:
         c = m.conn
         if c.head is m:
             self._rehead(c, now)
-            c.stale = self.dirty = True
+            c.stale = True
+            self._mark(c)
         else:
             heapq.heappush(c.queue, (m.level, m.seq, m))
             if m.level < c.head.level:
                 self._rehead(c, now)
             elif c.cap is not None:
-                c.stale = self.dirty = True  # a queued message's cap may have changed with its level
+                c.stale = True  # a queued message's cap may have changed with its level
+                self._mark(c)
 
     def finish_head(self, c: Conn, now: float) -> Msg:
         m = c.head
@@ -236,11 +270,14 @@ class Network:
         h = c.head
         if h is None or h.level != prev:
             if h is not None:
-                c.stale = self.dirty = True
+                c.stale = True
+                self._mark(c)
         elif (prev_cap is None) != (self.caps(h.fid) is None):
-            c.stale = self.dirty = True
+            c.stale = True
+            self._mark(c)
         elif prev_cap is not None and self.exact_caps:
-            c.stale = self.dirty = True
+            c.stale = True
+            self._mark(c)
         # else: same level and (for a capped connection) the same pacing rate: the finished head's
         # minimal-rate cap was ~0, so the sum over the remaining messages is unchanged
         return m
@@ -249,7 +286,8 @@ class Network:
         """Re-read the caps of capped connections served below their cap (their minimal rate has grown)."""
         for c in self.active:
             if c.cap is not None and c.rate < c.cap * (1 - 1e-9):
-                c.stale = self.dirty = True
+                c.stale = True
+                self._mark(c)
 
     def _conn_cap(self, c: Conn) -> float | None:
         """A connection is paced at the sum of its messages' caps (each paced flow keeps its
@@ -279,13 +317,36 @@ class Network:
             out |= self.allocate(now)
         return out
 
+    def _component(self) -> set[Conn] | list[Conn]:
+        """The active connections whose rates may change: those connected to a dirty link through
+        shared links (rates outside this component cannot change). Everything after mark_all()."""
+        if self.full or self.exact_caps:
+            return list(self.active)
+        comp: set[Conn] = set()
+        users = self.link_users
+        stack = list(self.dirty_links)
+        seen = set(stack)
+        while stack:
+            for c in users.get(stack.pop(), ()):
+                if c not in comp:
+                    comp.add(c)
+                    for l in (c.tx, c.rx):
+                        if l not in seen:
+                            seen.add(l)
+                            stack.append(l)
+        return comp
+
     def allocate(self, now: float) -> set[Conn]:
-        """Recompute every active connection's rate; return those whose rate changed."""
+        """Recompute the rates of the connections a change can affect (``_component``); return those
+        whose rate changed."""
         self.allocations += 1
         by_level: dict[tuple, list[Conn]] = {}
         old = {}
         rank = self.rank
-        for c in self.active:
+        comp = self._component()
+        self.dirty_links = set()
+        self.full = False
+        for c in comp:
             self.settle(c, now)
             old[c] = c.rate
             if c.stale or self.exact_caps:
@@ -293,31 +354,25 @@ class Network:
                 c.stale = False
             key = (c.head.level, rank(c.head.fid) if rank else 0.0)
             by_level.setdefault(key, []).append(c)
-        resid = [self.cap] * self.nlinks
+        resid: dict[int, float] = {}  # residual capacity of the links in use (absent = full)
         for lvl in sorted(by_level):
-            _fill(by_level[lvl], resid)
+            _fill(by_level[lvl], resid, self.cap)
         tiny = 1e-9 * self.cap
-        for c in self.active:
+        for c in comp:
             if c.rate < tiny:
                 c.rate = 0.0  # float leftovers of a saturated link
-        self.link_rate = [self.cap - r for r in resid]
-        blk = [0.0] * self.nlinks
-        for c in self.active:
-            if c.rate > 0 and c.head.stage != 3:
-                blk[c.tx] += c.rate
-                if c.rx != c.tx:
-                    blk[c.rx] += c.rate
-        self.link_rate_blocking = blk
         self.dirty = False
         return {c for c, r in old.items() if abs(c.rate - r) > 1e-9 * self.cap}
 
 
-def _fill(conns: list[Conn], resid: list[float]) -> None:
-    """Max-min fair share of one priority level over the residual link capacities.
+def _fill(conns: list[Conn], resid: dict[int, float], cap: float) -> None:
+    """Weighted max-min fair share of one priority level over the residual link capacities.
 
-    Bottleneck elimination: repeatedly take the link with the smallest equal
-    share (or a connection whose cap is smaller), give its unfrozen connections
-    that rate, subtract it from their other link, repeat.
+    A connection of weight ``w`` gets ``w`` shares (it stands for ``w`` transport connections,
+    e.g. a collective's one QP per peer). Bottleneck elimination: repeatedly take the link with
+    the smallest share per unit weight (or a connection whose cap is smaller than its weighted
+    share), give its unfrozen connections that share × weight, subtract it from their other
+    link, repeat. ``resid`` holds the links' residual capacity (absent = ``cap``); updated.
     """
     users: dict[int, list[Conn]] = {}
     for c in conns:
@@ -325,10 +380,14 @@ def _fill(conns: list[Conn], resid: list[float]) -> None:
         users.setdefault(c.tx, []).append(c)
         if c.rx != c.tx:
             users.setdefault(c.rx, []).append(c)
+    wsum = {l: sum(c.w for c in u) for l, u in users.items()}
     count = {l: len(u) for l, u in users.items()}
-    heap = [(resid[l] / n, l) for l, n in count.items()]
+    for l in users:
+        if l not in resid:
+            resid[l] = cap
+    heap = [(resid[l] / wsum[l], l) for l in users]
     heapq.heapify(heap)
-    capped = sorted((c for c in conns if c.cap is not None), key=lambda c: c.cap, reverse=True)
+    capped = sorted((c for c in conns if c.cap is not None), key=lambda c: c.cap / c.w, reverse=True)
     left = len(conns)
 
     def freeze(c: Conn, rate: float) -> None:
@@ -336,17 +395,19 @@ def _fill(conns: list[Conn], resid: list[float]) -> None:
         for l in ((c.tx, c.rx) if c.rx != c.tx else (c.tx,)):
             resid[l] = max(0.0, resid[l] - rate)
             count[l] -= 1
+            wsum[l] -= c.w
             if count[l]:
-                heapq.heappush(heap, (resid[l] / count[l], l))
+                heapq.heappush(heap, (resid[l] / wsum[l] if wsum[l] > 0 else math.inf, l))
 
     while left:
         while capped and capped[-1].rate >= 0:
             capped.pop()
         share, l = heap[0] if heap else (math.inf, -1)
-        if heap and (count[l] == 0 or abs(share - resid[l] / count[l]) > 1e-12 * (1 + share)):
+        if heap and (count[l] == 0 or wsum[l] <= 0
+                     or abs(share - resid[l] / wsum[l]) > 1e-12 * (1 + share)):
             heapq.heappop(heap)  # stale entry
             continue
-        if capped and capped[-1].cap < share:
+        if capped and capped[-1].cap < share * capped[-1].w:
             c = capped.pop()
             freeze(c, c.cap)
             left -= 1
@@ -355,7 +416,7 @@ def _fill(conns: list[Conn], resid: list[float]) -> None:
         share = max(share, 0.0)
         for c in users[l]:
             if c.rate < 0:
-                freeze(c, share)
+                freeze(c, share * c.w)
                 left -= 1
 
 
@@ -365,7 +426,8 @@ def _fill(conns: list[Conn], resid: list[float]) -> None:
 
 class Req:
     __slots__ = ("r", "rid", "arrival", "deadline", "new", "reused", "inst", "dec", "rec", "layer",
-                 "s1_pending", "s3_left", "measured", "compute_done", "est", "conns", "holders")
+                 "s1_pending", "s3_left", "measured", "compute_done", "est", "conns", "holders",
+                 "gid", "g", "attn_s", "ffn_s", "s3_nic")
 
     def __init__(self, r: Request):
         self.r, self.rid, self.arrival = r, r.request_id, r.arrival
@@ -377,26 +439,30 @@ class Req:
 
 
 class Batch:
-    __slots__ = ("bid", "reqs", "tokens", "layer", "layer_time", "s2_pending", "stall_from", "waiting", "started")
+    """One forward pass (prefill step) of an instance: each attention group's share of it is that
+    group's next FIFO batch (at most ``max_batch_tokens`` new tokens per group, at least one request)."""
+
+    __slots__ = ("bid", "reqs", "gtok", "layer", "layer_time", "s2_pending", "stall_from", "waiting", "dt", "s2")
 
     def __init__(self, bid):
-        self.bid, self.reqs, self.tokens = bid, [], 0
-        self.started = False
+        self.bid, self.reqs = bid, []
+        self.gtok: dict[int, int] = {}  # attention group -> new tokens
         self.layer = 0
         self.layer_time = 0.0
         self.s2_pending = 0
         self.stall_from = None
         self.waiting = False
+        self.dt = 0.0  # compute seconds per layer (set when the step starts)
+        self.s2: list[int] = []  # per-NIC Stage-2 bytes of each group per layer
 
 
 class Instance:
-    __slots__ = ("idx", "node", "queue", "batch", "backlog")
+    __slots__ = ("idx", "node0", "queue", "batch")
 
-    def __init__(self, idx, node):
-        self.idx, self.node = idx, node
-        self.queue: deque[Batch] = deque()  # FIFO; the last one is still open for arrivals
+    def __init__(self, idx, node0):
+        self.idx, self.node0 = idx, node0  # node0: network node of its attention group 0
+        self.queue: deque[Batch] = deque()  # FIFO steps not started yet
         self.batch: Batch | None = None
-        self.backlog = 0.0  # estimated compute seconds queued or running
 
 
 ARRIVAL, COMPUTE, FLOWDONE, TICK = 0, 1, 2, 3
@@ -408,6 +474,7 @@ class SimStats:
     flows: int = 0
     allocations: int = 0
     sim_time: float = 0.0
+    nic_load: dict = field(default_factory=dict)  # measured per-NIC loads (Simulator.nic_load)
 
 
 @dataclass
@@ -420,17 +487,34 @@ class Simulator:
     def __post_init__(self):
         self.cluster.validate(self.model)
         self.cost = CostModel(self.model, self.hw)
-        c = self.cluster
-        self.np = c.prefill_instances(self.model)
-        self.nd = c.decode_instances(self.model)
-        nodes = self.np + self.nd
+        c, m = self.cluster, self.model
+        self.np = c.prefill_instances(m)
+        self.nd = c.decode_instances(m)
+        # network nodes: one per attention group (its attn_gpus NICs carry identical traffic, so the
+        # group is one node with one NIC's tx/rx capacity); prefill groups first, then decode groups
+        ng = self.ng = m.groups
+        self.P, self.D = self.np * ng, self.nd * ng
+        nodes = self.P + self.D
         bw = self.hw.nic_bw * (1e6 if c.ideal_network else 1.0)
         self.net = Network(2 * nodes, bw, self.policy.rate_limit, getattr(self.policy, "rank", None),
                            self._sync)  # link 2n = tx(n), 2n+1 = rx(n)
-        self.inst = [Instance(i, i) for i in range(self.np)]
-        self.dec_load = [0.0] * self.nd
+        self.inst = [Instance(i, i * ng) for i in range(self.np)]
+        suffix = (lambda g: "") if ng == 1 else (lambda g: f".{g}")
+        self.names = ([f"p{i}{suffix(g)}" for i in range(self.np) for g in range(ng)]
+                      + [f"d{i}{suffix(g)}" for i in range(self.nd) for g in range(ng)])
+        # the server of each prefill group (groups of one server exchange KV over NVLink, not NICs)
+        self.node_server = [(n // ng * m.gpus + n % ng * m.attn_gpus) // c.gpus_per_server for n in range(self.P)]
+        by_srv: dict[int, list[int]] = {}
+        for n, sv in enumerate(self.node_server):
+            by_srv.setdefault(sv, []).append(n)
+        self.server_nodes = {sv: np.array(ns) for sv, ns in by_srv.items()}
+        self.attn_backlog = np.zeros(self.P)  # queued attention seconds of each prefill group
+        self.ffn_backlog = np.zeros(self.P)  # queued FFN seconds of the group's instance (same for its groups)
+        self.dec_load = np.zeros(self.D)  # outstanding Stage-3 bytes per NIC of each decode group
+        self.s2_weight = max(1, m.stage2_peers(c.gpus_per_server)) if c.fairness == "per_connection" else 1
+        self.tx_bytes = np.zeros((3, nodes))  # bytes sent per NIC of each node, by stage
+        self.rx_bytes = np.zeros((3, nodes))
         self.cache = PrefixCache(c.prefix_capacity)
-        self.names = [f"p{i}" for i in range(self.np)] + [f"d{i}" for i in range(self.nd)]
         self.ev: list = []
         self.seq = 0
         self.fid = 0
@@ -445,6 +529,8 @@ class Simulator:
         self._read = 0  # requests taken from the source
         self._deferred: dict[int, float] = {}  # level changes returned while allocating
         self._arrived = 0
+        self._busy = 0.0  # summed prefill-instance busy time (steps running)
+        self._t_first = None
 
     # ---- public -----------------------------------------------------------
     def ideal_ttft(self, new: int, reused: int) -> float:
@@ -487,7 +573,33 @@ class Simulator:
         self.stats.flows = self.fid
         self.stats.allocations = self.net.allocations
         self.stats.sim_time = self.now
+        self.stats.nic_load = self.nic_load()
         return self.records
+
+    def nic_load(self) -> dict:
+        """Measured per-NIC loads over the run (from the first arrival to the end): the mean and the
+        busiest prefill NIC's tx utilisation by stage, the decode NICs' rx utilisation (Stage 3),
+        and the prefill instances' compute utilisation."""
+        span = self.now - (self._t_first or 0.0)
+        if span <= 0:
+            return {}
+        bw = self.net.cap
+        P = self.P
+        out = {}
+        for k, st in enumerate(("stage1", "stage2", "stage3")):
+            util = self.tx_bytes[k, :P] / (span * bw)
+            out[f"{st}_tx_mean"] = float(util.mean())
+            out[f"{st}_tx_max"] = float(util.max())
+        tot = self.tx_bytes[:, :P].sum(axis=0) / (span * bw)
+        out["prefill_tx_mean"] = float(tot.mean())
+        out["prefill_tx_p99"] = float(np.percentile(tot, 99))
+        out["prefill_tx_max"] = float(tot.max())
+        rx3 = self.rx_bytes[2, P:] / (span * bw)
+        out["decode_rx_mean"] = float(rx3.mean()) if len(rx3) else 0.0
+        out["decode_rx_max"] = float(rx3.max()) if len(rx3) else 0.0
+        out["compute_util"] = self._busy / (span * self.np)
+        out["span_s"] = span
+        return out
 
     # ---- events -------------------------------------------------------------
     def _push(self, t, kind, a=None, b=None):
@@ -523,11 +635,16 @@ class Simulator:
 
     def _tick(self):
         pol, now, net = self.policy, self.now, self.net
-        for l, used in enumerate(net.link_rate if self.cluster.rho_source == "all" else net.link_rate_blocking):
-            if used > 0 or self._rho.get(l):
-                rho = min(0.95, 0.5 * self._rho.get(l, 0.0) + 0.5 * used / net.cap)
+        usage = net.link_usage(blocking_only=self.cluster.rho_source != "all")
+        for l in sorted(usage.keys() | self._rho.keys()):
+            used = usage.get(l, 0.0)
+            rho = min(0.95, 0.5 * self._rho.get(l, 0.0) + 0.5 * used / net.cap)
+            if used <= 0 and rho < 1e-4:
+                rho = 0.0
+                del self._rho[l]
+            else:
                 self._rho[l] = rho
-                pol.link_load(now, rho, self._link_name(l))
+            pol.link_load(now, rho, self._link_name(l))
         changes = {}
         for c in net.active:
             m = c.head
@@ -558,73 +675,110 @@ class Simulator:
         return link_name(self.names[l // 2], "tx" if l % 2 == 0 else "rx")
 
     # ---- requests -----------------------------------------------------------
+    def _route(self, holders: list[int], fetch_s: float) -> int:
+        """KV-cache-aware routing over every prefill attention group: least queued attention of the
+        group + queued FFN of its instance + time to fetch the prefix blocks held outside its server."""
+        est = self.attn_backlog + self.ffn_backlog
+        if holders and fetch_s > 0:
+            est = est + fetch_s * len(holders)
+            per_srv: dict[int, int] = {}
+            for h in holders:
+                sv = self.node_server[h]
+                per_srv[sv] = per_srv.get(sv, 0) + 1
+            for sv, n in per_srv.items():
+                est[self.server_nodes[sv]] -= fetch_s * n
+        return int(np.argmin(est))
+
     def _arrive(self, r: Request) -> None:
         now = self.now
+        if self._t_first is None:
+            self._t_first = now
+        c, L = self.cluster, self.model.num_layers
         q = Req(r)
         holders, reused, _ = plan.prefix_plan(self.cache, r)
         q.reused, q.new = reused, r.input_tokens - reused
         q.est = self.ideal_ttft(q.new, q.reused)
-        q.deadline = r.arrival + self.cluster.slo_scale * self.cluster.lowload_ratio * q.est
+        q.deadline = r.arrival + c.slo_scale * c.lowload_ratio * q.est
         idx = self._arrived
         self._arrived += 1
-        q.measured = self.cluster.warmup <= idx < self.cluster.warmup + self.cluster.measured
-        # KV-cache-aware routing: least (backlog + time to fetch the prefix blocks it does not hold)
+        q.measured = c.warmup <= idx < c.warmup + c.measured
         prof = self.cost.request_profile(q.new, reused)
-        kv_blk = plan.block_fetch_s(self.cost, prof, r.block_tokens, self.hw.nic_bw)
-        inst = self.inst[plan.route([i.backlog for i in self.inst], holders, kv_blk)]
-        q.inst = inst
-        q.dec = min(range(self.nd), key=self.dec_load.__getitem__)
-        q.s3_left = prof.num_layers
-        self.dec_load[q.dec] += prof.stage3_bytes * prof.num_layers
-        inst.backlog += prof.prefill_compute_s
+        gid = self._route(holders, plan.block_fetch_s(self.cost, prof, r.block_tokens, self.hw.nic_bw))
+        inst = self.inst[gid // self.ng]
+        q.inst, q.gid, q.g = inst, gid, gid % self.ng
+        q.attn_s = L * self.cost.attn_s(q.new, reused)
+        q.ffn_s = L * self.cost.ffn_s(q.new)
+        self.attn_backlog[gid] += q.attn_s
+        self.ffn_backlog[inst.node0:inst.node0 + self.ng] += q.ffn_s
+        q.dec = int(np.argmin(self.dec_load))  # decode group with the least outstanding Stage-3 bytes
+        q.s3_nic = prof.per_nic(prof.stage3_bytes)
+        q.s3_left = L
+        self.dec_load[q.dec] += q.s3_nic * L
         q.rec = RequestRecord(q.rid, r.arrival, math.nan, q.deadline, False, q.measured, r.input_tokens, reused)
         self.reqs[q.rid] = q
-        L = self.model.num_layers
-        # batching is decided on arrival (FIFO, up to max_batch_tokens new tokens, at least one request),
-        # so the policy learns the batch with the request (RED ranks batches)
-        last = inst.queue[-1] if inst.queue else None
-        if last is None or (last.reqs and last.tokens + q.new > self.cluster.max_batch_tokens):
-            self.bid += 1
-            last = Batch(self.bid)
-            inst.queue.append(last)
-        last.reqs.append(q)
-        last.tokens += q.new
-        self.policy.request_start(now, RequestInfo(q.rid, last.bid, q.deadline, r.arrival, L, prof.prefill_compute_s, 0))
+        # batching is decided on arrival (per group FIFO, up to max_batch_tokens new tokens per group
+        # and step, at least one request), so the policy learns the batch with the request (RED ranks batches)
+        b = self._step_for(inst, q.g, q.new)
+        b.reqs.append(q)
+        b.gtok[q.g] = b.gtok.get(q.g, 0) + q.new
+        self.policy.request_start(now, RequestInfo(q.rid, b.bid, q.deadline, r.arrival, L, prof.prefill_compute_s, 0))
         q.holders = holders
-        self.cache.store(r.hash_ids, inst.idx, keep_owner=self.cluster.kv_placement == "owner")
-        if self.cluster.stage1_issue == "arrival":
-            self._issue_stage1(q, last.bid)
+        self.cache.store(r.hash_ids, gid, keep_owner=c.kv_placement == "owner")
+        if c.stage1_issue == "arrival":
+            self._issue_stage1(q, b.bid)
         if inst.batch is None:
             self._start_batch(inst)
         self._ensure_tick()
 
+    def _step_for(self, inst: Instance, g: int, new: int) -> Batch:
+        """The queued step a request of group ``g`` joins: the last step holding group g if g's tokens
+        fit, else the step after it (the first queued step if none holds g); a new step if none."""
+        queue = inst.queue
+        k = len(queue) - 1
+        while k >= 0 and g not in queue[k].gtok:
+            k -= 1
+        if k >= 0 and queue[k].gtok[g] + new <= self.cluster.max_batch_tokens:
+            return queue[k]
+        if k + 1 < len(queue):
+            return queue[k + 1]
+        self.bid += 1
+        b = Batch(self.bid)
+        queue.append(b)
+        return b
+
     def _issue_stage1(self, q: Req, bid: int) -> None:
-        """Stage 1: every layer's reused KV from its holder(s), all posted at once; layer j's message
-        targets layer j (RLI = j - current layer). One connection per (holder, layer) with
+        """Stage 1: every layer's reused KV from the holder group(s) outside the request's server, all
+        posted at once; layer j's message targets layer j (RLI = j - current layer). Per NIC of the
+        request's group (``per_nic``). One connection per (holder, layer) with
         ``stage1_conns="per_layer"`` (separate concurrent transfers), else one FIFO connection per holder."""
         if not q.reused:
             return
-        r, inst, holders = q.r, q.inst, q.holders
-        prof = self.cost.request_profile(q.new, q.reused)
+        r, dst = q.r, q.gid
         per_layer = self.cluster.stage1_conns == "per_layer"
-        for h, tokens in plan.stage1_tokens(holders, inst.idx, q.reused, r.block_tokens).items():
-            size = prof.per_gpu(self.cost.stage1_bytes(tokens))
+        srv = self.node_server[dst]
+        for h, tokens in plan.stage1_tokens(q.holders, dst, q.reused, r.block_tokens).items():
+            if self.node_server[h] == srv:
+                continue  # same server: NVLink, not the NICs
+            size = self.cost.nic_bytes(self.cost.stage1_bytes(tokens))
             if size <= 0:
                 continue
             conn = None
-            for j in range(prof.num_layers):
+            for j in range(self.model.num_layers):
                 if conn is None or per_layer:
-                    conn = self.net.conn((h, inst.idx, q.rid, 1, j if per_layer else -1), 2 * h, 2 * inst.idx + 1)
+                    conn = self.net.conn((h, dst, q.rid, 1, j if per_layer else -1), 2 * h, 2 * dst + 1)
                     q.conns.append(conn.key)
-                self._start_flow(1, size, conn, q, j, q.rid, bid, self.names[h], self.names[inst.idx], q.deadline)
+                self._start_flow(1, size, conn, q, j, q.rid, bid, h, dst, q.deadline)
                 q.s1_pending[j] = q.s1_pending.get(j, 0) + 1
 
     def _start_flow(self, stage, size, conn, owner, layer, rid, bid, src, dst, deadline) -> Msg:
         self.fid += 1
         cur = owner.layer if isinstance(owner, Req) else layer
-        info = FlowInfo(self.fid, stage, rid, int(size), deadline, layer, cur, bid, src, dst, self.now)
+        info = FlowInfo(self.fid, stage, rid, int(size), deadline, layer, cur, bid, self.names[src],
+                        self.names[dst], self.now)
         m = Msg(self.fid, stage, size, conn, owner, layer, info, self.fid)
         m.level = self.policy.flow_start(self.now, info)
+        self.tx_bytes[stage - 1, src] += size
+        self.rx_bytes[stage - 1, dst] += size
         self.net.add(m, self.now)
         return m
 
@@ -643,7 +797,7 @@ class Simulator:
         elif m.stage == 2:
             b = o
             b.s2_pending -= 1
-            if b.s2_pending == 0:
+            if b.s2_pending == 0:  # the coflow ends with its slowest flow
                 cct = self.now - b.layer_time
                 for q in b.reqs:
                     q.rec.stage2_cct += cct
@@ -664,8 +818,14 @@ class Simulator:
         inst.batch = b
         b.layer_time = self.now
         b.stall_from = self.now
+        b.dt = self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs], [q.g for q in b.reqs])
+        groups: list[list[tuple[int, int]]] = [[] for _ in range(self.ng)]
+        for q in b.reqs:
+            groups[q.g].append((q.new, q.reused))
+        b.s2 = self.cost.stage2_nic_bytes(groups)
         self._apply(self.policy.batch_event(self.now, b.bid, "arrival"))
-        self.net.dirty = True  # RED ranks (within-level order) may have changed
+        if self.net.rank is not None:
+            self.net.mark_all()  # RED ranks (within-level order) may have changed
         if self.cluster.stage1_issue == "schedule":
             for q in b.reqs:  # KV loads start when the batch is scheduled (GPU memory is allocated)
                 self._issue_stage1(q, b.bid)
@@ -697,31 +857,33 @@ class Simulator:
             if ch:
                 changes.update(ch)
         self._apply(changes)
-        dt = self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs])
-        self._push(now + dt, COMPUTE, inst, b)
+        self._busy += b.dt
+        self._push(now + b.dt, COMPUTE, inst, b)
 
     def _compute_done(self, inst: Instance, b: Batch) -> None:
         now = self.now
-        L = self.model.num_layers
         b.layer_time = now
         first = b.reqs[0]
-        g = self.model.gpus
-        size2 = -(-sum(self.cost.stage2_bytes(q.new, q.reused) for q in b.reqs) // g)
-        # Stage 3: push this layer's KV of every request to its decode instance
+        # Stage 3: push this layer's KV of every request from its group to its decode group
         for q in b.reqs:
-            size3 = -(-self.cost.stage3_bytes(q.new, q.reused) // g)
-            d = self.np + q.dec
-            conn = self.net.conn((inst.idx, d, q.rid, 3), 2 * inst.idx, 2 * d + 1)
+            d = self.P + q.dec
+            conn = self.net.conn((q.gid, d, q.rid, 3), 2 * q.gid, 2 * d + 1)
             if b.layer == 0:
                 q.conns.append(conn.key)
-            self._start_flow(3, size3, conn, q, b.layer, q.rid, b.bid, self.names[inst.idx], self.names[d], q.deadline)
-        if size2 > 0:
-            conn = self.net.conn((inst.idx, inst.idx, b.bid, 2), 2 * inst.idx, 2 * inst.idx + 1)
-            b.s2_pending = 1
-            dl = min(q.deadline for q in b.reqs)
-            self._start_flow(2, size2, conn, b, b.layer, first.rid, b.bid, self.names[inst.idx],
-                             self.names[inst.idx], dl)
-        else:
+            self._start_flow(3, q.s3_nic, conn, q, b.layer, q.rid, b.bid, q.gid, d, q.deadline)
+        # Stage 2: a coflow of one per-NIC flow per group (dispatch + combine), ending with its slowest flow
+        n = 0
+        dl = None
+        for g, size in enumerate(b.s2):
+            if size > 0:
+                if dl is None:
+                    dl = min(q.deadline for q in b.reqs)
+                node = inst.node0 + g
+                conn = self.net.conn((node, node, b.bid, 2), 2 * node, 2 * node + 1, self.s2_weight)
+                self._start_flow(2, size, conn, b, b.layer, first.rid, b.bid, node, node, dl)
+                n += 1
+        b.s2_pending = n
+        if not n:
             b.layer += 1
             self._try_layer(inst)
 
@@ -729,21 +891,30 @@ class Simulator:
         b = inst.batch
         now = self.now
         changes = {}
+        sl = slice(inst.node0, inst.node0 + self.ng)
         for q in b.reqs:
             q.compute_done = True
             q.rec.prefill_end = now
-            inst.backlog -= self.cost.request_profile(q.new, q.reused).prefill_compute_s
+            self.attn_backlog[q.gid] -= q.attn_s
+            self.ffn_backlog[sl] -= q.ffn_s
             ch = self.policy.layer_boundary(now, q.rid, self.model.num_layers, True)
             if ch:
                 changes.update(ch)
         ch = self.policy.batch_event(now, b.bid, "departure")
         if ch:
             changes.update(ch)
-        self.net.dirty = True  # RED ranks (within-level order) may have changed
+        if self.net.rank is not None:
+            self.net.mark_all()  # RED ranks (within-level order) may have changed
         self._apply(changes)
-        self.net.drop_conn((inst.idx, inst.idx, b.bid, 2))
+        for g in range(self.ng):
+            node = inst.node0 + g
+            self.net.drop_conn((node, node, b.bid, 2))
         inst.batch = None
-        inst.backlog = max(0.0, inst.backlog)
+        if not inst.queue:  # float drift of the running sums
+            self.ffn_backlog[sl] = 0.0
+            for g in range(self.ng):
+                if self.attn_backlog[inst.node0 + g] < 1e-9:
+                    self.attn_backlog[inst.node0 + g] = 0.0
         for q in b.reqs:
             self._maybe_done(q)
         self._start_batch(inst)
@@ -754,7 +925,7 @@ class Simulator:
         done = self.now
         q.rec.ttft = done - q.arrival
         q.rec.met = done <= q.deadline + MET_TOLERANCE_S
-        self.dec_load[q.dec] -= self.cost.stage3_bytes(q.new, q.reused) * self.model.num_layers
+        self.dec_load[q.dec] -= q.s3_nic * self.model.num_layers
         self._apply(self.policy.request_end(done, q.rid))
         del self.reqs[q.rid]
         for key in q.conns:

@@ -19,29 +19,40 @@ Hardware (``Hardware`` defaults, A100-class, as the paper's Vidur calibration):
 Model shapes are the public ``config.json`` values of each model (URLs in
 ``ModelConfig.source``); parallelism is the paper's §4.2 table.
 
-Cost model (per layer, totals over the whole serving instance of ``gpus`` GPUs)
-------------------------------------------------------------------------------
+Cost model (per layer)
+----------------------
 For a request with ``new`` freshly computed tokens and ``reused`` prefix tokens
 (whose KV comes from the cache, Stage 1), ``ctx = reused + new``:
 
-* FLOPs = attention projections ``2·new·hidden·(2·q_dim + 2·kv_dim)``
-  + attention scores/values ``4·heads·head_dim·new·(reused + new/2)`` (causal)
-  + FFN ``2·new·3·hidden·(top_k·moe_inter + dense_inter)`` (SwiGLU: 3 matrices).
-* compute seconds = ``max(FLOPs / (gpus·peak·mfu), weight_bytes / (gpus·hbm)) + overhead``
-  (a layer is compute-bound for prefill batches, memory-bound only for tiny ones).
+* attention FLOPs = projections ``2·new·hidden·(2·q_dim + 2·kv_dim)``
+  + scores/values ``4·heads·head_dim·new·(reused + new/2)`` (causal);
+  FFN FLOPs = ``2·new·3·hidden·(top_k·moe_inter + dense_inter)`` (SwiGLU: 3 matrices).
+* **Attention data parallelism.** An instance of ``G = tp·ep·sp`` GPUs runs attention in
+  ``groups = G / (tp·sp)`` (= ep) data-parallel groups of ``attn_gpus = tp·sp`` GPUs; a request
+  and the KV it holds live on one group (its heads sharded over the group's TP ranks, its
+  tokens over its SP ranks), while the MoE layer spans all G GPUs (EP). Dense SP models
+  (llama3-8b) have one group of G GPUs.
+* compute seconds of a batch's layer =
+  ``max(max_g attn_g / (attn_gpus·peak·mfu) + ffn / (G·peak·mfu), weight_bytes / (G·hbm)) + overhead``
+  (the slowest group's attention, then the instance-wide FFN; memory-bound only for tiny batches).
 * KV bytes per token per layer = ``2 · kv_heads · head_dim · dtype_bytes``.
-* Stage 1 (reuse): ``kv_token · reused`` per layer.
-* Stage 2, MoE expert parallelism: dispatch + combine
-  ``2 · new · hidden · top_k · dtype_bytes`` per layer, of which the share sent to EP
-  peers in *other* servers, ``(ep − ep_local)/ep`` with ``ep_local = gpus_per_server / tp``,
-  crosses the network (TP stays on NVLink, paper §7).
+* Stage 1 (reuse): ``kv_token · reused`` per layer; Stage 3 (P2D push): ``kv_token · ctx``.
+  Both cross only the request's group: **per NIC** ``bytes / attn_gpus`` (:meth:`CostModel.nic_bytes`).
+* Stage 2, MoE expert parallelism: dispatch + combine ``2 · new · hidden · top_k · dtype_bytes``
+  per layer (instance total), of which the share sent to EP peers in *other* servers,
+  ``f_off = (ep − ep_local)/ep`` with ``ep_local = gpus_per_server / tp``, crosses the network
+  (TP stays on NVLink, paper §7). Per NIC (:meth:`CostModel.stage2_nic_bytes`): a GPU of group
+  ``g`` dispatches its share of the group's tokens, ``D_g = new_g·top_k·hidden·dtype·f_off / tp``,
+  and receives ``U = N·top_k·hidden·dtype·f_off / G`` for the experts it hosts (tokens spread
+  evenly over experts, N = the batch's new tokens); combine is the reverse, so each NIC sends
+  and receives ``D_g + U``.
   Sequence parallelism (dense Llama): all-gather of the layer's K/V over the SP ranks,
-  ``(sp − 1) · kv_token · ctx`` per layer, of which ``(sp − sp_local)/(sp − 1)`` crosses servers.
-* Stage 3 (P2D push): the request's full KV history, ``kv_token · ctx`` per layer.
+  ``(sp − 1) · kv_token · ctx`` per layer, of which ``(sp − sp_local)/(sp − 1)`` crosses servers,
+  spread evenly over the G GPUs (one group).
 
-Every byte figure is a total over the instance; the simulator spreads it evenly
-over the instance's GPUs (``per_gpu``), because KV and activations are sharded
-symmetrically (heads over TP ranks, tokens over the DP/EP/SP ranks).
+Byte methods without ``nic`` in their name return instance totals (``RequestProfile.per_gpu``
+divides by G: the old instance-averaged figure, kept for the emulated workload); the per-NIC
+figures for a request alone on one group are ``RequestProfile.per_nic`` / ``stage2_nic``.
 
 ``scale`` multiplies bytes and ``time_scale`` multiplies compute seconds, so an
 emulation on slow links keeps the paper's communication/compute ratio
@@ -79,6 +90,26 @@ class ModelConfig:
     def gpus(self) -> int:
         """GPUs of one serving instance (one model replica)."""
         return self.tp * self.ep * self.sp
+
+    @property
+    def attn_gpus(self) -> int:
+        """GPUs of one attention data-parallel group (a request's KV lives on them): tp·sp."""
+        return self.tp * self.sp
+
+    @property
+    def groups(self) -> int:
+        """Attention data-parallel groups per instance (G / attn_gpus = ep)."""
+        return self.gpus // self.attn_gpus
+
+    def stage2_peers(self, gpus_per_server: int) -> int:
+        """Peer GPUs in other servers one GPU's Stage-2 collective exchanges data with (it opens one
+        connection to each)."""
+        if self.is_moe:
+            ep_local = max(1, min(self.ep, gpus_per_server // self.tp))
+            return (self.ep - ep_local) * self.tp
+        if self.sp > 1:
+            return self.sp - max(1, min(self.sp, gpus_per_server // self.tp))
+        return 0
 
     @property
     def kv_bytes_per_token_layer(self) -> int:
@@ -148,13 +179,25 @@ class RequestProfile:
     stage2_bytes: int
     stage3_bytes: int
     gpus: int
+    nic_gpus: int = 0  # GPUs that hold the request's KV (its attention group); 0 = all ``gpus``
+    stage2_nic: int = -1  # per-NIC Stage-2 bytes of the request alone (its group's NICs); -1 = per_gpu(stage2_bytes)
 
     @property
     def prefill_compute_s(self) -> float:
         return self.num_layers * self.layer_compute_s
 
     def per_gpu(self, nbytes: int) -> int:
+        """Instance total spread over all G GPUs (the instance-averaged figure)."""
         return -(-nbytes // self.gpus)
+
+    def per_nic(self, nbytes: int) -> int:
+        """Stage-1/3 bytes through each NIC of the request's attention group."""
+        return -(-nbytes // (self.nic_gpus or self.gpus))
+
+    @property
+    def stage2_per_nic(self) -> int:
+        """Stage-2 bytes through each NIC of the request's group when it is computed alone."""
+        return self.stage2_nic if self.stage2_nic >= 0 else self.per_gpu(self.stage2_bytes)
 
 
 @dataclass(frozen=True)
@@ -169,24 +212,47 @@ class CostModel:
             raise ValueError(f"scale and time_scale must be > 0 (got {self.scale}, {self.time_scale})")
 
     # ---- compute -----------------------------------------------------
-    def layer_flops(self, new: int, reused: int) -> float:
+    def attn_flops(self, new: int, reused: int) -> float:
+        """Attention FLOPs of one layer (projections + causal scores/values), computed by the request's group."""
         m = self.model
         _check_tokens(new, reused)
         q = m.num_heads * m.head_dim
         kv = m.num_kv_heads * m.head_dim
-        proj = 2.0 * new * m.hidden * (2 * q + 2 * kv)
-        attn = 4.0 * m.num_heads * m.head_dim * new * (reused + new / 2)
-        ffn = 2.0 * new * 3 * m.hidden * (m.top_k * m.moe_inter + m.dense_inter)
-        return proj + attn + ffn
+        return 2.0 * new * m.hidden * (2 * q + 2 * kv) + 4.0 * m.num_heads * m.head_dim * new * (reused + new / 2)
 
-    def layer_compute_s(self, batch: list[tuple[int, int]] | tuple[int, int]) -> float:
-        """Seconds to compute one layer for a batch of (new, reused) token counts."""
+    def ffn_flops(self, new: int) -> float:
+        """FFN (MoE experts + dense/residual MLP) FLOPs of one layer, spread over all G GPUs."""
+        m = self.model
+        return 2.0 * new * 3 * m.hidden * (m.top_k * m.moe_inter + m.dense_inter)
+
+    def layer_flops(self, new: int, reused: int) -> float:
+        return self.attn_flops(new, reused) + self.ffn_flops(new)
+
+    def attn_s(self, new: int, reused: int) -> float:
+        """Seconds of one layer's attention of a request on its group (no overhead, time-scaled)."""
+        return self.attn_flops(new, reused) / (self.model.attn_gpus * self.hw.peak_flops * self.hw.mfu) * self.time_scale
+
+    def ffn_s(self, new: int) -> float:
+        """Seconds of one layer's FFN share of a request over the instance (no overhead, time-scaled)."""
+        return self.ffn_flops(new) / (self.model.gpus * self.hw.peak_flops * self.hw.mfu) * self.time_scale
+
+    def layer_compute_s(self, batch: list[tuple[int, int]] | tuple[int, int],
+                        groups: list[int] | None = None) -> float:
+        """Seconds to compute one layer for a batch of (new, reused) token counts; ``groups[i]``: the
+        attention group of ``batch[i]`` (default: all on one group). The slowest group's attention
+        plus the instance's FFN (module docstring)."""
         if isinstance(batch, tuple):
             batch = [batch]
-        flops = sum(self.layer_flops(n, r) for n, r in batch)
-        g = self.model.gpus
-        t = max(flops / (g * self.hw.peak_flops * self.hw.mfu), self.model.layer_weight_bytes / (g * self.hw.hbm_bw))
-        return (t + self.hw.layer_overhead) * self.time_scale
+        m, hw = self.model, self.hw
+        attn: dict[int, float] = {}
+        ffn = 0.0
+        for i, (n, r) in enumerate(batch):
+            g = groups[i] if groups is not None else 0
+            attn[g] = attn.get(g, 0.0) + self.attn_flops(n, r)
+            ffn += self.ffn_flops(n)
+        t = max(attn.values(), default=0.0) / (m.attn_gpus * hw.peak_flops * hw.mfu) + ffn / (m.gpus * hw.peak_flops * hw.mfu)
+        t = max(t, m.layer_weight_bytes / (m.gpus * hw.hbm_bw))
+        return (t + hw.layer_overhead) * self.time_scale
 
     # ---- bytes (totals over the instance, per layer) -------------------
     def _b(self, x: float) -> int:
@@ -212,9 +278,33 @@ class CostModel:
         _check_tokens(new, reused)
         return self._b(self.model.kv_bytes_per_token_layer * (new + reused))
 
+    # ---- per NIC (attention-DP groups) ----------------------------------
+    def nic_bytes(self, nbytes: int) -> int:
+        """Per-NIC share of a Stage-1/3 total (``stage1_bytes``/``stage3_bytes``): it crosses only the
+        request's group, ``attn_gpus`` NICs."""
+        return -(-nbytes // self.model.attn_gpus)
+
+    def stage2_nic_bytes(self, group_batches: list[list[tuple[int, int]]]) -> list[int]:
+        """Per-NIC Stage-2 bytes of one layer for each group of an instance: ``group_batches[g]`` is the
+        list of (new, reused) of the batch members on group g (``len == groups``). Each NIC of group g
+        sends and receives ``D_g + U`` (module docstring); a dense SP model has one group."""
+        m, hw = self.model, self.hw
+        if m.is_moe:
+            ep_local = max(1, min(m.ep, hw.gpus_per_server // m.tp))
+            per_tok = m.hidden * m.top_k * m.dtype_bytes * (m.ep - ep_local) / m.ep
+            news = [sum(n for n, _ in gb) for gb in group_batches]
+            u = sum(news) * per_tok / m.gpus
+            return [self._b(n * per_tok / m.tp + u) for n in news]
+        tot = [self.stage2_bytes(n, r) for gb in group_batches for n, r in gb]
+        return [-(-sum(tot) // m.gpus)] * len(group_batches)
+
     def request_profile(self, new: int, reused: int = 0) -> RequestProfile:
-        return RequestProfile(self.model.num_layers, self.layer_compute_s((new, reused)), self.stage1_bytes(reused),
-                              self.stage2_bytes(new, reused), self.stage3_bytes(new, reused), self.model.gpus)
+        """Per-layer figures of a request computed alone on one group."""
+        m = self.model
+        s2 = self.stage2_nic_bytes([[(new, reused)]] + [[] for _ in range(m.groups - 1)])[0]
+        return RequestProfile(m.num_layers, self.layer_compute_s((new, reused)), self.stage1_bytes(reused),
+                              self.stage2_bytes(new, reused), self.stage3_bytes(new, reused), m.gpus,
+                              m.attn_gpus, s2)
 
 
 def _check_tokens(new: int, reused: int) -> None:

@@ -37,8 +37,9 @@ def route(backlogs: Sequence[float], holders: Sequence[int], block_fetch_s: floa
 
 
 def block_fetch_s(cost, profile, block_tokens: int, nic_Bps: float) -> float:
-    """Seconds to fetch one prefix block's KV for every layer (per GPU, at ``nic_Bps``): the routing cost."""
-    return profile.per_gpu(cost.stage1_bytes(block_tokens)) * profile.num_layers / nic_Bps
+    """Seconds to fetch one prefix block's KV for every layer (per NIC of the request's group, at
+    ``nic_Bps``): the routing cost."""
+    return profile.per_nic(cost.stage1_bytes(block_tokens)) * profile.num_layers / nic_Bps
 
 
 def stage1_tokens(holders: Sequence[int], instance: int, reused: int, block_tokens: int) -> dict[int, int]:
@@ -53,9 +54,10 @@ def stage1_tokens(holders: Sequence[int], instance: int, reused: int, block_toke
 
 def ideal_ttft(cost, nic_Bps: float, new: int, reused: int) -> float:
     """TTFT of a request alone on an idle cluster: one layer of Stage 1 (the rest overlaps compute),
-    every layer's compute and Stage 2, and the last layer's Stage 3, at ``nic_Bps`` per GPU."""
+    every layer's compute and Stage 2, and the last layer's Stage 3, at ``nic_Bps`` per NIC (the
+    request alone on one attention group: per-NIC bytes of that group, ``RequestProfile.per_nic``)."""
     p = cost.request_profile(new, reused)
-    s1 = p.per_gpu(p.stage1_bytes) / nic_Bps if reused else 0.0
-    s2 = p.per_gpu(p.stage2_bytes) / nic_Bps
-    s3 = p.per_gpu(p.stage3_bytes) / nic_Bps
+    s1 = p.per_nic(p.stage1_bytes) / nic_Bps if reused else 0.0
+    s2 = p.stage2_per_nic / nic_Bps
+    s3 = p.per_nic(p.stage3_bytes) / nic_Bps
     return s1 + p.num_layers * (p.layer_compute_s + s2) + s3

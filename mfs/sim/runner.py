@@ -57,5 +57,5 @@ def run_point(model: str, workload: str, scheduler: str, rate: float, cluster: C
     return make_run(scheduler, rate, recs, model=model, workload=workload, seed=seed,
                     servers=cluster.servers, slo_scale=cluster.slo_scale, lowload_ratio=cluster.lowload_ratio,
                     warmup=cluster.warmup, measured=cluster.measured, max_batch_tokens=cluster.max_batch_tokens,
-                    flows=st.flows, events=st.events, allocations=st.allocations, sim_time=st.sim_time,
+                    flows=st.flows, events=st.events, nic_load=st.nic_load, allocations=st.allocations, sim_time=st.sim_time,
                     wall_s=round(wall, 3), hardware=asdict(hw))
