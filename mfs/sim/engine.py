@@ -27,6 +27,7 @@ Abstractions (docs/simulator.md explains why they are exact or what they lose):
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -112,10 +113,12 @@ class Msg:
 
 
 class Conn:
-    __slots__ = ("key", "tx", "rx", "queue", "head", "rate", "t", "ver", "cap", "stale", "w")
+    __slots__ = ("key", "tx", "rx", "queue", "head", "rate", "t", "ver", "cap", "stale", "w", "uid", "rk")
 
-    def __init__(self, key, tx, rx, w=1.0):
+    def __init__(self, key, tx, rx, w=1.0, uid=0):
         self.key, self.tx, self.rx = key, tx, rx
+        self.uid = uid  # the hash: sets of connections iterate in an order reproducible from run to run
+        self.rk = None  # (level, rank) of the head at the last allocation
         self.w = w  # fairness weight inside a level: the transport connections (QPs) this one stands for
         self.queue: list = []  # heap of (level, seq, msg)
         self.head: Msg | None = None
@@ -124,6 +127,9 @@ class Conn:
         self.ver = 0
         self.cap: float | None = None  # pacing rate (sum of its messages' caps), cached between re-reads
         self.stale = True  # cap must be re-read from the policy at the next allocation
+
+    def __hash__(self) -> int:
+        return self.uid
 
 
 class Network:
@@ -157,8 +163,10 @@ class Network:
         self.msgs: dict[int, Msg] = {}
         self.dirty = False
         self.dirty_links: set[int] = set()  # links whose connections need a new allocation
-        self.full = False  # re-allocate every active connection (ranks may have changed)
+        self.full = False  # re-allocate every active connection
+        self.rerank = False  # re-read the ranks of every active connection
         self.link_users: dict[int, set[Conn]] = {}  # active connections on each link
+        self._uids = itertools.count()
         self.touched: set[Conn] = set()
         self.allocations = 0
         self.exact_caps = False  # True: re-read every cap at every allocation (reference behaviour)
@@ -166,7 +174,7 @@ class Network:
     def conn(self, key, tx, rx, w: float = 1.0) -> Conn:
         c = self.conns.get(key)
         if c is None:
-            c = self.conns[key] = Conn(key, tx, rx, w)
+            c = self.conns[key] = Conn(key, tx, rx, w, next(self._uids))
         return c
 
     def _mark(self, c: Conn) -> None:
@@ -175,8 +183,9 @@ class Network:
         self.dirty = True
 
     def mark_all(self) -> None:
-        """Re-allocate every active connection at the next flush (e.g. within-level ranks changed)."""
-        self.full = self.dirty = True
+        """Within-level ranks may have changed: at the next flush, re-read every active connection's
+        rank and re-allocate around those whose rank changed."""
+        self.rerank = self.dirty = True
 
     def link_usage(self, blocking_only: bool = False) -> dict[int, float]:
         """Bytes/s in use on each link with traffic ({link: rate}); ``blocking_only``: Stage-1/2 traffic only."""
@@ -322,6 +331,11 @@ class Network:
         shared links (rates outside this component cannot change). Everything after mark_all()."""
         if self.full or self.exact_caps:
             return list(self.active)
+        if self.rerank and self.rank is not None:
+            rank = self.rank
+            for c in self.active:
+                if c.rk != (c.head.level, rank(c.head.fid)):
+                    self._mark(c)
         comp: set[Conn] = set()
         users = self.link_users
         stack = list(self.dirty_links)
@@ -345,14 +359,14 @@ class Network:
         rank = self.rank
         comp = self._component()
         self.dirty_links = set()
-        self.full = False
+        self.full = self.rerank = False
         for c in comp:
             self.settle(c, now)
             old[c] = c.rate
             if c.stale or self.exact_caps:
                 c.cap = self._conn_cap(c)
                 c.stale = False
-            key = (c.head.level, rank(c.head.fid) if rank else 0.0)
+            key = c.rk = (c.head.level, rank(c.head.fid) if rank else 0.0)
             by_level.setdefault(key, []).append(c)
         resid: dict[int, float] = {}  # residual capacity of the links in use (absent = full)
         for lvl in sorted(by_level):
