@@ -1,25 +1,23 @@
-"""`sim` command line: run one point, sweep schedulers × rates, write docs/results.md.
+"""`sim` command line: run one point, sweep (resumable, local pool or Ray), write docs/results.md.
 
     python -m mfs.sim run --model dbrx --workload conversation --scheduler mfs --rate 0.7
-    python -m mfs.sim sweep --model dbrx --workload conversation --rates 0.4,0.6,0.8 --out out/sim/dbrx
-    python -m mfs.sim report --servers 32 --out docs/results.md   # the reduced paper sweep (~25 min on 2 cores)
+    python -m mfs.sim sweep --models dbrx --workloads conversation --loads 0.4,0.6,0.8 --seeds 1,2,3 --out /work/simruns/x
+    python -m mfs.sim sweep ... --ray auto          # the same sweep on a running Ray cluster
+    python -m mfs.sim report --data /work/simruns/x  # docs/results.md, docs/img/, docs/data/sim_points.csv
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
 import shlex
 import sys
-import time
 from dataclasses import replace
-from pathlib import Path
 
 from mfs.sim.engine import ClusterConfig
 from mfs.sim.model import MODELS
-from mfs.sim.results import Run, plot_attainment, write_results
+from mfs.sim.results import write_results
 from mfs.sim.runner import SCHEDULERS, calibrate_slo, run_point
+from mfs.sim.sweep import BOUND, Point, executor, grid, sweep
 from mfs.sim.workload import WORKLOADS
 
 
@@ -29,16 +27,31 @@ def _floats(s: str) -> list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of numbers") from None
     if not xs or any(not x > 0 for x in xs):
-        raise argparse.ArgumentTypeError(f"{s!r}: rates must be > 0")
+        raise argparse.ArgumentTypeError(f"{s!r}: values must be > 0")
     return xs
 
 
-def _scheds(s: str) -> list[str]:
-    xs = [x.strip() for x in s.split(",") if x.strip()]
-    bad = [x for x in xs if x not in SCHEDULERS]
-    if bad or not xs:
-        raise argparse.ArgumentTypeError(f"unknown scheduler(s) {', '.join(bad) or '(none)'} (allowed: {', '.join(SCHEDULERS)})")
+def _ints(s: str) -> list[int]:
+    try:
+        xs = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from None
+    if not xs:
+        raise argparse.ArgumentTypeError("empty list")
     return xs
+
+
+def _choices(allowed, what):
+    def parse(s: str) -> list[str]:
+        xs = [x.strip() for x in s.split(",") if x.strip()]
+        bad = [x for x in xs if x not in allowed]
+        if bad or not xs:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or '(none)'} (allowed: {', '.join(allowed)})")
+        return xs
+    return parse
+
+
+_scheds = _choices(SCHEDULERS, "scheduler(s)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,48 +62,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=512, help="warm-up requests excluded from metrics (default 512)")
     p.add_argument("--measured", type=int, default=1024, help="measured requests (default 1024)")
     p.add_argument("--slo-scale", type=float, default=3.0, help="deadline = arrival + this × low-load TTFT (default 3)")
-    p.add_argument("--max-batch-tokens", type=int, default=16384, help="new tokens per prefill batch (default 16384)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="new tokens per attention group per prefill step (default 8192, the paper's testbed)")
+    p.add_argument("--fairness", choices=("per_connection", "per_flow"), default="per_connection",
+                   help="sharing inside a priority level: a collective gets one share per peer connection it "
+                        "opens (default, what transports do) or one share in all")
 
 
 def _cluster(a) -> ClusterConfig:
     return ClusterConfig(servers=a.servers, warmup=a.warmup, measured=a.measured, slo_scale=a.slo_scale,
-                         max_batch_tokens=a.max_batch_tokens)
-
-
-def _point(job):
-    model, workload, sched, rate, cluster, seed = job
-    run = run_point(model, workload, sched, rate, cluster, seed=seed)
-    if cluster.ideal_network:
-        run.scheduler = BOUND  # compute-only bound: fair sharing on links 1e6x faster
-    return run
-
-
-BOUND = "no-network bound"
-
-
-def run_jobs(todo: list[tuple], jobs: int | None = None, label: str = "") -> list[Run]:
-    """Run ``(model, workload, scheduler, rate, cluster, seed)`` points on ``jobs`` processes, with progress."""
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-    runs: list[Run] = []
-    t0 = time.perf_counter()
-    with mp.get_context("fork").Pool(jobs) as pool:
-        for i, run in enumerate(pool.imap_unordered(_point, todo), 1):
-            runs.append(run)
-            el = time.perf_counter() - t0
-            print(f"\r{label}[{i}/{len(todo)}] {el:5.0f}s  last {run.scheduler}@{run.rate:g}: "
-                  f"attain {run.summary['attainment']:.2f}   ", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    runs.sort(key=lambda r: (r.scheduler, r.rate))
-    return runs
-
-
-def sweep(model: str, workload: str, schedulers: list[str], rates: list[float], cluster: ClusterConfig,
-          seed: int = 1, jobs: int | None = None, label: str = "") -> list[Run]:
-    """Calibrate the SLO at low load, then run every (scheduler, rate) point on ``jobs`` processes."""
-    ratio = calibrate_slo(model, workload, cluster, seed=seed)
-    cl = replace(cluster, lowload_ratio=ratio)
-    return run_jobs([(model, workload, s, r, cl, seed) for r in rates for s in schedulers], jobs, label)
+                         max_batch_tokens=a.max_batch_tokens, fairness=a.fairness)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,21 +84,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler", choices=SCHEDULERS, default="mfs")
     p.add_argument("--rate", type=float, required=True, help="requests/s per prefill GPU")
     p.add_argument("--out", help="write <out>.json and <out>.csv")
-    p = sub.add_parser("sweep", help="schedulers × rates in parallel; writes JSON, CSV and an attainment plot")
+    p.add_argument("--seed", type=int, default=1)
+    p = sub.add_parser("sweep", help="models × workloads × schedulers × rates × seeds; resumable (one JSON per "
+                       "point in --out; finished points are skipped); local process pool or --ray")
     _common(p)
-    p.add_argument("--schedulers", type=_scheds, default=["mfs", "fair", "sjf", "edf", "karuna"])
-    p.add_argument("--rates", type=_floats, required=True, help="comma-separated requests/s per prefill GPU")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--out", required=True, help="output stem: <out>.json, <out>.csv, <out>.png")
-    p = sub.add_parser("report", help="reduced paper sweep for every model/workload; writes docs/results.md")
+    p.add_argument("--models", type=_choices(sorted(MODELS), "model(s)"), default=None,
+                   help="comma-separated (default: --model)")
+    p.add_argument("--workloads", type=_choices(WORKLOADS, "workload(s)"), default=None,
+                   help="comma-separated (default: --workload)")
+    p.add_argument("--schedulers", type=_scheds, default=["mfs", "karuna", "fair", "sjf", "edf"])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--rates", type=_floats, help="comma-separated requests/s per prefill GPU")
+    g.add_argument("--loads", type=_floats, help="comma-separated fractions of each case's balanced-compute "
+                   "capacity (mfs.sim.report.capacity_rate)")
+    p.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--no-bound", action="store_true", help=f"skip the {BOUND} points")
+    p.add_argument("--order", choices=("breadth", "depth"), default="breadth",
+                   help="breadth (default): seed by seed over every case, so partial results cover all cases")
+    p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run on Ray: a cluster address, 'auto' (the running cluster) or 'local' (start one here)")
+    p.add_argument("--out", required=True, help="results directory (one small JSON per point)")
+    p = sub.add_parser("report", help="docs/results.md (+ plots, + compact CSV) from a results directory or CSV")
+    p.add_argument("--data", required=True, help="results directory of a sweep, or a CSV written by report")
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--img", default="docs/img", help="directory for the plots")
-    p.add_argument("--data", default="out/sim/report", help="directory for the raw JSON/CSV")
-    p.add_argument("--servers", type=int, default=32, help="servers (default 32: reduced from 256 to fit ~25 min on 2 shared cores)")
-    p.add_argument("--warmup", type=int, default=128)
-    p.add_argument("--measured", type=int, default=256)
-    p.add_argument("--jobs", type=int, default=None)
-    p.add_argument("--only", default="", help="comma-separated model names to include (default all)")
+    p.add_argument("--csv", default="docs/data/sim_points.csv", help="write every point here ('' = don't)")
+    p.add_argument("--partial", default="", help="mark the results partial, with this command that continues the sweep")
     a = ap.parse_args(argv)
     cmd = "python -m mfs.sim " + " ".join(shlex.quote(x) for x in argv)
     try:
@@ -132,17 +125,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(*write_results(a.out, [run], cmd), sep="\n")
             return 0
         if a.cmd == "sweep":
-            runs = sweep(a.model, a.workload, a.schedulers, a.rates, _cluster(a), a.seed, a.jobs)
-            paths = write_results(a.out, runs, cmd)
-            png = plot_attainment(runs, Path(a.out).with_suffix(".png"), f"{a.model} / {a.workload}")
-            from mfs.sim.report import rate_table
-            print(rate_table(runs))
-            print(*paths, png, sep="\n")
+            from mfs.sim.report import capacity_rate
+            models, wls = a.models or [a.model], a.workloads or [a.workload]
+            rates = (lambda m, w: a.rates) if a.rates else (lambda m, w: [x * capacity_rate(m, w) for x in a.loads])
+            base = Point("", "", "", 1.0, servers=a.servers, warmup=a.warmup, measured=a.measured,
+                         max_batch_tokens=a.max_batch_tokens, fairness=a.fairness)
+            pts = grid(models, wls, a.schedulers, a.seeds, rates, base, bound=not a.no_bound, order=a.order)
+            res = sweep(pts, a.out, executor(a.ray, a.jobs))
+            print(f"{len(res)} of {len(pts)} points in {a.out}; report: python -m mfs.sim report --data {a.out}")
             return 0
         from mfs.sim.report import make_report
-        make_report(a, cmd)
+        print(make_report(a.data, a.out, a.img, a.csv or None, cmd, a.partial))
         return 0
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"sim: error: {e}", file=sys.stderr)
         return 2
 
