@@ -40,6 +40,10 @@ log = logging.getLogger("mfs.engine")
 # events applied per round (whole batches, round robin over hosts): bounds the time a round
 # holds the event loop, so other hosts' reports, keep-alives and timers keep running
 ROUND_EVENTS = 1024
+# ... and at most about this much time (an event costs what the policy makes it cost: a round
+# stops after the event that crosses the budget, so a host's expensive events delay the others
+# by one budget, not by the whole of them)
+ROUND_BUDGET_S = 0.02
 ROUND_PAUSE_S = 0.001  # after a round longer than this, the event loop gets this long for the rest
 # the controller-alive clock (Engine.alive_now) counts at most this much of any gap between two
 # of its readings: a longer gap means the controller itself was not running (event loop blocked,
@@ -250,19 +254,21 @@ class Engine:
                 self._rr = (self._rr + 1) % len(hosts)
                 hosts = hosts[self._rr:] + hosts[:self._rr]
             budget = ROUND_EVENTS
+            deadline = time.perf_counter() + ROUND_BUDGET_S
             while hosts and budget > 0:
                 for host in list(hosts):
                     q = self.queues[host]
                     b = q[0]
                     n = min(len(b.events) - b.pos, max(1, budget // len(hosts)))
-                    self._apply_batch(now, b, changes, b.pos, b.pos + n)
+                    n = self._apply_batch(now, b, changes, b.pos, b.pos + n, deadline)
                     b.pos += n
                     budget -= n
                     if b.pos >= len(b.events):
                         taken.append(q.popleft())  # applied whole: acked after this round's write
                     if not q:
                         hosts.remove(host)
-                    if budget <= 0:
+                    if budget <= 0 or time.perf_counter() > deadline:
+                        budget = 0
                         break
             if any(self.queues.values()):
                 self._wake.set()  # more next round
@@ -337,8 +343,13 @@ class Engine:
             self.where[key] = w
 
     # ------------------------------------------------------------------ events
-    def _apply_batch(self, now: float, b: Batch, changes: dict[int, float], lo: int = 0, hi: int | None = None) -> None:
+    def _apply_batch(self, now: float, b: Batch, changes: dict[int, float], lo: int = 0, hi: int | None = None,
+                     deadline: float = math.inf) -> int:
+        """Apply events ``lo:hi`` of ``b``, stopping after the one that ends past ``deadline``
+        (perf_counter); returns how many were applied."""
+        n = 0
         for ev in b.events[lo:hi]:
+            n += 1
             try:
                 self._apply(now, b.host, ev, changes)
             except Reject as r:
@@ -349,6 +360,9 @@ class Engine:
                 b.rejected.append((ev.seq, f"policy: {type(e).__name__}: {e}"))
                 self.metrics.count("rejected_reports", reason="policy")
             self.last_applied_seq[b.host] = max(self.last_applied_seq.get(b.host, 0), ev.seq)
+            if time.perf_counter() > deadline:
+                break
+        return n
 
     def _apply(self, now: float, host: str, ev: pb.Event, changes: dict[int, float]) -> None:
         kind = ev.WhichOneof("kind")
