@@ -108,12 +108,13 @@ def bench_process(n: int = 30000) -> float:
 
     schema = P4Schema.load()
     p = Pipeline(schema)
-    for te in (schema.table_entry("mfs_flow", {"stage": 3, "flow_id": 1}, "set_level", {"level": 0}),
+    for te in (schema.table_entry("mfs_flow", {"stage": 3, "flow_id": 1, "ingress_port": 1, "src_addr": "10.0.1.1"},
+                                  "set_level", {"level": 0}),
                schema.table_entry("ipv4_lpm", {"dst_addr": ("10.0.2.0", 24)}, "route",
                                   {"port": 2, "src_mac": 1, "dst_mac": 2}),
                schema.table_entry("l2_fwd", {"dst_addr": "02:00:00:00:00:02"}, "l2_forward", {"port": 2})):
         p.write_table(1, te)
-    frames = [bytes(Ether(dst="02:00:00:00:00:02") / IP(dst="10.0.3.1") / UDP(dport=mfsh.MFS_UDP_PORT)
+    frames = [bytes(Ether(dst="02:00:00:00:00:02") / IP(src="10.0.1.1", dst="10.0.3.1") / UDP(dport=mfsh.MFS_UDP_PORT)
                     / (mfsh.pack(3, 1) + b"x" * 48)),
               bytes(Ether(dst="02:00:00:00:00:09") / IP(dst="10.0.2.9", ttl=9) / UDP(dport=9000) / (b"y" * 64)),
               bytes(Ether(dst="02:00:00:00:00:02") / IP(dst="10.0.3.1") / UDP(dport=9000) / (b"z" * 64))]
@@ -163,7 +164,8 @@ def bench_netns() -> dict[str, float]:
     schema = P4Schema.load()
     entries = [schema.table_entry("l2_fwd", {"dst_addr": mac}, "l2_forward", {"port": port})
                for mac, port in (("02:00:00:09:00:01", 1), ("02:00:00:09:00:02", 2))]
-    entries.append(schema.table_entry("mfs_flow", {"stage": 3, "flow_id": 1}, "set_level", {"level": 0}))
+    entries.append(schema.table_entry("mfs_flow", {"stage": 3, "flow_id": 1, "ingress_port": 1, "src_addr": "10.9.0.1"},
+                                      "set_level", {"level": 0}))
     out: dict[str, float] = {}
     with TwoHosts() as net:
         def program(addr, device_config=b""):

@@ -2,8 +2,8 @@
 embedded switch and the data-plane tests.
 
     schema = P4Schema.load("p4src/build/mfs.p4info.txtpb")
-    te = schema.table_entry("MfsIngress.mfs_flow", {"stage": 3, "flow_id": 42},
-                            "MfsIngress.set_level", {"level": 1})
+    te = schema.table_entry("MfsIngress.mfs_flow", {"stage": 3, "flow_id": 42, "ingress_port": 1,
+                                                    "src_addr": "10.0.1.1"}, "MfsIngress.set_level", {"level": 1})
     schema.describe_table_entry(te)   # -> TableEntrySpec with names and ints
 
 Names may be given in full or as a unique suffix (``mfs_flow``). Unknown names

@@ -149,7 +149,8 @@ def test_arbitration_higher_election_id_wins_and_loser_stops_writing(target_kind
             high = SwitchClient(t.address, t.device_id, election_id=9, name="high")
             assert await high.open() is True
             await until(lambda: not low.is_primary, what="low to learn it lost primary")
-            te = SCHEMA.table_entry(FLOW_TABLE, {"stage": 1, "flow_id": 7}, "MfsIngress.set_level", {"level": 3})
+            te = SCHEMA.table_entry(FLOW_TABLE, {"stage": 1, "flow_id": 7, "ingress_port": 1, "src_addr": "10.0.0.1"},
+                                    "MfsIngress.set_level", {"level": 3})
             from controller.p4rt.client import update
             with pytest.raises(NotPrimary):
                 await low.write([update("insert", te)])

@@ -35,11 +35,11 @@ def save_p4info(info: p4i.P4Info, path) -> str:
     return str(path)
 
 
-def idle_p4info(path) -> str:
+def idle_p4info(path, behavior=p4i.Table.NOTIFY_CONTROL) -> str:
     info = p4info_copy()
     for t in info.tables:
         if t.preamble.name == "MfsIngress.mfs_flow":
-            t.idle_timeout_behavior = p4i.Table.NOTIFY_CONTROL
+            t.idle_timeout_behavior = behavior
     return save_p4info(info, path)
 
 
@@ -69,11 +69,12 @@ def entry(handle, key):
 
 def test_idle_flow_is_ended_and_its_entries_deleted(tmp_path):
     p4 = idle_p4info(tmp_path / "idle.p4info.txtpb")
-    with switches([p4, p4, None]) as (h1sw, h2sw, plain):
+    no_idle = idle_p4info(tmp_path / "no-idle.p4info.txtpb", p4i.Table.NO_TIMEOUT)
+    with switches([p4, p4, no_idle]) as (h1sw, h2sw, plain):
         async def go():
             data = config_data([h1sw.address, h2sw.address, plain.address], flow_idle_timeout_s=IDLE_S)
-            for sw in data["switches"][:2]:
-                sw["p4info"] = p4
+            for sw, path in zip(data["switches"], (p4, p4, no_idle)):
+                sw["p4info"] = path
             c = await started(config_mod.parse(data, "idle.yaml"))
             h = Host(c.api_port)
             try:
@@ -112,13 +113,14 @@ def test_idle_flow_is_ended_and_its_entries_deleted(tmp_path):
         run(go())
 
 
-def test_embedded_switch_refuses_a_timeout_where_the_p4info_has_none():
+def test_embedded_switch_refuses_a_timeout_where_the_p4info_has_none(tmp_path):
     from finsy.proto import p4r
 
     from topo.embedded.pipeline import EntityError, Pipeline
-    schema = P4Schema.load()
+    schema = P4Schema.load(idle_p4info(tmp_path / "no-idle.p4info.txtpb", p4i.Table.NO_TIMEOUT))
     p = Pipeline(schema)
-    te = schema.table_entry("MfsIngress.mfs_flow", {"stage": 1, "flow_id": 5}, "MfsIngress.set_level", {"level": 3})
+    te = schema.table_entry("MfsIngress.mfs_flow", {"stage": 1, "flow_id": 5, "ingress_port": 1, "src_addr": "10.0.0.1"},
+                            "MfsIngress.set_level", {"level": 3})
     te.idle_timeout_ns = 10**9
     with pytest.raises(EntityError, match="does not support idle timeout"):
         p.write_table(p4r.Update.INSERT, te)

@@ -82,9 +82,10 @@ def test_many_failing_updates_in_one_write_are_reported_per_update(bmv2):
 
     bmv2.reset()
     n = 2000
-    ok = bmv2.schema.table_entry("MfsIngress.mfs_flow", {"stage": 1, "flow_id": 1}, "MfsIngress.set_level",
+    src = {"ingress_port": 1, "src_addr": "10.0.1.1"}
+    ok = bmv2.schema.table_entry("MfsIngress.mfs_flow", {"stage": 1, "flow_id": 1, **src}, "MfsIngress.set_level",
                                  {"level": 2})
-    missing = [bmv2.schema.table_entry("MfsIngress.mfs_flow", {"stage": 2, "flow_id": i}, "MfsIngress.set_level",
+    missing = [bmv2.schema.table_entry("MfsIngress.mfs_flow", {"stage": 2, "flow_id": i, **src}, "MfsIngress.set_level",
                                        {"level": 2}) for i in range(n)]
 
     async def go():
@@ -120,7 +121,8 @@ def test_level_selects_the_strict_priority_queue(bmv2):
     bmv2.reset()
     bmv2.write([{"table": "MfsIngress.ipv4_lpm", "match": {"dst_addr": ["10.0.2.0", 24]}, "action": "MfsIngress.route",
                  "params": {"port": 2, "src_mac": "02:aa:00:00:00:02", "dst_mac": "02:bb:00:00:00:02"}},
-                {"table": "MfsIngress.mfs_flow", "match": {"stage": 3, "flow_id": 1}, "action": "MfsIngress.set_level",
+                {"table": "MfsIngress.mfs_flow", "match": {"stage": 3, "flow_id": 1, "ingress_port": 1, "src_addr": "10.0.1.1"},
+                 "action": "MfsIngress.set_level",
                  "params": {"level": 0}}])
     base = Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / IP(src="10.0.1.1", dst="10.0.2.1")
     low = bytes(base / UDP(sport=1000, dport=9000) / (b"l" * 64))                          # best effort: level 7

@@ -115,7 +115,8 @@ def test_strict_priority_on_shaped_port(topo, tmp_path):
         assert sw.stdout.readline().startswith("ready"), "switch did not become ready"
         schema = P4Schema.load()
         c = _l2_switch(addr, [update(p4r.Update.INSERT, table_entry=schema.table_entry(
-            "mfs_flow", {"stage": 3, "flow_id": 1}, "set_level", {"level": 0}))])
+            "mfs_flow", {"stage": 3, "flow_id": 1, "ingress_port": 1, "src_addr": "10.9.0.1"}, "set_level",
+            {"level": 0}))])
         rx = subprocess.Popen(net.cmd(2, PY, "-c", RECEIVER, str(DURATION + 1.5)),
                               stdout=subprocess.PIPE, text=True)
         assert rx.stdout.readline().strip() == "listening"

@@ -33,7 +33,7 @@ def cli(sw):
 
 
 def flow(stage, fid, level=None):
-    return SCHEMA.table_entry("mfs_flow", {"stage": stage, "flow_id": fid},
+    return SCHEMA.table_entry("mfs_flow", {"stage": stage, "flow_id": fid, "ingress_port": 1, "src_addr": "10.0.1.1"},
                               "set_level" if level is not None else None, {"level": level} if level is not None else None)
 
 
@@ -197,9 +197,9 @@ def test_reads_counters_registers_groups(cli, sw):
     (c0,) = cli.read([p4r.Entity(counter_entry=ce)])
     assert c0.counter_entry.data.packet_count == 1 and c0.counter_entry.data.byte_count == len(mfs_frame())
     all_q = cli.read([p4r.Entity(counter_entry=p4r.CounterEntry(counter_id=SCHEMA.counter("queue_counter").id))])
-    assert len(all_q) == 512 and all_q[2 * 8 + 1].counter_entry.data.packet_count == 1
+    assert len(all_q) == 512 * 8 and all_q[2 * 8 + 1].counter_entry.data.packet_count == 1
     regs = cli.read([p4r.Entity(register_entry=p4r.RegisterEntry())])
-    assert len(regs) == 1024
+    assert len(regs) == 2 * 4096 + 4096   # queue_depth, queue_delay, miss_filter
     ge = p4r.Entity()
     ge.packet_replication_engine_entry.multicast_group_entry.multicast_group_id = 0
     (g,) = cli.read([ge])
@@ -245,18 +245,25 @@ def test_digests_dedupe_ack_and_batching(cli, sw):
     cfg = p4r.DigestEntry(digest_id=did)
     cfg.config.max_timeout_ns, cfg.config.max_list_size, cfg.config.ack_timeout_ns = 0, 1, 60 * 10**9
     cli.write([update(INS, digest_entry=cfg)])
+    cell = p4r.RegisterEntry(register_id=SCHEMA.register("miss_filter").id)
+    cell.index.index, cell.data.bitstring = 1, b"\x00"   # flow 1's miss_filter cell, set by the packet above
+    cli.write([update(MOD, register_entry=cell)])
     sw.switch.process(1, mfs_frame(fid=1))
-    sw.switch.process(1, mfs_frame(fid=1))  # same data: deduplicated until acked
+    cli.write([update(MOD, register_entry=cell)])
+    sw.switch.process(1, mfs_frame(fid=1))  # same data: deduplicated until acked (by the digest engine)
     msgs = cli.barrier()
     assert len(msgs) == 1
     dl = msgs[0].digest
     vals = [int.from_bytes(m.bitstring, "big") for m in dl.data[0].struct.members]
-    assert vals == [3, 1, 5, int.from_bytes(bytes([10, 0, 1, 1]), "big"), 1]
+    assert vals == [3, 1, 5, int.from_bytes(bytes([10, 0, 1, 1]), "big"), 1, 1]   # ..., ingress_port, filter_index
     ack = p4r.StreamMessageRequest()
     ack.digest_ack.digest_id, ack.digest_ack.list_id = did, dl.list_id
     cli.send(ack)
     cli.barrier()
-    sw.switch.process(1, mfs_frame(fid=1))  # after the ack it is sent again
+    sw.switch.process(1, mfs_frame(fid=1))  # the data plane reports an unknown flow once (miss_filter) ...
+    assert cli.barrier() == []
+    cli.write([update(MOD, register_entry=cell)])   # ... until the controller clears its cell
+    sw.switch.process(1, mfs_frame(fid=1))  # after the ack and the clear it is sent again
     assert len(cli.barrier()) == 1
     cli.send(ack)  # second ack of the same list: StreamError
     err = cli.next("error")

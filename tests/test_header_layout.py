@@ -57,7 +57,8 @@ def test_levels_constants():
     c = p4_constants()
     assert c["NUM_QUEUES"] == levels.NUM_QUEUES
     assert c["LOWEST_LEVEL"] == levels.LOWEST_LEVEL
-    assert c["CLASS_COUNTER_SIZE"] == 8
+    assert c["CLASS_COUNTER_SIZE"] == 16
+    assert c["DROP_COUNTER_SIZE"] == 8
     assert c["QUEUE_STATS_SIZE"] == c["STAT_PORTS"] * levels.NUM_QUEUES
 
 
@@ -84,7 +85,8 @@ def test_digest_struct_matches_api():
     m = re.search(r"struct\s+mfs_miss_t\s*\{(.*?)\}", text, flags=re.S)
     body = m.group(1).replace("port_t", "bit<9>")
     assert re.findall(r"bit<(\d+)>\s+(\w+)", body) == [("8", "stage"), ("32", "flow_id"), ("32", "request_id"),
-                                                       ("32", "src_addr"), ("9", "ingress_port")]
+                                                       ("32", "src_addr"), ("9", "ingress_port"),
+                                                       ("16", "filter_index")]
 
 
 # ---------------------------------------------------------------- P4Info vs docs/p4-api.md
@@ -109,7 +111,7 @@ def _doc_tables() -> dict[str, dict]:
 
 
 def test_doc_parser_sees_every_table():
-    assert len(_doc_tables()) == 9
+    assert len(_doc_tables()) == 12
 
 
 @pytest.mark.parametrize("name", sorted(_doc_tables()))
@@ -126,8 +128,16 @@ def test_p4info_table_matches_doc(name):
         assert a in table_actions, f"{name}: action {a} missing"
         if params:
             assert [(p.name, p.bitwidth) for p in table_actions[a].params] == params
+    # a const default is declared as such in the doc ("`action`, const"), and is that action
+    if ", const" in doc["default"]:
+        want = doc["default"].split("`")[1]
+        assert tab.const_default_action_id, f"{name}: the doc says the default is const"
+        assert actions[tab.const_default_action_id].preamble.name == want
+    else:
+        assert not tab.const_default_action_id, f"{name}: const default not declared in docs/p4-api.md"
+    # the flow table ages (idle timeout), nothing else does
+    assert (tab.idle_timeout_behavior == p4i.Table.NOTIFY_CONTROL) == ("idle timeout" in doc["default"])
     # NoAction is only ever a default for tables whose doc says "NoAction" as default
-    assert not tab.const_default_action_id, "docs/p4-api.md declares no const default action"
     for r in tab.action_refs:
         if r.scope == p4i.ActionRef.DEFAULT_ONLY:
             assert actions[r.id].preamble.name == "NoAction" and doc["default"].startswith("`NoAction`")
@@ -144,17 +154,22 @@ def test_set_level_and_other_action_params():
 def test_p4info_counters_registers_digest():
     info = p4info()
     ctr = {c.preamble.name: c for c in info.counters}
-    assert ctr["MfsIngress.class_counter"].size == 8
-    assert ctr["MfsEgress.queue_counter"].size == 512
+    assert ctr["MfsIngress.class_counter"].size == 16
+    assert ctr["MfsIngress.drop_counter"].size == 8
+    assert ctr["MfsEgress.queue_counter"].size == 512 * 8
     assert all(c.spec.unit == p4i.CounterSpec.BOTH for c in ctr.values())
     reg = {r.preamble.name: r for r in info.registers}
-    assert set(reg) == {"MfsEgress.queue_depth", "MfsEgress.queue_delay"}
-    assert all(r.size == 512 and r.type_spec.bitstring.bit.bitwidth == 32 for r in reg.values())
+    assert set(reg) == {"MfsEgress.queue_depth", "MfsEgress.queue_delay", "MfsIngress.miss_filter"}
+    assert all(reg[n].size == 512 * 8 and reg[n].type_spec.bitstring.bit.bitwidth == 32
+               for n in ("MfsEgress.queue_depth", "MfsEgress.queue_delay"))
+    assert reg["MfsIngress.miss_filter"].size == 4096
+    assert reg["MfsIngress.miss_filter"].type_spec.bitstring.bit.bitwidth == 8
     (dg,) = info.digests
     assert dg.preamble.name == "mfs_miss_t" and dg.type_spec.struct.name == "mfs_miss_t"
     members = info.type_info.structs["mfs_miss_t"].members
     assert [(m.name, m.type_spec.bitstring.bit.bitwidth) for m in members] == [
-        ("stage", 8), ("flow_id", 32), ("request_id", 32), ("src_addr", 32), ("ingress_port", 9)]
+        ("stage", 8), ("flow_id", 32), ("request_id", 32), ("src_addr", 32), ("ingress_port", 9),
+        ("filter_index", 16)]
     assert info.pkg_info.arch == "v1model"
 
 

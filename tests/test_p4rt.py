@@ -31,7 +31,8 @@ def target():
 
 
 def flow(fid, level=3, stage=1):
-    return SCHEMA.table_entry(FLOW, {"stage": stage, "flow_id": fid}, "MfsIngress.set_level", {"level": level})
+    return SCHEMA.table_entry(FLOW, {"stage": stage, "flow_id": fid, "ingress_port": 1, "src_addr": "10.0.1.1"},
+                              "MfsIngress.set_level", {"level": level})
 
 
 async def primary(t, **kw) -> SwitchClient:
@@ -90,7 +91,7 @@ def test_read_counters_and_registers(target):
         c = await primary(target)
         cnt = await c.read_counter(SCHEMA.counter("MfsEgress.queue_counter").id)
         reg = await c.read_register(SCHEMA.register("MfsEgress.queue_depth").id)
-        assert len(cnt) == 512 and len(reg) == 512
+        assert len(cnt) == 4096 and len(reg) == 4096
         assert set(cnt.values()) == {(0, 0)}
         await c.close()
     run(go())

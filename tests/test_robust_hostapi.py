@@ -51,7 +51,8 @@ class SwitchEnv(Env):
 
 
 def installed(t: EmbeddedTarget) -> dict[tuple[int, int], int]:
-    return {k: e.params["level"] for k, e in t.handle.switch.entries["MfsIngress.mfs_flow"].items()}
+    """(stage, flow_id) -> level (the key's ingress_port/src_addr are the owner's, not checked here)."""
+    return {k[:2]: e.params["level"] for k, e in t.handle.switch.entries["MfsIngress.mfs_flow"].items()}
 
 
 def hostile_event(rng: random.Random, seq: int, base: int, now: float) -> pb.Event:

@@ -24,7 +24,8 @@ FLOW = S.table("mfs_flow")
 
 
 def flow(fid: int, level: int = 1, stage: int = 3) -> p4r.TableEntry:
-    return S.table_entry("mfs_flow", {"stage": stage, "flow_id": fid}, "set_level", {"level": level})
+    return S.table_entry("mfs_flow", {"stage": stage, "flow_id": fid, "ingress_port": 1, "src_addr": "10.0.1.1"},
+                         "set_level", {"level": level})
 
 
 def stage_default(prio: int) -> p4r.TableEntry:
@@ -162,8 +163,8 @@ def test_bad_reads_get_the_right_status(cli):
          grpc.StatusCode.INVALID_ARGUMENT),
     ]
     ce = p4r.CounterEntry(counter_id=S.counter("class_counter").id)
-    ce.index.index = 8
-    cases.append(("counter index 8 of 8", p4r.Entity(counter_entry=ce), grpc.StatusCode.OUT_OF_RANGE))
+    ce.index.index = 16
+    cases.append(("counter index 16 of 16", p4r.Entity(counter_entry=ce), grpc.StatusCode.OUT_OF_RANGE))
     te = flow(1)
     te.match[0].field_id = 99
     cases.append(("read by a garbage key", p4r.Entity(table_entry=te), grpc.StatusCode.INVALID_ARGUMENT))

@@ -3,10 +3,12 @@
 The oracle below is written from docs/header.md and docs/p4-api.md (not from
 topo/embedded/pipeline.py): which frames carry a valid MFS header, which are
 malformed MFS (class_counter[6], best-effort level, header bytes untouched) and
-which are plain best effort. Every generated frame goes through
+which are plain best effort, which IPv4 headers are dropped (drop_counter: bad
+version/IHL, bad checksum, TTL expiry). Every generated frame goes through
 ``start_server(...).switch.process``; nothing may raise, every frame that
-reaches classification is counted exactly once in class_counter[0..6], and
-class_counter[7] counts exactly the rejected proposals.
+reaches classification is counted exactly once in class_counter (any index but 7),
+class_counter[7] counts exactly the rejected proposals and drop_counter exactly
+the drops.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from finsy.proto import p4r
 
 from mfs import header as mfsh
 from mfs.p4info import P4Schema
-from topo.embedded.pipeline import (CLS_BE, CLS_FLOW, CLS_MALFORMED, CLS_MFS_BE, CLS_REJECTED, ETH_ARP, ETH_IPV4,
-                                    PROTO_TCP, PROTO_UDP, ipv4_checksum)
+from topo.embedded.pipeline import (CLS_BE, CLS_FLOW, CLS_MALFORMED, CLS_MFS_BE, CLS_REJECTED, DROP_BAD_IPV4,
+                                    DROP_IPV4_CHECKSUM, DROP_TTL_EXPIRED, ETH_ARP, ETH_IPV4, PROTO_TCP, PROTO_UDP,
+                                    ipv4_checksum)
 from topo.embedded.server import start_server
 
 SCHEMA = P4Schema.load()
@@ -60,28 +63,45 @@ def raw_mfs(ver: int = 1, flags: int = 0, stage: int = 3, proposed: int = 0, flo
 
 
 # ---------------------------------------------------------------- the oracle
-def expected(frame: bytes) -> tuple[int | None, bool]:
-    """(class_counter index or None if not classified, proposal rejected?) with the tables of ``sw``."""
+def expected(frame: bytes, in_port: int) -> tuple[int | None, bool, int | None]:
+    """(class_counter index or None if not classified, proposal rejected?, drop_counter index or
+    None) with the tables of ``sw``: edge ports, no router MACs, one flow entry for (port 1,
+    10.0.1.1), a route for 10.0.2.0/24 only."""
     n = len(frame)
     if n < 14:
-        return None, False
-    if frame[12:14] != struct.pack("!H", ETH_IPV4) or n < 34:
-        return CLS_BE, False
-    ihl, frag, proto = frame[14] & 0xF, struct.unpack_from("!H", frame, 20)[0] & 0x1FFF, frame[23]
-    if ihl != 5 or frag != 0 or proto != PROTO_UDP or n < 42:
-        return CLS_BE, False
-    if struct.unpack_from("!H", frame, 36)[0] != mfsh.MFS_UDP_PORT:
-        return CLS_BE, False
-    udp_len = struct.unpack_from("!H", frame, 38)[0]
-    if udp_len < 8 + mfsh.MFS_HEADER_LEN:
-        return CLS_MALFORMED, False
+        return None, False, None
+    off, eth_type = 14, struct.unpack_from("!H", frame, 12)[0]
+    for _ in range(2):   # up to two VLAN tags are parsed
+        if eth_type not in (0x8100, 0x88A8) or n < off + 4:
+            break
+        eth_type, off = struct.unpack_from("!H", frame, off + 2)[0], off + 4
+    if eth_type != ETH_IPV4 or n < off + 20:
+        return CLS_BE, False, None
+    ver, ihl = frame[off] >> 4, frame[off] & 0xF
+    if ver != 4 or ihl < 5:
+        return None, False, DROP_BAD_IPV4
+    if n < off + 4 * ihl or ipv4_checksum(frame[off:off + 4 * ihl]) != 0:
+        return None, False, DROP_IPV4_CHECKSUM
+    dst_routed = frame[off + 16:off + 19] == bytes([10, 0, 2])
+    ttl_drop = DROP_TTL_EXPIRED if dst_routed and frame[off + 8] <= 1 else None
+    frag, proto = struct.unpack_from("!H", frame, off + 6)[0] & 0x1FFF, frame[off + 9]
+    l4 = off + 4 * ihl
+    if frag != 0 or proto != PROTO_UDP or n < l4 + 8:
+        return CLS_BE, False, ttl_drop
+    if struct.unpack_from("!H", frame, l4 + 2)[0] != mfsh.MFS_UDP_PORT:
+        return CLS_BE, False, ttl_drop
+    udp_len = struct.unpack_from("!H", frame, l4 + 4)[0]
+    total_len = struct.unpack_from("!H", frame, off + 2)[0]
+    if udp_len < 8 + mfsh.MFS_HEADER_LEN or total_len != 4 * ihl + udp_len:
+        return CLS_MALFORMED, False, ttl_drop
     try:
-        h = mfsh.unpack(frame, 42)
+        h = mfsh.unpack(frame, l4 + 8)
     except mfsh.MalformedHeader:
-        return CLS_MALFORMED, False
-    if (h.stage, h.flow_id) == (FLOW_STAGE, FLOW_ID):
-        return CLS_FLOW, False
-    return CLS_MFS_BE, h.proposed is not None  # no trust entries, no stage defaults
+        return CLS_MALFORMED, False, ttl_drop
+    src = frame[off + 12:off + 16]
+    if (h.stage, h.flow_id, in_port, src) == (FLOW_STAGE, FLOW_ID, 1, bytes([10, 0, 1, 1])):
+        return CLS_FLOW, False, ttl_drop
+    return CLS_MFS_BE, h.proposed is not None, ttl_drop  # no trust entries, no stage defaults
 
 
 # ---------------------------------------------------------------- generators
@@ -148,7 +168,8 @@ def sw():
     h = start_server(address="127.0.0.1:0")
     s = h.switch
     s.write_table(MOD, SCHEMA.table_entry("classify_default", None, "set_level", {"level": BE_LEVEL}, default=True))
-    s.write_table(INS, SCHEMA.table_entry("mfs_flow", {"stage": FLOW_STAGE, "flow_id": FLOW_ID},
+    s.write_table(INS, SCHEMA.table_entry("mfs_flow", {"stage": FLOW_STAGE, "flow_id": FLOW_ID, "ingress_port": 1,
+                                                       "src_addr": "10.0.1.1"},
                                           "set_level", {"level": FLOW_LEVEL}))
     s.write_table(INS, SCHEMA.table_entry("ipv4_lpm", {"dst_addr": ("10.0.2.0", 24)}, "route",
                                           {"port": 2, "src_mac": 1, "dst_mac": 2}))
@@ -161,23 +182,33 @@ def sw():
 def test_malformed_frames_never_raise_nor_misclassify(sw):
     rng = random.Random(20240611)
     pk, by = sw.counter("MfsIngress.class_counter")
-    want = [0] * 8
-    reached = 0  # frames long enough to reach classification (>= an Ethernet header)
+    dpk, _dby = sw.counter("MfsIngress.drop_counter")
+    want, want_drops = [0] * len(pk), [0] * len(dpk)
+    reached = 0  # frames that reach classification
+    main = [i for i in range(len(pk)) if i != CLS_REJECTED]  # one of these per classified frame
     for what, frame in mutants(rng):
-        reached += len(frame) >= 14
-        before = list(pk)
+        before, dbefore = list(pk), list(dpk)
+        port = rng.choice(PORTS)
         try:
-            out = sw.process(rng.choice(PORTS), frame)
+            out = sw.process(port, frame)
         except Exception as e:  # pragma: no cover - the assertion names the frame
             pytest.fail(f"{what}: process() raised {type(e).__name__}: {e} on {frame[:64].hex()}")
-        cls, rejected = expected(frame)
+        cls, rejected, drop = expected(frame, port)
         delta = [a - b for a, b in zip(pk, before)]
+        ddelta = [a - b for a, b in zip(dpk, dbefore)]
+        if drop is not None:
+            want_drops[drop] += 1
+            assert ddelta[drop] == 1 and sum(ddelta) == 1 and out == [], f"{what}: drops {ddelta}, expected {drop}"
+        else:
+            assert sum(ddelta) == 0, f"{what}: dropped ({ddelta}), expected forwarded"
         if cls is None:
-            assert delta == [0] * 8 and out == [], what
+            assert delta == [0] * len(pk) and out == [], what
             continue
+        reached += 1
         want[cls] += 1
         want[CLS_REJECTED] += rejected
-        assert delta[cls] == 1 and sum(delta[:7]) == 1, f"{what}: counted as {delta}, expected class {cls}"
+        assert delta[cls] == 1 and sum(delta[i] for i in main) == 1, \
+            f"{what}: counted as {delta}, expected class {cls}"
         assert delta[CLS_REJECTED] == int(rejected), f"{what}: rejected proposal counted {delta[CLS_REJECTED]}"
         want_level = FLOW_LEVEL if cls == CLS_FLOW else BE_LEVEL
         for port, buf, level in out:
@@ -187,7 +218,8 @@ def test_malformed_frames_never_raise_nor_misclassify(sw):
                 assert bytes(buf[42:]) == frame[42:], what
             assert len(buf) == len(frame), f"{what}: frame length changed"
     assert list(pk) == want, "class_counter totals differ from the oracle"
-    assert sum(pk[:7]) == reached > 1000
+    assert list(dpk) == want_drops, "drop_counter totals differ from the oracle"
+    assert sum(pk[i] for i in main) == reached > 1000
     assert all(b >= p * 14 for p, b in zip(pk, by))
 
 

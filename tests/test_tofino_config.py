@@ -76,6 +76,13 @@ def test_dwrr_layout_has_no_strict_priorities(tmp_path):
     ("ports: [{dev_port: 1, max_rate_gbps: 0}]\n", "ports[0].max_rate_gbps", "out of range"),
     ("ports: []\n", "ports", "empty"),
     ("num_queues: 8\n", "ports", "required"),
+    ("buffer: {urgent_levels: [0,1,2,3,4,5,6,7]}\nports: [{dev_port: 1}]\n", "buffer.urgent_levels", "every level"),
+    ("buffer: {urgent_levels: [9]}\nports: [{dev_port: 1}]\n", "buffer.urgent_levels[0]", "not a level"),
+    ("buffer: {urgent_guaranteed_cells: 20000, urgent_pool_cells: 30000}\nports: [{dev_port: 1}]\n",
+     "buffer.urgent_guaranteed_cells", "exceed urgent_pool_cells"),
+    ("buffer: {best_effort_baf_percent: 50}\nports: [{dev_port: 1}]\n", "buffer.best_effort_baf_percent",
+     "buffer absorption factor"),
+    ("ports: [{dev_port: 1, mode: spine}]\n", "ports[0].mode", "allowed: edge, fabric"),
 ])
 def test_bad_yaml_names_file_and_key(tmp_path, text, key, words):
     p = _write(tmp_path, text, "bad-queues.yaml")
@@ -92,3 +99,45 @@ def test_main_writes_files_and_reports_errors(tmp_path, capsys):
     bad = _write(tmp_path, "scheduling: [\n")
     assert tofino.main(["--queues", str(bad), "--out", str(tmp_path / "o2")]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_buffer_admission_protects_urgent_levels():
+    """Urgent levels: their own egress pool and guaranteed cells; best-effort levels share another
+    (capped) pool, so their backlog can never take the urgent queues' cells (BF-RT and Stratum)."""
+    q = tofino.load(QUEUES)
+    urgent = set(q.buffer.urgent_levels)
+    assert 0 in urgent and levels.LOWEST_LEVEL not in urgent
+    script = tofino.bfrt_script(q)
+    rows = re.findall(r"tm\.queue\.buffer\.mod\(pipe=(\d), pg_id=pg_id, pg_queue=qid_to_pg_queue\[(\d)\], "
+                      r"guaranteed_cells=(\d+), pool_id='EG_APP_POOL_(\d)'", script)
+    assert len(rows) == len(q.ports) * levels.NUM_QUEUES
+    for pipe, qid, cells, pool in rows:
+        if levels.level_of_queue(int(qid)) in urgent:
+            assert (int(cells), int(pool)) == (q.buffer.urgent_guaranteed_cells, tofino.URGENT_POOL)
+        else:
+            assert (int(cells), int(pool)) == (0, tofino.BEST_EFFORT_POOL)
+    assert tofino.URGENT_POOL != tofino.BEST_EFFORT_POOL
+    text = tofino.stratum_snippet(q)
+    maps = re.findall(r"# level (\d)\s+queue_id: \d\s+priority: PRIO_\d\s+weight: \d+\s+"
+                      r"minimum_guaranteed_cells: (\d+)\s+pool: EGRESS_APP_POOL_(\d)", text)
+    assert len(maps) == len(q.ports) * levels.NUM_QUEUES
+    assert {(int(lv) in urgent, int(pool)) for lv, _c, pool in maps} == {(True, 0), (False, 1)}
+    assert re.findall(r"pool: EGRESS_APP_POOL_(\d)\s+pool_size: (\d+)", text) == [
+        ("0", str(q.buffer.urgent_pool_cells)), ("1", str(q.buffer.best_effort_pool_cells))]
+
+
+def test_per_pipe_queues_port_shaping_and_port_modes(tmp_path):
+    p = _write(tmp_path, "ports:\n  - {dev_port: 4, mode: fabric, max_rate_gbps: 25, port_id: 7}\n"
+                         "  - {dev_port: 140}\n")
+    q = tofino.load(p)
+    script = tofino.bfrt_script(q)
+    compile(script, "tm_config.py", "exec")
+    # dev_port 140 is in pipe 1: its queues are configured in pipe 1, dev_port 4's in pipe 0
+    assert "_port_queues(140)  # pipe 1" in script
+    assert set(re.findall(r"sched_cfg\.mod\(pipe=(\d)", script)) == {"0", "1"}
+    assert "port_md.add(ingress_port=4, fabric=1)" in script and "port_md.add(ingress_port=140, fabric=0)" in script
+    text = tofino.stratum_snippet(q)
+    # the port is shaped (current fields, keyed by the singleton port id), not each queue
+    assert re.search(r"per_port_shaping_configs \{\s+key: 7\b.*?max_rate_bps: 25000000000\s+max_burst_bytes: 9000",
+                     text, flags=re.S)
+    assert "max_rate_bytes" not in text and "max_rate:" not in text

@@ -8,8 +8,9 @@
 
 #include "headers.p4"
 
-/* mfs_ok := a complete header to MFS_UDP_PORT with ver 1 and stage 1..3.
- * parser_ok is false when the target's parser reported an error. */
+/* mfs_ok := a complete header to MFS_UDP_PORT with ver 1 and stage 1..3 whose
+ * IPv4 total_len is IHL*4 + the UDP length. parser_ok is false when the
+ * target's parser reported an error. */
 control MfsValidate(in headers_t hdr, inout mfs_meta_t meta, in bool parser_ok) {
     apply {
         meta.mfs_ok = false;
@@ -17,16 +18,25 @@ control MfsValidate(in headers_t hdr, inout mfs_meta_t meta, in bool parser_ok) 
             if (hdr.mfs.ver == MFS_VERSION &&
                 (hdr.mfs.stage == MFS_STAGE_KV_REUSE ||
                  hdr.mfs.stage == MFS_STAGE_COLLECTIVE ||
-                 hdr.mfs.stage == MFS_STAGE_P2D)) {
+                 hdr.mfs.stage == MFS_STAGE_P2D) &&
+                hdr.ipv4.total_len == (((bit<16>)hdr.ipv4.ihl) << 2) + hdr.udp.length) {
                 meta.mfs_ok = true;
             }
         }
     }
 }
 
-/* Sets meta.level (0..7, clamped), meta.cls (class_counter index) and
- * meta.miss (send the mfs_miss_t digest); the caller counts and digests,
- * because counters and digests are target externs. */
+#ifdef MFS_TNA
+#define MFS_IDLE_TIMEOUT idle_timeout = true;
+#else
+#define MFS_IDLE_TIMEOUT support_timeout = true;
+#endif
+
+/* Sets meta.level (0..7, clamped), meta.cls (class_counter index),
+ * meta.filter_index and miss (an edge-port flow-table miss: consult the
+ * miss_filter and maybe send the mfs_miss_t digest); the caller counts, filters
+ * and digests, because counters, registers and digests are target externs.
+ * meta.fabric (the port mode) is set by the caller before. */
 control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_port,
                     out bool miss, out bool rejected) {
     @id(0x01000005) @name(".MfsIngress.set_level")
@@ -42,12 +52,15 @@ control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_p
     @id(0x02000003) @name(".MfsIngress.mfs_flow")
     table mfs_flow {
         key = {
-            hdr.mfs.stage   : exact @name("stage");
-            hdr.mfs.flow_id : exact @name("flow_id");
+            hdr.mfs.stage     : exact @name("stage");
+            hdr.mfs.flow_id   : exact @name("flow_id");
+            ingress_port      : exact @name("ingress_port");   /* bound to the source */
+            hdr.ipv4.src_addr : exact @name("src_addr");
         }
         actions = { set_level; @defaultonly NoAction; }
-        default_action = NoAction();
+        const default_action = NoAction();
         size = MFS_FLOW_SIZE;
+        MFS_IDLE_TIMEOUT
     }
     @id(0x02000004) @name(".MfsIngress.mfs_stage_default")
     table mfs_stage_default {
@@ -56,7 +69,7 @@ control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_p
             hdr.mfs.rli   : range @name("rli");
         }
         actions = { set_level; @defaultonly NoAction; }
-        default_action = NoAction();
+        const default_action = NoAction();
         size = MFS_STAGE_DEFAULT_SIZE;
     }
     @id(0x02000005) @name(".MfsIngress.mfs_trust")
@@ -66,7 +79,7 @@ control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_p
             hdr.ipv4.src_addr : exact @name("src_addr");
         }
         actions = { trust_proposal; @defaultonly NoAction; }
-        default_action = NoAction();
+        const default_action = NoAction();
         size = MFS_TRUST_SIZE;
     }
     @id(0x02000006) @name(".MfsIngress.dscp_classify")
@@ -76,8 +89,15 @@ control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_p
             hdr.ipv4.dscp : exact @name("dscp");
         }
         actions = { set_level; @defaultonly NoAction; }
-        default_action = NoAction();
+        const default_action = NoAction();
         size = DSCP_CLASSIFY_SIZE;
+    }
+    @id(0x0200000a) @name(".MfsIngress.dscp_trust")
+    table dscp_trust {
+        key = { hdr.ipv4.dscp : exact @name("dscp"); }
+        actions = { set_level; @defaultonly NoAction; }
+        const default_action = NoAction();
+        size = DSCP_TRUST_SIZE;
     }
     @id(0x02000007) @name(".MfsIngress.classify_default")
     table classify_default {
@@ -92,11 +112,24 @@ control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_p
         meta.trusted = false;
         meta.use_default = false;
         meta.level = LOWEST_LEVEL;
-        if (meta.mfs_ok) {
+        meta.filter_index = 0;
+        if (meta.fabric) {
+            /* fabric port: trust the DSCP the edge marked, MFS or not */
+            meta.cls = CLASS_FABRIC_BEST_EFFORT;
+            meta.use_default = true;
+            if (hdr.ipv4.isValid()) {
+                if (dscp_trust.apply().hit) {
+                    meta.cls = CLASS_FABRIC_DSCP;
+                    meta.use_default = false;
+                }
+            }
+        } else if (meta.mfs_ok) {
             if (mfs_flow.apply().hit) {
                 meta.cls = CLASS_FLOW_TABLE;
             } else {
                 miss = true;
+                meta.filter_index = (bit<16>)(hdr.mfs.flow_id[11:0] ^ hdr.mfs.flow_id[23:12] ^
+                                              (bit<12>)hdr.mfs.flow_id[31:24]);
                 if ((hdr.mfs.flags & MFS_FLAG_PROPOSED) != 0) {
                     if (!mfs_trust.apply().hit) {
                         rejected = true;   /* class_counter[7], in addition */
@@ -107,11 +140,15 @@ control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_p
                 } else if (meta.trusted) {
                     meta.cls = CLASS_PROPOSAL;
                     /* never above (numerically below) the ceiling */
+#ifdef MFS_TNA
+                    meta.level = max(hdr.mfs.proposed, meta.ceiling);
+#else
                     if (hdr.mfs.proposed > meta.ceiling) {
                         meta.level = hdr.mfs.proposed;
                     } else {
                         meta.level = meta.ceiling;
                     }
+#endif
                 } else {
                     meta.cls = CLASS_MFS_BEST_EFFORT;
                     meta.use_default = true;
@@ -133,9 +170,13 @@ control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_p
         if (meta.use_default) {
             classify_default.apply();
         }
+#ifdef MFS_TNA
+        meta.level = min(meta.level, LOWEST_LEVEL);
+#else
         if (meta.level > LOWEST_LEVEL) {
             meta.level = LOWEST_LEVEL;
         }
+#endif
     }
 }
 

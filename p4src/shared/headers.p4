@@ -8,12 +8,27 @@
 
 typedef bit<48> mac_addr_t;
 typedef bit<32> ipv4_addr_t;
-typedef bit<9>  port_t;   /* P4Runtime port width on both targets */
+#ifdef MFS_TNA
+/* Stratum translates P4Runtime (SDN) port numbers to Tofino dev_ports for
+ * fields of this type; the P4Info shows it as a 32-bit "tna/PortId_t". */
+@p4runtime_translation("tna/PortId_t", 32)
+type bit<9> port_t;
+#else
+typedef bit<9>  port_t;   /* P4Runtime port width (v1model, embedded) */
+#endif
 
 header ethernet_h {
     mac_addr_t dst_addr;
     mac_addr_t src_addr;
     bit<16>    ether_type;
+}
+
+/* 802.1Q / 802.1ad tag (after the Ethernet addresses; ether_type is the next one) */
+header vlan_h {
+    bit<3>  pcp;
+    bit<1>  dei;
+    bit<12> vid;
+    bit<16> ether_type;
 }
 
 header arp_h {
@@ -42,6 +57,16 @@ header ipv4_h {
     bit<16>     hdr_checksum;
     ipv4_addr_t src_addr;
     ipv4_addr_t dst_addr;
+}
+
+/* IPv4 options (IHL 6..15 = 1..10 words) are extracted as at most one of each
+ * of these, largest first, so any length is a sum of them (docs/p4-api.md). */
+header ipv4_opt1_h { bit<32> w0; }
+header ipv4_opt2_h { bit<32> w0; bit<32> w1; }
+header ipv4_opt4_h { bit<32> w0; bit<32> w1; bit<32> w2; bit<32> w3; }
+header ipv4_opt8_h {
+    bit<32> w0; bit<32> w1; bit<32> w2; bit<32> w3;
+    bit<32> w4; bit<32> w5; bit<32> w6; bit<32> w7;
 }
 
 header tcp_h {
@@ -78,9 +103,15 @@ header mfs_h {
 }
 
 struct headers_t {
-    ethernet_h ethernet;
-    arp_h      arp;
-    ipv4_h     ipv4;
+    ethernet_h  ethernet;
+    vlan_h      vlan0;
+    vlan_h      vlan1;
+    arp_h       arp;
+    ipv4_h      ipv4;
+    ipv4_opt8_h ipv4_o8;
+    ipv4_opt4_h ipv4_o4;
+    ipv4_opt2_h ipv4_o2;
+    ipv4_opt1_h ipv4_o1;
     tcp_h      tcp;
     udp_h      udp;
     mfs_h      mfs;
@@ -93,10 +124,14 @@ struct mfs_miss_t {
     bit<32> request_id;
     bit<32> src_addr;
     port_t  ingress_port;
+    bit<16> filter_index;   /* miss_filter cell; the controller clears it */
 }
 
 /* Classification state, written by MfsClassify and read by both targets. */
 struct mfs_meta_t {
+    bool    fabric;       /* ingress port is a fabric port: trust DSCP */
+    bool    routable;     /* router_mac said the Ethernet destination is ours */
+    bool    csum_err;     /* TNA: the parser's IPv4 checksum verification failed */
     bool    mfs_port;     /* UDP dst port was MFS_UDP_PORT */
     bool    mfs_ok;       /* a well-formed MFS header is present */
     bool    trusted;      /* mfs_trust hit for (ingress port, src IP) */
@@ -106,6 +141,7 @@ struct mfs_meta_t {
     bit<8>  level;        /* chosen level, 0 = highest */
     bit<8>  ceiling;      /* trust_proposal ceiling */
     bit<32> cls;          /* class_counter index */
+    bit<16> filter_index; /* miss_filter cell of this flow id */
 }
 
 #endif

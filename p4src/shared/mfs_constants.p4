@@ -33,17 +33,29 @@ const bit<32> CLASS_TRUSTED_DSCP  = 4;
 const bit<32> CLASS_BEST_EFFORT   = 5;
 const bit<32> CLASS_MALFORMED     = 6;
 const bit<32> CLASS_PROPOSAL_REJECTED = 7;
-#define CLASS_COUNTER_SIZE 8
+const bit<32> CLASS_FABRIC_DSCP   = 8;
+const bit<32> CLASS_FABRIC_BEST_EFFORT = 9;
+#define CLASS_COUNTER_SIZE 16
 
-/* --- per (port, level) statistics: index (egress_port % 64) * 8 + level --- */
-#define STAT_PORTS 64
-#define QUEUE_STATS_SIZE 512
+/* --- drop_counter indices (docs/p4-api.md) --- */
+const bit<32> DROP_BAD_IPV4      = 0;   /* version != 4 or IHL < 5 */
+const bit<32> DROP_IPV4_CHECKSUM = 1;
+const bit<32> DROP_TTL_EXPIRED   = 2;
+const bit<32> DROP_ROUTE_DROP    = 3;
+#define DROP_COUNTER_SIZE 8
+
+/* --- per (port, level) statistics: index egress_port * 8 + level (full 9-bit port) --- */
+#define STAT_PORTS 512
+#define QUEUE_STATS_SIZE 4096
+
+/* --- unknown-flow digest filter: one cell per filter_index (12 bits) --- */
+#define MISS_FILTER_SIZE 4096
 
 /* --- multicast --- */
 const bit<16> FLOOD_MCAST_GROUP = 1;
 
 /* --- table sizes (docs/p4-api.md) --- */
-#define IPV4_LPM_SIZE          1024
+#define IPV4_LPM_SIZE          2048   /* 256 servers x 8 GPUs */
 #define L2_FWD_SIZE            1024
 #define MFS_FLOW_SIZE          4096
 #define MFS_STAGE_DEFAULT_SIZE 64
@@ -52,10 +64,15 @@ const bit<16> FLOOD_MCAST_GROUP = 1;
 #define CLASSIFY_DEFAULT_SIZE  1
 #define DSCP_REWRITE_SIZE      512
 #define LEVEL_DSCP_SIZE        8
+#define PORT_MODE_SIZE         512
+#define ROUTER_MAC_SIZE        64
+#define DSCP_TRUST_SIZE        64
 
 /* --- other protocol numbers --- */
 const bit<16> ETHERTYPE_IPV4 = 0x0800;
 const bit<16> ETHERTYPE_ARP  = 0x0806;
+const bit<16> ETHERTYPE_VLAN = 0x8100;   /* 802.1Q */
+const bit<16> ETHERTYPE_QINQ = 0x88a8;   /* 802.1ad service tag */
 const bit<8>  IP_PROTO_TCP   = 6;
 const bit<8>  IP_PROTO_UDP   = 17;
 

@@ -14,26 +14,59 @@ parser MfsParser(packet_in pkt, out headers_t hdr, inout mfs_meta_t meta,
     MfsHeaderParser() headers_parser;
     state start {
         meta.mfs_port = false;
+        meta.csum_err = false;
         headers_parser.apply(pkt, hdr, meta);
         transition accept;
     }
 }
 
+/* The IPv4 header checksum over the whole header, options included (fields of
+ * option headers that are not present do not count). A mismatch sets
+ * standard_metadata.checksum_error; the ingress drops and counts the packet. */
 control MfsVerifyChecksum(inout headers_t hdr, inout mfs_meta_t meta) {
-    apply { }
+    apply {
+        verify_checksum(hdr.ipv4.isValid() && hdr.ipv4.version == 4 && hdr.ipv4.ihl >= 5,
+            { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.dscp, hdr.ipv4.ecn,
+              hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
+              hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr,
+              hdr.ipv4_o8.w0, hdr.ipv4_o8.w1, hdr.ipv4_o8.w2, hdr.ipv4_o8.w3,
+              hdr.ipv4_o8.w4, hdr.ipv4_o8.w5, hdr.ipv4_o8.w6, hdr.ipv4_o8.w7,
+              hdr.ipv4_o4.w0, hdr.ipv4_o4.w1, hdr.ipv4_o4.w2, hdr.ipv4_o4.w3,
+              hdr.ipv4_o2.w0, hdr.ipv4_o2.w1, hdr.ipv4_o1.w0 },
+            hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
+    }
 }
 
 control MfsIngress(inout headers_t hdr, inout mfs_meta_t meta,
                    inout standard_metadata_t standard_metadata) {
     @id(0x12000001) @name(".MfsIngress.class_counter")
     counter(CLASS_COUNTER_SIZE, CounterType.packets_and_bytes) class_counter;
+    @id(0x12000003) @name(".MfsIngress.drop_counter")
+    counter(DROP_COUNTER_SIZE, CounterType.packets_and_bytes) drop_counter;
+    @id(0x16000003) @name(".MfsIngress.miss_filter")
+    register<bit<8>>(MISS_FILTER_SIZE) miss_filter;
 
     MfsValidate() validate;
     MfsClassify() classify;
     bit<8> ttl_in = 0;
     bool miss = false;
     bool rejected = false;
+    bool dropped = false;
+    bit<32> drop_reason = 0;
 
+    @id(0x01000007) @name(".MfsIngress.edge_port")
+    action edge_port() {
+        meta.fabric = false;
+    }
+    @id(0x01000008) @name(".MfsIngress.fabric_port")
+    action fabric_port() {
+        meta.fabric = true;
+    }
+    @id(0x01000009) @name(".MfsIngress.routable")
+    action routable() {
+        meta.routable = true;
+    }
     @id(0x01000001) @name(".MfsIngress.route")
     action route(port_t port, mac_addr_t src_mac, mac_addr_t dst_mac) {
         standard_metadata.egress_spec = port;
@@ -56,6 +89,20 @@ control MfsIngress(inout headers_t hdr, inout mfs_meta_t meta,
         meta.flood = true;
     }
 
+    @id(0x02000008) @name(".MfsIngress.port_mode")
+    table port_mode {
+        key = { standard_metadata.ingress_port : exact @name("ingress_port"); }
+        actions = { edge_port; fabric_port; }
+        const default_action = edge_port();
+        size = PORT_MODE_SIZE;
+    }
+    @id(0x02000009) @name(".MfsIngress.router_mac")
+    table router_mac {
+        key = { hdr.ethernet.dst_addr : exact @name("dst_addr"); }
+        actions = { routable; NoAction; }
+        default_action = routable();
+        size = ROUTER_MAC_SIZE;
+    }
     @id(0x02000001) @name(".MfsIngress.ipv4_lpm")
     table ipv4_lpm {
         key = { hdr.ipv4.dst_addr : lpm @name("dst_addr"); }
@@ -74,39 +121,76 @@ control MfsIngress(inout headers_t hdr, inout mfs_meta_t meta,
     apply {
         meta.flood = false;
         meta.csum = false;
+        meta.fabric = false;
+        meta.routable = false;
+        port_mode.apply();
 
-        /* forwarding */
-        bool routed = false;
+        /* IPv4 sanity: what we do not handle is dropped and counted */
         if (hdr.ipv4.isValid()) {
-            ttl_in = hdr.ipv4.ttl;
-            switch (ipv4_lpm.apply().action_run) {
-                route: {
-                    routed = true;
-                    if (ttl_in <= 1) {
-                        drop();   /* TTL expired */
-                    }
-                }
-                drop: { routed = true; }
+            if (hdr.ipv4.version != 4 || hdr.ipv4.ihl < 5) {
+                dropped = true;
+                drop_reason = DROP_BAD_IPV4;
+            } else if (standard_metadata.checksum_error == 1) {
+                dropped = true;
+                drop_reason = DROP_IPV4_CHECKSUM;
             }
         }
-        if (!routed) {
-            l2_fwd.apply();
-        }
 
-        /* classification */
-        validate.apply(hdr, meta,
-                       standard_metadata.parser_error == error.NoError);
-        classify.apply(hdr, meta, standard_metadata.ingress_port, miss, rejected);
-        class_counter.count(meta.cls);
-        if (rejected) {
-            class_counter.count(CLASS_PROPOSAL_REJECTED);
+        if (dropped) {
+            drop();
+        } else {
+            /* forwarding: route only frames addressed to the router */
+            bool routed = false;
+            if (hdr.ipv4.isValid()) {
+                router_mac.apply();
+            }
+            if (meta.routable) {
+                ttl_in = hdr.ipv4.ttl;
+                switch (ipv4_lpm.apply().action_run) {
+                    route: {
+                        routed = true;
+                        if (ttl_in <= 1) {
+                            drop();   /* TTL expired */
+                            dropped = true;
+                            drop_reason = DROP_TTL_EXPIRED;
+                        }
+                    }
+                    drop: {
+                        routed = true;
+                        dropped = true;
+                        drop_reason = DROP_ROUTE_DROP;
+                    }
+                }
+            }
+            if (!routed) {
+                l2_fwd.apply();
+            }
+
+            /* classification */
+            validate.apply(hdr, meta,
+                           standard_metadata.parser_error == error.NoError);
+            classify.apply(hdr, meta, standard_metadata.ingress_port, miss, rejected);
+            class_counter.count(meta.cls);
+            if (rejected) {
+                class_counter.count(CLASS_PROPOSAL_REJECTED);
+            }
+            if (miss) {
+                /* report each unknown flow once, until the controller clears the cell */
+                bit<8> seen;
+                miss_filter.read(seen, (bit<32>)meta.filter_index);
+                if (seen == 0) {
+                    miss_filter.write((bit<32>)meta.filter_index, 1);
+                    digest<mfs_miss_t>(1, {hdr.mfs.stage, hdr.mfs.flow_id, hdr.mfs.request_id,
+                                           hdr.ipv4.src_addr, standard_metadata.ingress_port,
+                                           meta.filter_index});
+                }
+            }
+            /* the one level -> queue conversion on v1model (mfs/levels.py) */
+            standard_metadata.priority = (bit<3>)(LOWEST_LEVEL - meta.level);
         }
-        if (miss) {
-            digest<mfs_miss_t>(1, {hdr.mfs.stage, hdr.mfs.flow_id, hdr.mfs.request_id,
-                                   hdr.ipv4.src_addr, standard_metadata.ingress_port});
+        if (dropped) {
+            drop_counter.count(drop_reason);
         }
-        /* the one level -> queue conversion on v1model (mfs/levels.py) */
-        standard_metadata.priority = (bit<3>)(LOWEST_LEVEL - meta.level);
     }
 }
 
@@ -127,22 +211,34 @@ control MfsEgress(inout headers_t hdr, inout mfs_meta_t meta,
             mark_to_drop(standard_metadata);
         } else {
             dscp.apply(hdr, meta, standard_metadata.egress_port);
-            bit<32> idx = ((bit<32>)(standard_metadata.egress_port & (STAT_PORTS - 1))) * 8
-                          + (bit<32>)meta.level;
+            bit<32> idx = ((bit<32>)standard_metadata.egress_port) * 8 + (bit<32>)meta.level;
             queue_counter.count(idx);
-            queue_depth.write(idx, (bit<32>)standard_metadata.deq_qdepth);
-            queue_delay.write(idx, standard_metadata.deq_timedelta);
+            /* keep the maximum until the controller clears the cell (read-and-clear) */
+            bit<32> cur;
+            queue_depth.read(cur, idx);
+            if ((bit<32>)standard_metadata.deq_qdepth > cur) {
+                queue_depth.write(idx, (bit<32>)standard_metadata.deq_qdepth);
+            }
+            queue_delay.read(cur, idx);
+            if (standard_metadata.deq_timedelta > cur) {
+                queue_delay.write(idx, standard_metadata.deq_timedelta);
+            }
         }
     }
 }
 
+/* Any change to the IPv4 header (TTL, DSCP): checksum over the whole header. */
 control MfsComputeChecksum(inout headers_t hdr, inout mfs_meta_t meta) {
     apply {
         update_checksum(hdr.ipv4.isValid() && meta.csum,
             { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.dscp, hdr.ipv4.ecn,
               hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
               hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
-              hdr.ipv4.src_addr, hdr.ipv4.dst_addr },
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr,
+              hdr.ipv4_o8.w0, hdr.ipv4_o8.w1, hdr.ipv4_o8.w2, hdr.ipv4_o8.w3,
+              hdr.ipv4_o8.w4, hdr.ipv4_o8.w5, hdr.ipv4_o8.w6, hdr.ipv4_o8.w7,
+              hdr.ipv4_o4.w0, hdr.ipv4_o4.w1, hdr.ipv4_o4.w2, hdr.ipv4_o4.w3,
+              hdr.ipv4_o2.w0, hdr.ipv4_o2.w1, hdr.ipv4_o1.w0 },
             hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
     }
 }
@@ -150,8 +246,14 @@ control MfsComputeChecksum(inout headers_t hdr, inout mfs_meta_t meta) {
 control MfsDeparser(packet_out pkt, in headers_t hdr) {
     apply {
         pkt.emit(hdr.ethernet);
+        pkt.emit(hdr.vlan0);
+        pkt.emit(hdr.vlan1);
         pkt.emit(hdr.arp);
         pkt.emit(hdr.ipv4);
+        pkt.emit(hdr.ipv4_o8);
+        pkt.emit(hdr.ipv4_o4);
+        pkt.emit(hdr.ipv4_o2);
+        pkt.emit(hdr.ipv4_o1);
         pkt.emit(hdr.tcp);
         pkt.emit(hdr.udp);
         pkt.emit(hdr.mfs);

@@ -30,6 +30,7 @@ from google.protobuf import text_format
 from mfs import levels
 from mfs.p4info import P4Schema
 from mfs.tools import find_tool
+from topo.embedded.pipeline import stat_index
 
 CLONE_NEWNET = 0x40000000
 PACKET_OUTGOING = 4
@@ -68,7 +69,7 @@ def _in_netns(ns: str, fn):
 
 
 class Bmv2Target:
-    def __init__(self, bmv2_json: Path, p4info: Path, ports=(1, 2, 3, 4), device_id: int = 1):
+    def __init__(self, bmv2_json: Path, p4info: Path, ports=(1, 2, 3, 4, 70), device_id: int = 1):
         self.exe = find_tool("simple_switch_grpc")
         if not self.exe:
             raise RuntimeError("simple_switch_grpc not found")
@@ -139,7 +140,7 @@ class Bmv2Target:
             for msg in self._stream:
                 if msg.HasField("digest"):
                     for data in msg.digest.data:
-                        names = ["stage", "flow_id", "request_id", "src_addr", "ingress_port"]
+                        names = [m.name for m in self.schema.info.type_info.structs["mfs_miss_t"].members]
                         vals = [int.from_bytes(m.bitstring, "big") for m in data.struct.members]
                         self._digests.append(dict(zip(names, vals)))
                     self._requests.put(p4r.StreamMessageRequest(digest_ack=p4r.DigestListAck(
@@ -201,6 +202,13 @@ class Bmv2Target:
 
     def write(self, setup_items: list[dict]) -> None:
         for item in setup_items:
+            if "register" in item:
+                re_ = p4r.RegisterEntry(register_id=self.schema.register(item["register"]).id,
+                                        index=p4r.Index(index=item["index"]))
+                v = item["value"]
+                re_.data.bitstring = v.to_bytes(max(1, (v.bit_length() + 7) // 8), "big")
+                self._write(p4r.Update.MODIFY, p4r.Entity(register_entry=re_))
+                continue
             if "multicast_group" in item:
                 g = item["multicast_group"]
                 grp = p4r.MulticastGroupEntry(multicast_group_id=g)
@@ -253,7 +261,7 @@ class Bmv2Target:
         result = []
         for p, data in outs:
             lv = [lv for lv in range(levels.NUM_QUEUES)
-                  if after.get((p % 64) * 8 + lv, 0) > before.get((p % 64) * 8 + lv, 0)]
+                  if after.get(stat_index(p, lv), 0) > before.get(stat_index(p, lv), 0)]
             result.append((p, data, lv[0] if len(lv) == 1 else None))
         return result
 
@@ -266,8 +274,18 @@ class Bmv2Target:
                 return e.counter_entry.data.packet_count, e.counter_entry.data.byte_count
         return 0, 0
 
+    def register(self, name: str, index: int) -> int:
+        req = p4r.ReadRequest(device_id=self.device_id)
+        req.entities.add(register_entry=p4r.RegisterEntry(register_id=self.schema.register(name).id,
+                                                          index=p4r.Index(index=index)))
+        for resp in self.stub.Read(req):
+            for e in resp.entities:
+                return int.from_bytes(e.register_entry.data.bitstring, "big")
+        return 0
+
     def digests(self) -> list[dict]:
         deadline = time.monotonic() + 1.0   # digests arrive asynchronously
         while time.monotonic() < deadline and not self._digests:
             time.sleep(0.05)
+        time.sleep(0.2)   # and a straggler would arrive right after the first (digest_count)
         return list(self._digests)

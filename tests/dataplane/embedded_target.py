@@ -197,7 +197,12 @@ class EmbeddedTarget:
     def write(self, setup_items: list[dict]) -> None:
         ups = []
         for it in setup_items:
-            if "multicast_group" in it:
+            if "register" in it:
+                re_ = p4r.RegisterEntry(register_id=self.schema.register(it["register"]).id)
+                re_.index.index = it["index"]
+                re_.data.bitstring = it["value"].to_bytes(max(1, (it["value"].bit_length() + 7) // 8), "big")
+                ups.append(update(p4r.Update.MODIFY, register_entry=re_))
+            elif "multicast_group" in it:
                 ups.append(update(p4r.Update.INSERT, multicast_group_entry=mcast_group(it["multicast_group"], it["ports"])))
             elif it.get("default"):
                 te = self.schema.table_entry(it["table"], None, it["action"], it.get("params"), default=True)
@@ -218,8 +223,14 @@ class EmbeddedTarget:
         (e,) = self.client.read([p4r.Entity(counter_entry=ce)])
         return e.counter_entry.data.packet_count, e.counter_entry.data.byte_count
 
+    def register(self, name: str, index: int) -> int:
+        re_ = p4r.RegisterEntry(register_id=self.schema.register(name).id)
+        re_.index.index = index
+        (e,) = self.client.read([p4r.Entity(register_entry=re_)])
+        return int.from_bytes(e.register_entry.data.bitstring, "big")
+
     def digests(self) -> list[dict]:
-        names = ["stage", "flow_id", "request_id", "src_addr", "ingress_port"]
+        names = [m.name for m in self.schema.info.type_info.structs["mfs_miss_t"].members]
         for msg in self.client.barrier():
             if msg.WhichOneof("update") == "digest":
                 dl = msg.digest

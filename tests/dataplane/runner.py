@@ -41,6 +41,9 @@ class DataplaneTarget(Protocol):
     def digests(self) -> list[dict]:
         """mfs_miss_t digests received since reset, as {field: int} dicts."""
 
+    def register(self, name: str, index: int) -> int:
+        """One register cell, by P4Info name."""
+
 
 @dataclass
 class Expect:
@@ -50,6 +53,7 @@ class Expect:
     ttl: int | None = None
     eth_src: str | None = None
     eth_dst: str | None = None
+    vlan: list[int] | None = None
 
 
 @dataclass
@@ -58,6 +62,7 @@ class PacketStep:
     frame: bytes
     expect: list[Expect]
     note: str = ""
+    write: list[dict] | None = None  # a control-plane step instead of a packet: setup items to apply
 
 
 @dataclass
@@ -68,18 +73,24 @@ class Case:
     packets: list[PacketStep]
     counters: list[tuple[str, int, int]] = field(default_factory=list)
     digests: list[dict] = field(default_factory=list)
+    digest_count: int | None = None  # exact number of mfs_miss_t digests, when given
+    registers: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 class CaseFailure(AssertionError):
     pass
 
 
-SETUP_KEYS = {"table", "match", "action", "params", "priority", "default", "multicast_group", "ports"}
+SETUP_KEYS = {"table", "match", "action", "params", "priority", "default", "multicast_group", "ports",
+              "register", "index", "value"}
 
 
 def _setup_item(raw: Any, source: str, key: str) -> dict:
     s = Section(raw, source, key)
-    if "multicast_group" in s.data:
+    if "register" in s.data:
+        item = {"register": s.string("register"), "index": s.integer("index", lo=0),
+                "value": s.integer("value", lo=0)}
+    elif "multicast_group" in s.data:
         item = {"multicast_group": s.integer("multicast_group", lo=1, hi=65535),
                 "ports": [int(p) for p in s.sequence("ports")]}
     else:
@@ -102,7 +113,8 @@ def _expect(raw: Any, source: str, key: str) -> Expect:
                dscp=s.integer("dscp", None, 0, 63) if "dscp" in s.data else None,
                ttl=s.integer("ttl", None, 0, 255) if "ttl" in s.data else None,
                eth_src=eth.string("src") if "src" in eth.data else None,
-               eth_dst=eth.string("dst") if "dst" in eth.data else None)
+               eth_dst=eth.string("dst") if "dst" in eth.data else None,
+               vlan=[int(v) for v in s.sequence("vlan")] if "vlan" in s.data else None)
     eth.done()
     s.done()
     return e
@@ -118,6 +130,11 @@ def load_case(path: str | Path) -> Case:
         case.setup.append(_setup_item(item, src, f"setup[{i}]"))
     for i, raw in enumerate(s.sequence("packets")):
         p = Section(raw, src, f"packets[{i}]")
+        if "write" in p.data:
+            items = [_setup_item(it, src, f"packets[{i}].write[{j}]") for j, it in enumerate(p.sequence("write"))]
+            case.packets.append(PacketStep(0, b"", [], p.string("note", ""), write=items))
+            p.done()
+            continue
         frame = packets.build(p.get("packet"), src, f"packets[{i}].packet")
         exp = [_expect(e, src, f"packets[{i}].expect[{j}]") for j, e in enumerate(p.sequence("expect"))]
         case.packets.append(PacketStep(p.integer("in_port", lo=0, hi=511), frame, exp, p.string("note", "")))
@@ -126,6 +143,12 @@ def load_case(path: str | Path) -> Case:
         c = Section(raw, src, f"counters[{i}]")
         case.counters.append((c.string("name"), c.integer("index", lo=0), c.integer("packets", lo=0)))
         c.done()
+    for i, raw in enumerate(s.sequence("registers", [])):
+        c = Section(raw, src, f"registers[{i}]")
+        case.registers.append((c.string("name"), c.integer("index", lo=0), c.integer("value", lo=0)))
+        c.done()
+    if "digest_count" in s.data:
+        case.digest_count = s.integer("digest_count", lo=0)
     for i, raw in enumerate(s.sequence("digests", [])):
         if not isinstance(raw, dict) or not raw:
             raise ConfigError(src, f"digests[{i}]", "expected a non-empty mapping of digest fields")
@@ -159,6 +182,8 @@ def _check_output(step_no: int, exp: Expect, frame: bytes, level: int | None, se
         errs.append(f"{where}: eth src {got.src}, expected {exp.eth_src}")
     if exp.eth_dst is not None and got.dst != exp.eth_dst.lower():
         errs.append(f"{where}: eth dst {got.dst}, expected {exp.eth_dst}")
+    if exp.vlan is not None and got.vlan != exp.vlan:
+        errs.append(f"{where}: VLAN tags {got.vlan}, expected {exp.vlan}")
     if got.ipv4_checksum_ok is False:
         errs.append(f"{where}: IPv4 header checksum is wrong")
     # invariant: the UDP payload (MFS header + data) is never rewritten
@@ -172,6 +197,9 @@ def run_case(target: DataplaneTarget, case: Case) -> None:
     target.write(case.setup)
     errs: list[str] = []
     for n, step in enumerate(case.packets):
+        if step.write is not None:
+            target.write(step.write)
+            continue
         outs = target.send(step.in_port, step.frame)
         got_ports = Multiset(p for p, _, _ in outs)
         want_ports = Multiset(e.out_port for e in step.expect)
@@ -190,8 +218,14 @@ def run_case(target: DataplaneTarget, case: Case) -> None:
         got, _bytes = target.counter(name, index)
         if got != want:
             errs.append(f"counter {name}[{index}]: {got} packets, expected {want}")
-    if case.digests:
+    for name, index, want in case.registers:
+        got = target.register(name, index)
+        if got != want:
+            errs.append(f"register {name}[{index}]: {got}, expected {want}")
+    if case.digests or case.digest_count is not None:
         got_d = target.digests()
+        if case.digest_count is not None and len(got_d) != case.digest_count:
+            errs.append(f"{len(got_d)} mfs_miss_t digests, expected {case.digest_count}: {got_d}")
         for want in case.digests:
             if not any(all(d.get(k) == _digest_value(v) for k, v in want.items()) for d in got_d):
                 errs.append(f"digest {want} not received (got {got_d})")

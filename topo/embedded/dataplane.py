@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mfs import levels
 from topo import netns
-from topo.embedded.pipeline import NUM_PORT_SLOTS, Pipeline
+from topo.embedded.pipeline import Pipeline, stat_index
 
 log = logging.getLogger("mfs.switch.dataplane")
 
@@ -228,7 +228,7 @@ class Dataplane:
     def _uncount(self, port: int, level: int, nbytes: int) -> None:
         """Take a frame that never left back out of the egress queue_counter."""
         pk, by = self.switch.counter("MfsEgress.queue_counter")
-        idx = (port % NUM_PORT_SLOTS) * levels.NUM_QUEUES + level
+        idx = stat_index(port, level)
         if pk[idx] > 0:
             pk[idx] -= 1
             by[idx] = max(0, by[idx] - nbytes)

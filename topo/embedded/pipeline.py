@@ -1,10 +1,12 @@
 """The MFS pipeline of p4src/ (docs/p4-api.md), executed in Python.
 
-This is a model of *our* program, not a P4 interpreter: the parser, the
-classification order, the forwarding tables, the egress DSCP rewrite, the
-counters, registers and the digest are written out by hand from
-``p4src/shared/*.p4`` and ``p4src/v1model/mfs.p4``; the data-plane cases in
-``tests/dataplane/cases`` keep it in agreement with bmv2.
+This is a model of *our* program, not a P4 interpreter: the parser (VLAN tags,
+IPv4 options), the IPv4 sanity drops, the port mode, the router-MAC check,
+the classification order, the forwarding tables, the unknown-flow filter, the
+egress DSCP rewrite, the counters, registers, the digest and the flow table's
+idle timeout are written out by hand from ``p4src/shared/*.p4`` and
+``p4src/v1model/mfs.p4``; the data-plane cases in ``tests/dataplane/cases``
+keep it in agreement with bmv2.
 
 Table state is the P4Runtime view (entries as validated specs, keyed by their
 match key); each table also keeps the lookup structure the packet path uses,
@@ -36,16 +38,23 @@ Code = rpc_code.Code
 
 FLOOD_GROUP = 1
 DROP_PORT = 511  # v1model drop port
-NUM_PORT_SLOTS = 64  # queue_counter index = (port % 64) * 8 + level
+MISS_FILTER_SIZE = 4096
 
 # class_counter indexes (docs/p4-api.md)
-CLS_FLOW, CLS_STAGE_DEFAULT, CLS_PROPOSAL, CLS_MFS_BE, CLS_DSCP, CLS_BE, CLS_MALFORMED, CLS_REJECTED = range(8)
+(CLS_FLOW, CLS_STAGE_DEFAULT, CLS_PROPOSAL, CLS_MFS_BE, CLS_DSCP, CLS_BE, CLS_MALFORMED, CLS_REJECTED,
+ CLS_FABRIC_DSCP, CLS_FABRIC_BE) = range(10)
+# drop_counter indexes (docs/p4-api.md)
+DROP_BAD_IPV4, DROP_IPV4_CHECKSUM, DROP_TTL_EXPIRED, DROP_ROUTE_DROP = range(4)
 
 ETH_IPV4, ETH_ARP = 0x0800, 0x0806
+ETH_VLAN_TPIDS = (0x8100, 0x88A8)
 PROTO_TCP, PROTO_UDP = 6, 17
 
 # Initial default actions of the program (p4src/v1model/mfs.p4); P4Info does not carry them.
 INITIAL_DEFAULTS: dict[str, tuple[str, dict[str, int]]] = {
+    "MfsIngress.port_mode": ("MfsIngress.edge_port", {}),
+    "MfsIngress.router_mac": ("MfsIngress.routable", {}),
+    "MfsIngress.dscp_trust": ("NoAction", {}),
     "MfsIngress.ipv4_lpm": ("NoAction", {}),
     "MfsIngress.l2_fwd": ("MfsIngress.flood", {}),
     "MfsIngress.mfs_flow": ("NoAction", {}),
@@ -81,6 +90,16 @@ class Entry:
     notified: float = 0.0  # time.monotonic() of the last idle-timeout notification
 
 
+def stat_index(port: int, level: int) -> int:
+    """queue_counter / queue_depth / queue_delay index: the full 9-bit port * 8 + level."""
+    return (port & 0x1FF) * levels.NUM_QUEUES + level
+
+
+def filter_index(flow_id: int) -> int:
+    """miss_filter cell of a flow id (docs/p4-api.md)."""
+    return (flow_id ^ (flow_id >> 12) ^ (flow_id >> 24)) & 0xFFF
+
+
 def ipv4_checksum(hdr: bytes | bytearray | memoryview) -> int:
     """Internet checksum of an IPv4 header whose checksum field is zero."""
     s = sum(struct.unpack(f"!{len(hdr) // 2}H", hdr))
@@ -89,10 +108,25 @@ def ipv4_checksum(hdr: bytes | bytearray | memoryview) -> int:
     return (~s) & 0xFFFF
 
 
-def _set_ipv4_checksum(buf: bytearray, off: int) -> None:
-    # Like update_checksum in p4src: over the 20 bytes of the fixed header (options are payload there).
+def _set_ipv4_checksum(buf: bytearray, off: int, hlen: int) -> None:
+    # Like update_checksum in p4src: over the whole header, options included.
     buf[off + 10:off + 12] = b"\0\0"
-    buf[off + 10:off + 12] = _H.pack(ipv4_checksum(buf[off:off + 20]))
+    buf[off + 10:off + 12] = _H.pack(ipv4_checksum(buf[off:off + hlen]))
+
+
+def _l3_offset(buf: bytes | bytearray) -> tuple[int, int]:
+    """(EtherType after up to two VLAN tags, its offset), like MfsHeaderParser."""
+    n = len(buf)
+    off = 12
+    eth_type = (buf[12] << 8) | buf[13]
+    for _ in range(2):
+        if eth_type not in ETH_VLAN_TPIDS or n < off + 6:
+            break
+        off += 4
+        eth_type = (buf[off] << 8) | buf[off + 1]
+    if eth_type in ETH_VLAN_TPIDS and off == 20:
+        return -1, off + 2  # a third tag: not parsed
+    return eth_type, off + 2
 
 
 class Pipeline:
@@ -100,7 +134,10 @@ class Pipeline:
                  on_digest: Callable[[int, tuple], None] | None = None):
         self.schema = schema
         self.lock = threading.RLock()
-        self.on_digest = on_digest  # (digest_id, (stage, flow_id, request_id, src_addr, ingress_port))
+        # (digest_id, (stage, flow_id, request_id, src_addr, ingress_port, filter_index))
+        self.on_digest = on_digest
+        self.idle_tables = {t.preamble.id for t in schema.info.tables
+                            if t.idle_timeout_behavior == p4i.Table.NOTIFY_CONTROL}
         self.sizes = {}
         for name, tab in schema.tables.items():
             self.sizes[name] = tab.size
@@ -113,9 +150,9 @@ class Pipeline:
         if missing:
             raise P4InfoError(f"P4Info lacks tables of the MFS program: {', '.join(missing)}")
         self._digest_id = schema.digest("mfs_miss_t").id
-        self.idle_tables = {t.preamble.id for t in schema.info.tables
-                            if t.idle_timeout_behavior == p4i.Table.NOTIFY_CONTROL}
         self._cls_ctr = schema.counter("MfsIngress.class_counter")
+        self._drop_ctr = schema.counter("MfsIngress.drop_counter")
+        self._miss_filter = schema.register("MfsIngress.miss_filter")
         self._q_ctr = schema.counter("MfsEgress.queue_counter")
         self._q_depth = schema.register("MfsEgress.queue_depth")
         self._q_delay = schema.register("MfsEgress.queue_delay")
@@ -149,6 +186,7 @@ class Pipeline:
         self._level_dscp_default = ld.params["dscp"] if ld.action == "MfsEgress.set_dscp" else None
         self._l2_default = d["MfsIngress.l2_fwd"]
         self._lpm_default = d["MfsIngress.ipv4_lpm"]
+        self._router_mac_default = d["MfsIngress.router_mac"].action
 
     # ------------------------------------------------------------ table writes
     def _key(self, spec: TableEntrySpec) -> tuple:
@@ -359,40 +397,68 @@ class Pipeline:
         return out
 
     def ingress(self, in_port: int, frame: bytes) -> list[tuple[int, bytearray, int]]:
-        """Parse, classify, forward, replicate. Returns the copies to enqueue: (port, frame, level)."""
+        """Parse, check, classify, forward, replicate. Returns the copies to enqueue: (port, frame, level)."""
         n = len(frame)
         if n < 14:
             return []
         buf = bytearray(frame)
-        eth_type = (buf[12] << 8) | buf[13]
+        eth_type, ip_off = _l3_offset(buf)
         ip = mfs_port = mfs_ok = False
-        dscp = ttl = 0
-        ihl = 5
-        if eth_type == ETH_IPV4 and n >= 34:
+        dscp = ttl = hlen = 0
+        drop = -1
+        if eth_type == ETH_IPV4 and n >= ip_off + 20:
             ip = True
-            ihl = buf[14] & 0xF
-            dscp = buf[15] >> 2
-            ttl = buf[22]
-            proto = buf[23]
-            frag = ((buf[20] & 0x1F) << 8) | buf[21]
-            if ihl == 5 and frag == 0 and proto == PROTO_UDP and n >= 42 and ((buf[36] << 8) | buf[37]) == mfsh.MFS_UDP_PORT:
-                mfs_port = True
-                udp_len = (buf[38] << 8) | buf[39]
-                if udp_len >= 24 and n >= 58:
-                    vf, stage, proposed, _r, flow_id, request_id, _tl, rli = _MFS.unpack_from(buf, 42)
-                    mfs_ok = (vf >> 4) == mfsh.MFS_VERSION and stage in mfsh.VALID_STAGES
+            vihl = buf[ip_off]
+            ihl = vihl & 0xF
+            hlen = ihl * 4
+            dscp = buf[ip_off + 1] >> 2
+            ttl = buf[ip_off + 8]
+            if vihl >> 4 != 4 or ihl < 5:
+                drop = DROP_BAD_IPV4
+            elif n < ip_off + hlen or ipv4_checksum(buf[ip_off:ip_off + hlen]) != 0:
+                drop = DROP_IPV4_CHECKSUM  # also options cut short (the parser fails, the sum is partial)
+            else:
+                proto = buf[ip_off + 9]
+                frag = ((buf[ip_off + 6] & 0x1F) << 8) | buf[ip_off + 7]
+                l4 = ip_off + hlen
+                if (frag == 0 and proto == PROTO_UDP and n >= l4 + 8
+                        and ((buf[l4 + 2] << 8) | buf[l4 + 3]) == mfsh.MFS_UDP_PORT):
+                    mfs_port = True
+                    udp_len = (buf[l4 + 4] << 8) | buf[l4 + 5]
+                    if udp_len >= 24 and n >= l4 + 24:
+                        vf, stage, proposed, _r, flow_id, request_id, _tl, rli = _MFS.unpack_from(buf, l4 + 8)
+                        total_len = (buf[ip_off + 2] << 8) | buf[ip_off + 3]
+                        mfs_ok = ((vf >> 4) == mfsh.MFS_VERSION and stage in mfsh.VALID_STAGES
+                                  and total_len == hlen + udp_len)
+        if drop >= 0:
+            self._count_drop(drop, n)
+            return []
+
+        # ---- port mode (port_mode table; port metadata on TNA)
+        pm = self.entries["MfsIngress.port_mode"].get((in_port,))
+        fabric = (pm.action if pm is not None else "MfsIngress.edge_port") == "MfsIngress.fabric_port"
 
         # ---- classification (MfsClassify)
         cls2 = -1
-        if mfs_ok:
-            e = self.entries["MfsIngress.mfs_flow"].get((stage, flow_id))
+        if fabric:
+            e = self.entries["MfsIngress.dscp_trust"].get((dscp,)) if ip else None
+            if e is not None:
+                level, cls = e.params["level"], CLS_FABRIC_DSCP
+            else:
+                level, cls = self._classify_default_level, CLS_FABRIC_BE
+        elif mfs_ok:
+            src = _IPV4_ADDRS.unpack_from(buf, ip_off + 12)[0]
+            e = self.entries["MfsIngress.mfs_flow"].get((stage, flow_id, in_port, src))
             if e is not None:
                 level, cls = e.params["level"], CLS_FLOW
                 if e.idle_ns:
                     e.last_hit = time.monotonic()
             else:
-                src = _IPV4_ADDRS.unpack_from(buf, 26)[0]
-                self._digest(stage, flow_id, request_id, src, in_port)
+                fi = filter_index(flow_id)
+                cells = self.registers[self._miss_filter.id]
+                if cells[fi] == 0:
+                    cells[fi] = 1
+                    self._digest(stage, flow_id, request_id, src, in_port, fi)
                 trusted = ceiling = None
                 if vf & mfsh.FLAG_PROPOSED:
                     t = self.entries["MfsIngress.mfs_trust"].get((in_port, src))
@@ -427,11 +493,16 @@ class Pipeline:
         if level > levels.LOWEST_LEVEL:
             level = levels.LOWEST_LEVEL
 
-        # ---- forwarding
-        e = None
+        # ---- forwarding: route only frames addressed to the router (router_mac)
         if ip:
+            rm = self.entries["MfsIngress.router_mac"].get((int.from_bytes(buf[0:6], "big"),))
+            routable = (rm.action if rm is not None else self._router_mac_default) == "MfsIngress.routable"
+        else:
+            routable = False
+        if routable:
             lpm = self._lpm
-            dst = _IPV4_ADDRS.unpack_from(buf, 26)[1]
+            dst = _IPV4_ADDRS.unpack_from(buf, ip_off + 12)[1]
+            e = None
             for plen in self._lpm_lens:
                 e = lpm[plen].get(dst & (0xFFFFFFFF ^ ((1 << (32 - plen)) - 1)))
                 if e is not None:
@@ -441,14 +512,16 @@ class Pipeline:
             act = e.action
             if act == "MfsIngress.route":
                 if ttl <= 1:
+                    self._count_drop(DROP_TTL_EXPIRED, n)
                     return []
                 p = e.params
                 buf[0:6] = p["dst_mac"].to_bytes(6, "big")
                 buf[6:12] = p["src_mac"].to_bytes(6, "big")
-                buf[22] = ttl - 1
-                _set_ipv4_checksum(buf, 14)
+                buf[ip_off + 8] = ttl - 1
+                _set_ipv4_checksum(buf, ip_off, hlen)
                 return [(p["port"], buf, level)]
             if act == "MfsIngress.drop":
+                self._count_drop(DROP_ROUTE_DROP, n)
                 return []
         e = self.entries["MfsIngress.l2_fwd"].get((int.from_bytes(buf[0:6], "big"),)) or self._l2_default
         if e.action == "MfsIngress.l2_forward":
@@ -459,32 +532,44 @@ class Pipeline:
         return []  # NoAction: v1model drops a packet whose egress_spec was never set
 
     def egress(self, port: int, buf: bytearray, level: int, depth: int, delay_us: int) -> bytearray | None:
-        """MfsEgress for one dequeued copy: DSCP rewrite, queue counter and registers."""
+        """MfsEgress for one dequeued copy: DSCP rewrite, queue counter, max depth/delay registers."""
         if port == DROP_PORT:
             return None
-        if len(buf) >= 34 and buf[12] == 0x08 and buf[13] == 0x00:
-            e = self.entries["MfsEgress.dscp_rewrite"].get((port,))
-            act = e.action if e is not None else self._dscp_rewrite_default
-            new = None
-            if act == "MfsEgress.rewrite_dscp":
-                le = self.entries["MfsEgress.level_dscp"].get((level,))
-                new = le.params["dscp"] if le is not None else self._level_dscp_default
-            elif act == "MfsEgress.clear_dscp":
-                new = 0
-            if new is not None:
-                buf[15] = (new << 2) | (buf[15] & 3)
-                _set_ipv4_checksum(buf, 14)
-        idx = (port % NUM_PORT_SLOTS) * levels.NUM_QUEUES + level
+        n = len(buf)
+        if n >= 34:
+            eth_type, off = _l3_offset(buf)
+            if eth_type == ETH_IPV4 and n >= off + 20:
+                e = self.entries["MfsEgress.dscp_rewrite"].get((port,))
+                act = e.action if e is not None else self._dscp_rewrite_default
+                new = None
+                if act == "MfsEgress.rewrite_dscp":
+                    le = self.entries["MfsEgress.level_dscp"].get((level,))
+                    new = le.params["dscp"] if le is not None else self._level_dscp_default
+                elif act == "MfsEgress.clear_dscp":
+                    new = 0
+                if new is not None:
+                    buf[off + 1] = (new << 2) | (buf[off + 1] & 3)
+                    _set_ipv4_checksum(buf, off, (buf[off] & 0xF) * 4)
+        idx = stat_index(port, level)
         pk, by = self.counters[self._q_ctr.id]
         pk[idx] += 1
-        by[idx] += len(buf)
-        self.registers[self._q_depth.id][idx] = depth & 0xFFFFFFFF
-        self.registers[self._q_delay.id][idx] = delay_us & 0xFFFFFFFF
+        by[idx] += n
+        d = self.registers[self._q_depth.id]
+        if depth > d[idx]:
+            d[idx] = depth & 0xFFFFFFFF
+        d = self.registers[self._q_delay.id]
+        if delay_us > d[idx]:
+            d[idx] = delay_us & 0xFFFFFFFF
         return buf
 
-    def _digest(self, stage: int, flow_id: int, request_id: int, src: int, in_port: int) -> None:
+    def _count_drop(self, reason: int, nbytes: int) -> None:
+        pk, by = self.counters[self._drop_ctr.id]
+        pk[reason] += 1
+        by[reason] += nbytes
+
+    def _digest(self, stage: int, flow_id: int, request_id: int, src: int, in_port: int, fi: int) -> None:
         cb = self.on_digest
         if cb is None:
             self.digests_dropped += 1
         else:
-            cb(self._digest_id, (stage, flow_id, request_id, src, in_port))
+            cb(self._digest_id, (stage, flow_id, request_id, src, in_port, fi))
