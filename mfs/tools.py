@@ -14,6 +14,7 @@ TOOLS = {
     "p4c-bm2-ss": ("P4C_BM2_SS", "p4c-bm2-ss"),
     "simple_switch_grpc": ("BMV2_SWITCH", "simple_switch_grpc"),
     "simple_switch_CLI": ("BMV2_CLI", "simple_switch_CLI"),
+    "bf-p4c": ("BF_P4C", "bf-p4c"),  # Tofino back end (p4lang/p4c backends/tofino), docs/tofino.md
 }
 
 

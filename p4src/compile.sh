@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compile the MFS P4 programs (called by `make p4`).
 #   v1model -> $OUT/mfs.json + $OUT/mfs.p4info.txtpb   (p4c, bmv2 backend)
-#   TNA     -> compile check only, when bf-p4c or `p4c --target tofino` exists
+#   TNA     -> $OUT/tna/mfs.p4info.txtpb + $OUT/tna/bfrt.json (bf-p4c), when bf-p4c exists
 # Tools are found like mfs/tools.py does: $P4C, else p4c on PATH (e.g. PATH=/opt/p4/bin:$PATH
 # for a local build). OUT defaults to p4src/build. Sources are given relative to the
 # repository so the committed JSON carries no machine-specific paths.
@@ -39,16 +39,20 @@ rm -f "$OUT/mfs.p4i"   # the driver's preprocessed source; not a build product w
 echo "compile.sh: wrote $OUT/mfs.json and $OUT/mfs.p4info.txtpb"
 
 TNA_DONE=0
-if command -v bf-p4c >/dev/null 2>&1; then
-    echo "compile.sh: TNA with bf-p4c"
-    bf-p4c --target tofino --arch tna -o "$OUT/tna" \
-        --p4runtime-files "$OUT/tna/mfs.p4info.txtpb" p4src/tna/mfs.p4
-    TNA_DONE=1
-elif "$P4C_BIN" --help-targets 2>/dev/null | grep -q '^tofino-tna'; then
-    # `p4c --target tofino --help` succeeds even without the back end; only
-    # --help-targets says whether this p4c was built with bf-p4c (tofino-tna)
-    echo "compile.sh: TNA with $P4C_BIN --target tofino"
-    "$P4C_BIN" --target tofino --arch tna -o "$OUT/tna" p4src/tna/mfs.p4
+BF_P4C_BIN="${BF_P4C:-$(command -v bf-p4c 2>/dev/null || true)}"
+if [ -n "$BF_P4C_BIN" ]; then
+    # Tofino: the P4Info (standard externs, for Stratum/P4Runtime) and the BF-RT schema are
+    # committed in $OUT/tna; the rest of bf-p4c's output (context.json, tofino.bin, logs)
+    # stays in $TNA_BUILD (default: a temporary directory) -- docs/tofino.md.
+    TNA_BUILD="${TNA_BUILD:-$(mktemp -d)}"
+    mkdir -p "$OUT/tna" "$TNA_BUILD"
+    echo "compile.sh: TNA with $BF_P4C_BIN -> $OUT/tna (build in $TNA_BUILD)"
+    "$BF_P4C_BIN" --target tofino --arch tna --std p4-16 -o "$TNA_BUILD" \
+        --p4runtime-files "$TNA_BUILD/mfs.p4info.txtpb" --p4runtime-format text \
+        --p4runtime-force-std-externs --bf-rt-schema "$TNA_BUILD/bfrt.json" \
+        p4src/tna/mfs.p4
+    cp "$TNA_BUILD/mfs.p4info.txtpb" "$TNA_BUILD/bfrt.json" "$OUT/tna/"
+    echo "compile.sh: wrote $OUT/tna/mfs.p4info.txtpb and $OUT/tna/bfrt.json"
     TNA_DONE=1
 fi
 if [ "$TNA_DONE" = 0 ] && [ -n "${TNA_P4INCLUDE:-}" ]; then
@@ -72,6 +76,6 @@ if [ "$TNA_DONE" = 0 ] && [ -n "${TNA_P4INCLUDE:-}" ]; then
     TNA_DONE=1
 fi
 if [ "$TNA_DONE" = 0 ]; then
-    echo "compile.sh: TNA not checked: neither bf-p4c nor a p4c with the tofino-tna target is installed"
+    echo "compile.sh: TNA not compiled: bf-p4c not found (set \$BF_P4C or put bf-p4c on PATH; docs/tofino.md)"
     echo "compile.sh: (set TNA_P4INCLUDE=<p4c>/backends/tofino/bf-p4c/p4include for a front/mid-end check)"
 fi

@@ -1,6 +1,7 @@
-"""The committed build outputs (p4src/build) are what p4c makes of p4src/.
+"""The committed build outputs (p4src/build) are what p4c makes of p4src/, and
+p4src/build/tna what bf-p4c makes of p4src/tna (names equal to the v1model P4Info).
 
-Skips, saying why, when p4c is not installed (docs/bmv2.md)."""
+Skips, saying why, when p4c / bf-p4c is not installed (docs/bmv2.md, docs/tofino.md)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,50 @@ def test_tna_front_and_mid_end(tmp_path):
                        env={**os.environ, "OUT": str(tmp_path)})
     assert r.returncode == 0, f"compile.sh failed:\n{r.stdout}\n{r.stderr}"
     assert "TNA front/mid-end check passed" in r.stdout or "TNA with" in r.stdout, r.stdout
+
+
+# ---------------------------------------------------------------- Tofino (bf-p4c)
+TNA = BUILD / "tna"
+
+
+def _names(info: p4i.P4Info) -> dict[str, set[str]]:
+    """Entity names by kind, without bf-p4c's Pipeline prefix ("pipe.")."""
+    out = {}
+    for kind in ("tables", "actions", "counters", "registers", "digests"):
+        out[kind] = {e.preamble.name.removeprefix("pipe.") for e in getattr(info, kind)}
+    return out
+
+
+def test_tofino_p4info_has_the_v1model_names():
+    """The controller resolves the same names on both targets; only port_mode (port metadata on
+    Tofino) and its actions are v1model-only (docs/p4-api.md)."""
+    if not (TNA / "mfs.p4info.txtpb").exists():
+        pytest.skip("p4src/build/tna/mfs.p4info.txtpb is not committed yet (needs bf-p4c: docs/tofino.md)")
+    tna, v1 = _names(_canonical(TNA / "mfs.p4info.txtpb")), _names(_canonical(BUILD / "mfs.p4info.txtpb"))
+    v1["tables"] -= {"MfsIngress.port_mode"}
+    v1["actions"] -= {"MfsIngress.edge_port", "MfsIngress.fabric_port"}
+    assert tna == v1
+
+
+@pytest.fixture(scope="module")
+def compiled_tna(compiled):
+    """compile.sh (the ``compiled`` run) also compiles p4src/tna when bf-p4c is found."""
+    if not find_tool("bf-p4c"):
+        pytest.skip(missing_reason("bf-p4c"))
+    assert (compiled / "tna" / "mfs.p4info.txtpb").exists(), "compile.sh found bf-p4c but wrote no Tofino P4Info"
+    return compiled / "tna"
+
+
+def test_tofino_p4info_is_up_to_date(compiled_tna):
+    if not (TNA / "mfs.p4info.txtpb").exists():
+        pytest.fail("p4src/build/tna/mfs.p4info.txtpb is not committed: run `make p4` with bf-p4c and commit it")
+    fresh, committed = _canonical(compiled_tna / "mfs.p4info.txtpb"), _canonical(TNA / "mfs.p4info.txtpb")
+    assert fresh == committed, "p4src/build/tna/mfs.p4info.txtpb is stale: run `make p4` (bf-p4c) and commit it"
+
+
+def test_tofino_bfrt_json_is_up_to_date(compiled_tna):
+    if not (TNA / "bfrt.json").exists():
+        pytest.fail("p4src/build/tna/bfrt.json is not committed: run `make p4` with bf-p4c and commit it")
+    fresh = _strip_sources(json.loads((compiled_tna / "bfrt.json").read_text()))
+    committed = _strip_sources(json.loads((TNA / "bfrt.json").read_text()))
+    assert fresh == committed, "p4src/build/tna/bfrt.json is stale: run `make p4` (bf-p4c) and commit it"

@@ -83,6 +83,7 @@ class Bmv2Target:
         self.channel = None
         self._digests: list[dict] = []
         self._groups: set[int] = set()
+        self.idle_notifications: queue.Queue = queue.Queue()
         try:
             self._start()
         except BaseException:
@@ -138,6 +139,8 @@ class Bmv2Target:
     def _read_stream(self) -> None:
         try:
             for msg in self._stream:
+                if msg.HasField("idle_timeout_notification"):
+                    self.idle_notifications.put(msg.idle_timeout_notification)
                 if msg.HasField("digest"):
                     for data in msg.digest.data:
                         names = [m.name for m in self.schema.info.type_info.structs["mfs_miss_t"].members]
@@ -221,6 +224,7 @@ class Bmv2Target:
             default = item.get("default", False)
             te = self.schema.table_entry(item["table"], None if default else item.get("match"), item["action"],
                                          item.get("params"), item.get("priority", 0), default=default)
+            te.idle_timeout_ns = item.get("idle_timeout_ns", 0)
             self._write(p4r.Update.MODIFY if default else p4r.Update.INSERT, p4r.Entity(table_entry=te))
 
     def _write(self, kind, entity) -> None:

@@ -210,6 +210,7 @@ class EmbeddedTarget:
             else:
                 te = self.schema.table_entry(it["table"], it.get("match"), it["action"], it.get("params"),
                                              priority=it.get("priority", 0))
+                te.idle_timeout_ns = it.get("idle_timeout_ns", 0)
                 ups.append(update(p4r.Update.INSERT, table_entry=te))
         if ups:
             self.client.write(ups)

@@ -82,7 +82,7 @@ class CaseFailure(AssertionError):
 
 
 SETUP_KEYS = {"table", "match", "action", "params", "priority", "default", "multicast_group", "ports",
-              "register", "index", "value"}
+              "register", "index", "value", "idle_timeout_ns"}
 
 
 def _setup_item(raw: Any, source: str, key: str) -> dict:
@@ -101,6 +101,8 @@ def _setup_item(raw: Any, source: str, key: str) -> dict:
         else:
             item["match"] = dict(s.get("match", {}) or {})
             item["priority"] = s.integer("priority", 0, lo=0)
+            if "idle_timeout_ns" in s.data:
+                item["idle_timeout_ns"] = s.integer("idle_timeout_ns", lo=0)
     s.done()
     return item
 
