@@ -18,11 +18,11 @@
 #include "../shared/parser.p4"
 #include "../shared/classify.p4"
 
-/* Port metadata (PORT_METADATA_SIZE = 64 bits on Tofino 1), per ingress port. */
-header port_md_h {
-    bit<7>  pad0;
-    bit<1>  fabric;   /* 1: fabric (switch-facing) port, trust DSCP */
-    bit<56> pad1;
+/* Port metadata (at most PORT_METADATA_SIZE = 64 bits on Tofino 1), per ingress
+ * port, set by the control plane (BF-RT $PORT_METADATA): no table, no stage. */
+struct port_md_t {
+    bit<1> fabric;   /* 1: fabric (switch-facing) port, trust DSCP */
+    bit<7> pad;
 }
 
 /* Ingress -> egress: the level and what egress needs for pruning. */
@@ -41,7 +41,7 @@ struct ig_headers_t {
 
 struct ig_meta_t {
     mfs_meta_t mfs;
-    port_md_h  port_md;
+    port_md_t  port_md;
     bit<8>     ttl_in;
 }
 
@@ -55,7 +55,7 @@ parser MfsIngressParser(packet_in pkt, out ig_headers_t hdr, out ig_meta_t meta,
     MfsHeaderParser() headers_parser;
     state start {
         pkt.extract(ig_intr_md);
-        meta.port_md = port_metadata_unpack<port_md_h>(pkt);
+        meta.port_md = port_metadata_unpack<port_md_t>(pkt);
         meta.mfs = {false, false, false, false, false, false, false, false, false, 0, 0, 0, 0};
         meta.ttl_in = 0;
         headers_parser.apply(pkt, hdr.h, meta.mfs);
