@@ -31,7 +31,7 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -48,6 +48,7 @@ from mfs.proto import report_pb2_grpc as pbg
 log = logging.getLogger("mfs.hostapi")
 
 MAX_DST_LEN = 253
+VALIDATE_SLICE = 512  # events checked between two turns of the event loop
 BATCH_KINDS = ("arrival", "departure")
 
 
@@ -59,6 +60,10 @@ class HostSession:
     tokens: float
     t_tokens: float
     flow_base: int
+    # the host's (shared by its sessions): its batches are checked and queued one at a time, in
+    # arrival order (the checks of a big batch yield to the event loop: another batch of the
+    # host, or a Register computing what was accepted, must not come in between)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class TokenBucket:
@@ -107,6 +112,7 @@ class HostApi(pbg.HostReportsServicer):
         self.metrics = metrics or engine.metrics
         self.by_session: dict[str, HostSession] = {}
         self.by_host: dict[str, HostSession] = {}
+        self.host_locks: dict[str, asyncio.Lock] = {}
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.limited = LogLimiter(log)
@@ -171,17 +177,20 @@ class HostApi(pbg.HostReportsServicer):
             # one message for every mismatch: do not reveal which part was wrong
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 f"register: host {request.host!r} with this token and address is not configured")
-        old = self.by_host.get(h.name)
-        if old is not None:
-            self.by_session.pop(old.session, None)
-        last = self.engine.last_applied_seq.get(h.name, 0)
-        accepted = max(last, old.accepted_seq) if old is not None else last  # batches may still be queued
-        # the token bucket belongs to the host, not the session: registering again does not refill it
-        tokens, t_tokens = (old.tokens, old.t_tokens) if old is not None else (self.cfg.limits.burst, time.monotonic())
-        s = HostSession(h, secrets.token_hex(16), accepted, tokens, t_tokens,
-                        h.host_id << self.cfg.limits.flow_id_bits)
-        self.by_session[s.session] = s
-        self.by_host[h.name] = s
+        lock = self.host_locks.setdefault(h.name, asyncio.Lock())
+        async with lock:
+            old = self.by_host.get(h.name)
+            if old is not None:
+                self.by_session.pop(old.session, None)
+            last = self.engine.last_applied_seq.get(h.name, 0)
+            accepted = max(last, old.accepted_seq) if old is not None else last  # batches may still be queued
+            # the token bucket belongs to the host, not the session: registering again does not refill it
+            tokens, t_tokens = (old.tokens, old.t_tokens) if old is not None else (self.cfg.limits.burst,
+                                                                                  time.monotonic())
+            s = HostSession(h, secrets.token_hex(16), accepted, tokens, t_tokens,
+                            h.host_id << self.cfg.limits.flow_id_bits, lock)
+            self.by_session[s.session] = s
+            self.by_host[h.name] = s
         self.engine.touch(h.name)
         self.metrics.count("registrations", host=h.name)
         return pb.RegisterResponse(session=s.session, host_id=h.host_id, flow_id_base=s.flow_base,
@@ -211,11 +220,31 @@ class HostApi(pbg.HostReportsServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"report: host {s.cfg.name} has {lim.queue_batches} batches pending; "
                                 f"batch not applied, retry later")
+        async with s.lock:
+            rejected, accepted = await self._check(s, request)
+            fut = self.engine.submit(s.cfg.name, accepted, t_recv) if accepted else None
+        if fut is not None:
+            rejected.extend(await fut)
+        else:
+            self.engine.touch(s.cfg.name)
+        rejected.sort()
+        ack = pb.ReportAck(acked_seq=s.accepted_seq)
+        for seq, msg in rejected:
+            ack.rejected.add(seq=seq, reason=msg)
+        for fid, lvl in self.engine.take_levels(s.cfg.name):
+            ack.levels.add(flow_id=fid, level=lvl)
+        return ack
+
+    # ------------------------------------------------------------------ validation
+    async def _check(self, s: HostSession, request: pb.ReportBatch) -> tuple[list, list]:
+        """Seq order and stateless checks of a batch: (rejected (seq, message), accepted events)."""
         rejected: list[tuple[int, str]] = []
         accepted = []
         last = s.accepted_seq
         now = time.time()
-        for ev in request.events:
+        for i, ev in enumerate(request.events):
+            if i and not i % VALIDATE_SLICE:
+                await asyncio.sleep(0)  # a big batch's checks must not hold the event loop
             if ev.seq <= s.accepted_seq:
                 self.metrics.count("duplicate_events", host=s.cfg.name)
                 continue  # already applied: ack, ignore
@@ -232,20 +261,8 @@ class HostApi(pbg.HostReportsServicer):
                 rejected.append((ev.seq, str(b)))
                 self.metrics.count("rejected_reports", reason=b.reason)
         s.accepted_seq = last
-        if accepted:
-            fut = self.engine.submit(s.cfg.name, accepted, t_recv)
-            rejected.extend(await fut)
-        else:
-            self.engine.touch(s.cfg.name)
-        rejected.sort()
-        ack = pb.ReportAck(acked_seq=s.accepted_seq)
-        for seq, msg in rejected:
-            ack.rejected.add(seq=seq, reason=msg)
-        for fid, lvl in self.engine.take_levels(s.cfg.name):
-            ack.levels.add(flow_id=fid, level=lvl)
-        return ack
+        return rejected, accepted
 
-    # ------------------------------------------------------------------ validation
     def validate(self, s: HostSession, ev: pb.Event, now: float) -> None:
         lim = self.cfg.limits
         kind = ev.WhichOneof("kind")
