@@ -1,9 +1,11 @@
-"""Simulator throughput at one paper-scale point (256 servers, 512 warm-up + 1024 measured requests).
+"""Simulator throughput at one paper-scale point (256 servers, 512 warm-up + 1024 measured requests)
+with the attention-DP model (one network node per attention group, a Stage-2 coflow of one flow
+per group: 8x the Stage-2 flows of the old instance-node model for Mixtral).
 
-Prints wall time and simulated flows / events per second for MFS and Karuna, and
-the same for fair sharing measured in the same run (ratio = cost relative to the
-simplest policy). Goal: one paper-scale point <= 60 s on one core, for every
-scheduler (Karuna's rate caps used to make its points ~5x slower than MFS's).
+Prints CPU time (one core: what the point costs, independent of how busy the shared machine is),
+wall time and simulated flows / events per second for MFS and Karuna, and the same for fair
+sharing measured in the same run (ratio = cost relative to the simplest policy). Goal: one
+paper-scale point <= 60 s of CPU on one core, for MFS and for Karuna.
 
 Memory: peak Python heap (tracemalloc) of a small point with 1x and 4x the measured
 requests. Arrivals are streamed and finished requests dropped; what grows is the result
@@ -18,23 +20,24 @@ import tracemalloc
 from mfs.sim.engine import ClusterConfig
 from mfs.sim.runner import run_point
 
-MODEL, WORKLOAD, RATE = "mixtral-8x22b", "conversation", 1.2
+MODEL, WORKLOAD, RATE = "mixtral-8x22b", "conversation", 0.6  # near the knee (fair ~0.9 attainment)
 
 
 def main() -> int:
     cl = ClusterConfig(servers=256, warmup=512, measured=1024, lowload_ratio=1.0)
     res = {}
     for sched in ("fair", "mfs", "karuna"):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run = run_point(MODEL, WORKLOAD, sched, RATE, cl)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         m = run.meta
-        res[sched] = wall
-        print(f"{sched:5s} {MODEL}/{WORKLOAD} rate {RATE}/GPU, 256 servers, 512+1024 req: wall {wall:6.1f} s, "
-              f"{m['flows']} flows ({m['flows'] / wall:,.0f}/s), {m['events']} events ({m['events'] / wall:,.0f}/s), "
-              f"{m['allocations']} allocations, attainment {run.summary['attainment']:.3f}")
+        res[sched] = cpu
+        print(f"{sched:6s} {MODEL}/{WORKLOAD} rate {RATE}/prefill GPU, 256 servers, 512+1024 req: CPU {cpu:6.1f} s "
+              f"(wall {wall:6.1f} s), {m['flows']} flows ({m['flows'] / cpu:,.0f}/CPU-s), {m['events']} events "
+              f"({m['events'] / cpu:,.0f}/CPU-s), {m['allocations']} allocations, attainment "
+              f"{run.summary['attainment']:.3f}")
     for sched in ("mfs", "karuna"):
-        print(f"{sched}/fair wall-time ratio: {res[sched] / res['fair']:.2f}  (goal: point <= 60 s: "
+        print(f"{sched}/fair CPU-time ratio: {res[sched] / res['fair']:.2f}  (goal: point <= 60 s CPU on one core: "
               f"{'met' if res[sched] <= 60 else 'NOT met'})")
     peaks = {}
     for measured in (256, 1024):

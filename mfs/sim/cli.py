@@ -74,6 +74,25 @@ def _cluster(a) -> ClusterConfig:
                          max_batch_tokens=a.max_batch_tokens, fairness=a.fairness)
 
 
+def model_table(tokens: int, reused: int = 0) -> str:
+    """Per layer, a lone request on one attention group: KV (Stage 3) and Stage-2 bytes through each
+    NIC of its group and their time at one NIC's rate, against the layer's compute."""
+    from mfs.sim.model import CostModel, Hardware
+    hw = Hardware()
+    rows = [f"lone request: {tokens} new + {reused} reused tokens; per layer, per NIC of its attention group "
+            f"({hw.nic_bw * 8 / 1e9:.0f} Gb/s)",
+            "| model | groups x GPUs | Stage 3 KV / NIC | time | Stage 1 KV / NIC | Stage 2 / NIC (own group) | time "
+            "| compute | old per-GPU KV (÷ G) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in sorted(MODELS.items()):
+        c = CostModel(m, hw)
+        p = c.request_profile(tokens, reused)
+        s3, s1, s2 = p.per_nic(p.stage3_bytes), p.per_nic(p.stage1_bytes), p.stage2_per_nic
+        rows.append(f"| {name} | {m.groups} x {m.attn_gpus} | {s3 / 1e6:.3f} MB | {s3 / hw.nic_bw * 1e6:.1f} µs | "
+                    f"{s1 / 1e6:.3f} MB | {s2 / 1e6:.2f} MB | {s2 / hw.nic_bw * 1e6:.0f} µs | "
+                    f"{p.layer_compute_s * 1e6:.0f} µs | {p.per_gpu(p.stage3_bytes) / 1e6:.3f} MB |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="sim", description="Paper-scale flow-level simulator of MFS and the baselines "
@@ -105,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="run on Ray: a cluster address, 'auto' (the running cluster) or 'local' (start one here)")
     p.add_argument("--out", required=True, help="results directory (one small JSON per point)")
+    p = sub.add_parser("model", help="per-NIC figures of a lone request per model (bytes and time per layer)")
+    p.add_argument("--tokens", type=int, default=2000, help="new tokens of the lone request (default 2000)")
+    p.add_argument("--reused", type=int, default=0, help="reused prefix tokens (default 0)")
     p = sub.add_parser("report", help="docs/results.md (+ plots, + compact CSV) from a results directory or CSV")
     p.add_argument("--data", required=True, help="results directory of a sweep, or a CSV written by report")
     p.add_argument("--out", default="docs/results.md")
@@ -121,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in run.summary.items():
                 print(f"{k:22s} {v:.4g}" if isinstance(v, float) else f"{k:22s} {v}")
             print(f"{'flows':22s} {run.meta['flows']}\n{'wall_s':22s} {run.meta['wall_s']}")
+            print("measured per-NIC loads (share of one NIC's 200 Gb/s over the run; prefill NICs tx by stage, "
+                  "mean and busiest; decode NICs rx; compute = prefill instances busy):")
+            for k, v in run.meta.get("nic_load", {}).items():
+                print(f"  {k:20s} {v:.4g}")
             if a.out:
                 print(*write_results(a.out, [run], cmd), sep="\n")
+            return 0
+        if a.cmd == "model":
+            print(model_table(a.tokens, a.reused))
             return 0
         if a.cmd == "sweep":
             from mfs.sim.report import capacity_rate
