@@ -205,10 +205,12 @@ def make_report(data: str, out: str, img: str, csv_out: str | None, cmd: str, pa
             msr = max_sustainable_rate(sorted(st["mean"][s].items()), TARGET)
             lines.append(f"| {s} | " + " | ".join(cells) + f" | {msr:.3g} |")
         top = st["rows"][-1]["rate"] if st["rows"] else rates[-1]
+        cap = capacity_rate(model, wl)
         rr_txt = ", ".join(f"{b} {fmt_ci(*v, suffix='×')}" for b, v in sorted(rr.items()))
         sections.append(
             f"### {model} / {wl}\n\nKnee (fair sharing at {TARGET:.0%}) {st['knee']:.3g} req/s per prefill GPU; "
-            f"balanced-compute capacity {capacity_rate(model, wl):.3g}. Sustainable rate at {TARGET:.0%}, MFS over: "
+            f"balanced-compute capacity {cap:.3g} (the paper's rate 0.7 is {0.7 / cap:.2f} of it per prefill GPU, "
+            f"{1.4 / cap:.2f} if per GPU of both pools). Sustainable rate at {TARGET:.0%}, MFS over: "
             f"{rr_txt or 'n/a'}.\n\n![{model} {wl}]({rel})\n\nAttainment, mean ± 95 % CI over seeds:\n\n"
             + "\n".join(lines)
             + f"\n\nMeasured per-NIC loads at rate {top:.3g} (prefill NICs, % of 200 Gb/s over the run; compute % = "
