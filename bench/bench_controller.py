@@ -169,8 +169,280 @@ def main() -> int:
               f"({b['n']} reports, {b['rejected']} rejected); p99 ratio {b['p99'] / a['p99']:.1f}x "
               f"(goal <= {GOAL_HOSTILE_RATIO:g}x: {'met' if b['p99'] <= GOAL_HOSTILE_RATIO * a['p99'] else 'NOT met'})")
         print(f"[{kind}] the hostile host's answers: {h['attack']}")
+    placement_main()
     return 0  # figures, not a gate: a loaded machine must not fail `make bench`
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry placement at paper scale (issue 11): entries per switch and table writes, edge vs all
+PAPER_SERVERS, GPUS_PER_SERVER = 256, 8
+SERVERS_PER_LEAF = 4  # 32 NICs down, 32 up on a 64-port leaf
+SPINES = 32
+SIM_MODEL, SIM_WORKLOAD, SIM_RATE, SIM_REQUESTS = "mixtral-8x22b", "conversation", 1.2, 256
+REPLAY_SIM_FLOWS = 50  # simulator flows replayed through the real engine (x GPUs per instance)
+
+
+class _Recorder:
+    """Wraps the simulator's policy (mfs.policy, the one implementation): records every flow
+    start (level, src/dst instance), level change and end, in simulated time order."""
+
+    def __init__(self, pol):
+        self._p, self.log = pol, []
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def _ch(self, now, ch):
+        for fid, lvl in (ch or {}).items():
+            self.log.append((now, "level", fid, lvl))
+        return ch
+
+    def flow_start(self, now, info):
+        lvl = self._p.flow_start(now, info)
+        self.log.append((now, "start", info.flow_id, lvl, info.stage, info.src, info.dst))
+        return lvl
+
+    def flow_end(self, now, fid):
+        r = self._p.flow_end(now, fid)
+        self.log.append((now, "end", fid))
+        return r
+
+    def progress(self, now, *a):
+        return self._ch(now, self._p.progress(now, *a))
+
+    def tick(self, now):
+        return self._ch(now, self._p.tick(now))
+
+    def layer_boundary(self, now, *a):
+        return self._ch(now, self._p.layer_boundary(now, *a))
+
+    def request_start(self, now, *a):
+        return self._ch(now, self._p.request_start(now, *a))
+
+    def request_end(self, now, *a):
+        return self._ch(now, self._p.request_end(now, *a))
+
+    def batch_event(self, now, *a):
+        return self._ch(now, self._p.batch_event(now, *a))
+
+
+def simulator_flows():
+    """The simulator's flows at paper scale (256 servers x 8 GPUs, MFS): (log, GPUs per
+    instance, number of prefill instances, simulated seconds)."""
+    from mfs.sim.engine import ClusterConfig, Simulator
+    from mfs.sim.model import Hardware, get_model
+    from mfs.sim.runner import sim_policy
+    from mfs.sim.workload import make_workload
+    hw, m = Hardware(), get_model(SIM_MODEL)
+    cl = ClusterConfig(servers=PAPER_SERVERS, gpus_per_server=GPUS_PER_SERVER, warmup=0, measured=SIM_REQUESTS)
+    rec = _Recorder(sim_policy("mfs", hw))
+    sim = Simulator(m, rec, cl, hw)
+    sim.run(make_workload(SIM_WORKLOAD, SIM_RATE * cl.prefill_gpus(), SIM_REQUESTS, 1))
+    return rec.log, m.gpus, sim.np, sim.now
+
+
+class Fabric:
+    """Leaf-spine for 256 servers x 8 GPUs: one NIC per GPU, SERVERS_PER_LEAF servers per leaf
+    (64 leaves), SPINES spines; ECMP by flow id. NIC k is host ``n<k>`` on leaf k // 32."""
+
+    def __init__(self):
+        self.nics = PAPER_SERVERS * GPUS_PER_SERVER
+        self.per_leaf = SERVERS_PER_LEAF * GPUS_PER_SERVER
+        self.leaves = [f"leaf{i}" for i in range(self.nics // self.per_leaf)]
+        self.spines = [f"spine{i}" for i in range(SPINES)]
+        self.switches = self.leaves + self.spines
+
+    def leaf(self, nic: int) -> str:
+        return self.leaves[nic // self.per_leaf]
+
+    def path(self, a: int, b: int, fid: int) -> tuple[str, ...]:
+        la, lb = self.leaf(a), self.leaf(b)
+        return (la,) if la == lb else (la, self.spines[fid % SPINES], lb)
+
+    def hosts(self):
+        from controller.config import HostConfig
+        return [HostConfig(f"n{k}", f"10.{k >> 16 & 255}.{k >> 8 & 255}.{k & 255}", "x" * 8, k,
+                           switch=self.leaf(k), port=k % self.per_leaf) for k in range(self.nics)]
+
+
+def gpu_flows(log, gpus, n_prefill):
+    """Each simulator flow between instances is one transfer per GPU (GPU j of the source
+    instance to GPU j of the destination, each from its own NIC): expand it. Yields
+    (t, kind, key, level, src_nic, dst_nic) with the controller's key (stage, flow_id) and
+    level (controller.engine.to_level: the clamp the controller applies)."""
+    from controller.engine import to_level
+
+    def base(name):
+        i = int(name[1:])
+        return (i if name[0] == "p" else n_prefill + i) * gpus
+    flows = {}
+    for e in log:
+        if e[1] == "start":
+            t, _, fid, lvl, stage, src, dst = e
+            flows[fid] = (stage, base(src), base(dst), to_level(lvl))
+            for j in range(gpus):
+                yield t, "start", (stage, ((flows[fid][1] + j) << 20) | fid), flows[fid][3], flows[fid][1] + j, \
+                    flows[fid][2] + j
+        elif e[1] == "level":
+            f = flows.get(e[2])
+            if f is None or to_level(e[3]) == f[3]:
+                continue
+            flows[e[2]] = (*f[:3], to_level(e[3]))
+            for j in range(gpus):
+                yield e[0], "level", (f[0], ((f[1] + j) << 20) | e[2]), f[3], f[1] + j, f[2] + j
+        else:
+            f = flows.pop(e[2], None)
+            if f is not None:
+                for j in range(gpus):
+                    yield e[0], "end", (f[0], ((f[1] + j) << 20) | e[2]), None, f[1] + j, f[2] + j
+
+
+def placement_counts(events, fab: Fabric):
+    """Peak concurrent flow entries per switch and table updates per placement: ``all`` (every
+    switch, the controller's `placement: all`), ``path`` (every switch on the flow's path: the
+    least a fabric classifying from the MFS header at every hop needs), ``edge`` (the
+    controller's `placement: edge`, through controller.placement.Placement)."""
+    from controller.placement import Placement
+    edge = Placement("edge", fab.hosts(), fab.switches)
+    n_sw = len(fab.switches)
+    modes = ("all", "path", "edge")
+    live = {m: dict.fromkeys(fab.switches, 0) for m in modes}
+    peak = {m: dict.fromkeys(fab.switches, 0) for m in modes}
+    updates = dict.fromkeys(modes, 0)
+    per_sw_updates = {m: dict.fromkeys(fab.switches, 0) for m in modes}
+    live_all = peak_all = 0
+    hops = []
+    for t, kind, key, lvl, a, b in events:
+        on = {"path": fab.path(a, b, key[1]), "edge": tuple(edge.switches_of(f"n{a}"))}
+        if kind == "start":
+            hops.append(len(on["path"]))
+        d = 1 if kind == "start" else -1 if kind == "end" else 0
+        live_all += d
+        peak_all = max(peak_all, live_all)
+        updates["all"] += n_sw
+        for m in ("path", "edge"):
+            updates[m] += len(on[m])
+            for s in on[m]:
+                per_sw_updates[m][s] += 1
+                if d:
+                    v = live[m][s] = live[m][s] + d
+                    if v > peak[m][s]:
+                        peak[m][s] = v
+    for s in fab.switches:
+        peak["all"][s] = peak_all
+        per_sw_updates["all"][s] = updates["all"] // n_sw
+    return peak, updates, per_sw_updates, sum(hops) / max(1, len(hops))
+
+
+class _CountingClient:
+    """Stands in for a switch's P4Runtime session: counts Writes and updates, accepts all."""
+
+    def __init__(self):
+        self.writes = self.updates = 0
+        self.is_primary = True
+
+    async def write(self, ups, timeout=None):
+        self.writes += 1
+        self.updates += len(ups)
+        return []
+
+
+async def _replay(mode: str, events, fab: Fabric) -> dict:
+    """The real controller write path (Engine.push -> per-switch desired views ->
+    SwitchSupervisor planning and P4Runtime update building) for ``events``, one round per
+    simulated instant, against counting clients: controller-side updates/s (CPU)."""
+    from controller.config import ControllerConfig, SwitchConfig
+    from controller.engine import Engine
+    from mfs.policy import PolicyConfig
+    cfg = ControllerConfig(source="bench", switches=[SwitchConfig(s, "127.0.0.1:1") for s in fab.switches],
+                           hosts=fab.hosts(), policy=PolicyConfig(), placement=mode)
+    eng = Engine(cfg)
+    clients = {}
+    for n, sup in eng.supervisors.items():
+        sup.client = clients[n] = _CountingClient()
+        sup.capacity = 1 << 30  # measure the write path, not the table size (reported separately)
+        sup.ready.set()
+    rounds: list[list] = []
+    last = None
+    for ev in events:  # one round per simulated instant (what hosts report together)
+        if ev[0] != last:
+            rounds.append([])
+            last = ev[0]
+        rounds[-1].append(ev)
+    t0 = time.perf_counter()
+    for evs in rounds:
+        keys = set()
+        for _t, kind, key, lvl, a, _b in evs:
+            if kind == "end":
+                eng.desired.pop(key, None)
+            else:
+                if kind == "start":
+                    eng.place(key, f"n{a}")
+                eng.desired[key] = lvl
+            keys.add(key)
+        await eng.push(keys)
+    wall = time.perf_counter() - t0
+    ups = sum(c.updates for c in clients.values())
+    return {"wall": wall, "updates": ups, "writes": sum(c.writes for c in clients.values()),
+            "rounds": len(rounds), "left": len(eng.desired)}
+
+
+def placement_main() -> int:
+    from controller.switches import FLOW_TABLE
+    from mfs.p4info import P4Schema
+    fab = Fabric()
+    t0 = time.perf_counter()
+    log, gpus, n_prefill, sim_s = simulator_flows()
+    sim_wall = time.perf_counter() - t0
+    n_flows = sum(1 for e in log if e[1] == "start")
+    print(f"[placement] simulator: {SIM_MODEL}/{SIM_WORKLOAD}, rate {SIM_RATE}/GPU, {SIM_REQUESTS} requests on "
+          f"{PAPER_SERVERS} servers x {GPUS_PER_SERVER} GPUs (MFS): {n_flows} flows between instances of {gpus} GPUs "
+          f"= {n_flows * gpus} per-GPU flows in {sim_s:.3f} simulated s ({sim_wall:.0f} s wall)")
+    print(f"[placement] fabric: leaf-spine, {len(fab.leaves)} leaves ({SERVERS_PER_LEAF} servers = {fab.per_leaf} "
+          f"NICs each), {len(fab.spines)} spines, ECMP by flow id")
+    peak, updates, per_sw, hops = placement_counts(gpu_flows(log, gpus, n_prefill), fab)
+    size = P4Schema.load().table(FLOW_TABLE).size
+    print(f"[placement] mean switches on a flow's path: {hops:.2f}")
+    for m in ("all", "path", "edge"):
+        pk = list(peak[m].values())
+        busy = [v for v in pk if v]
+        print(f"[placement] {m:4s}: peak flow entries per switch: max {max(pk):,}, mean over switches holding any "
+              f"{sum(busy) / max(1, len(busy)):,.0f} ({len(busy)} of {len(pk)} switches); fits mfs_flow ({size:,})"
+              f" on {sum(1 for v in pk if v <= size)} switches; table updates {updates[m]:,} "
+              f"= {updates[m] / sim_s:,.0f}/s total, busiest switch {max(per_sw[m].values()) / sim_s:,.0f}/s")
+    goal = max(peak["all"].values()) / hops
+    got = max(peak["edge"].values())
+    print(f"[placement] edge vs all: max entries per switch {got:,} vs {max(peak['all'].values()):,} "
+          f"= 1/{max(peak['all'].values()) / max(1, got):.1f}; goal <= all / switches on the path = {goal:,.0f}: "
+          f"{'met' if got <= goal else 'NOT met'}; updates {updates['all'] / max(1, updates['edge']):.0f}x fewer")
+    # the controller's own write path on a slice of the same flows, edge vs all, same run
+    sl = []
+    seen = set()
+    for e in log:
+        if e[1] == "start":
+            if len(seen) >= REPLAY_SIM_FLOWS:
+                continue
+            seen.add(e[2])
+        elif e[2] not in seen:
+            continue
+        sl.append(e)
+    events = list(gpu_flows(sl, gpus, n_prefill))
+    res = {m: asyncio.run(_replay(m, events, fab)) for m in ("edge", "all")}
+    for m, r in res.items():
+        print(f"[placement] controller write path, {m:4s}: {len(events):,} flow events ({REPLAY_SIM_FLOWS} simulator "
+              f"flows x {gpus} GPUs) in {r['rounds']} rounds -> {r['updates']:,} updates in {r['writes']:,} Writes "
+              f"to {len(fab.switches)} switches, {r['wall']:.2f} s wall = {r['updates'] / r['wall']:,.0f} updates/s, "
+              f"{len(events) / r['wall']:,.0f} flow events/s")
+    print(f"[placement] flow events/s the controller sustains, edge / all: "
+          f"{res['all']['wall'] / res['edge']['wall']:.1f}x")
+    need = {m: updates[m] / sim_s for m in ("edge", "all")}
+    have = {m: r["updates"] / r["wall"] for m, r in res.items()}
+    print(f"[placement] updates/s this workload needs / what the controller's write path produces (one core): "
+          f"edge {need['edge']:,.0f} / {have['edge']:,.0f} = {need['edge'] / have['edge']:,.0f}x, "
+          f"all {need['all']:,.0f} / {have['all']:,.0f} = {need['all'] / have['all']:,.0f}x "
+          f"(every simulator transfer, down to per-layer KV blocks and per-layer all-to-all, as its own entry)")
+    return 0

@@ -145,6 +145,7 @@ class Engine:
         # which switches hold a key (controller/placement.py); a key absent here is on every switch
         self.placement = Placement.from_config(cfg)
         self.where: dict[FlowKey, frozenset[str]] = {}
+        self._moved: set[FlowKey] = set()  # keys whose placement changed since their last push
         self.flows: dict[int, FlowRec] = {}
         # (host, request id) -> ReqRec; peers[(peer host, request id)] -> the owner's key
         self.requests: dict[tuple[str, int], ReqRec] = {}
@@ -326,17 +327,34 @@ class Engine:
             await self.push(keys)
 
     async def push(self, keys: set[FlowKey]) -> None:
-        """Write ``keys`` to every ready switch concurrently (one Write each; a switch none of
-        the keys is placed on or installed on gets no Write)."""
-        await asyncio.gather(*(s.sync(keys) for s in self.supervisors.values()))
-        where = self.where
-        for k in keys:  # ended flows: their placement is no longer needed
-            if k not in self.desired:
+        """Write ``keys`` to the ready switches concurrently (one Write each). A key goes to the
+        switches it is placed on (``where``; absent = every switch), or to every switch if its
+        placement changed since it was last written; a switch none of the keys concerns gets
+        no Write."""
+        where, moved, sups = self.where, self._moved, self.supervisors
+        if not where and not moved:
+            await asyncio.gather(*(s.sync(keys) for s in sups.values()))
+            return
+        every: list[FlowKey] = []
+        per: dict[str, list[FlowKey]] = {}
+        for k in keys:
+            w = where.get(k)
+            if w is None or k in moved:
+                every.append(k)
+            else:
+                for n in w:
+                    per.setdefault(n, []).append(k)
+        await asyncio.gather(*(s.sync(every + per.get(n, [])) for n, s in sups.items() if every or n in per))
+        for k in keys:
+            moved.discard(k)
+            if k not in self.desired:  # ended flows: their placement is no longer needed
                 where.pop(k, None)
 
     def place(self, key: FlowKey, host: str | None) -> None:
         """Record which switches hold ``key`` (the flow of ``host``), per the configured placement."""
         w = self.placement.switches_of(host)
+        if w != self.where.get(key) and key in self.desired:
+            self._moved.add(key)  # written everywhere once: deleted where it no longer belongs
         if w is None:
             self.where.pop(key, None)
         else:
