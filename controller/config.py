@@ -15,7 +15,7 @@ from typing import Any
 from mfs import levels
 from mfs.configutil import ConfigError, Section, load_yaml
 from mfs.header import VALID_STAGES
-from controller.placement import PLACEMENTS, PORT_MODES
+from controller.placement import PLACEMENT_CHOICES, PORT_MODES, resolve_placement
 from mfs.p4info import DEFAULT_P4INFO, P4InfoError, P4Schema
 
 DSCP_MODES = ("rewrite", "clear", "leave")
@@ -120,7 +120,7 @@ class ControllerConfig:
     api_listen: str = "127.0.0.1:50100"
     admin_listen: str = "127.0.0.1:9100"
     gc_timeout_s: float = 30.0
-    placement: str = "all"  # "all" | "edge": which switches hold a flow's entry (controller/placement.py)
+    placement: str = "all"  # "all" | "edge" (config "auto" resolved): which switches hold a flow's entry
     flow_idle_timeout_s: float = 60.0  # idle timeout of a flow's edge entry (if the P4Info supports it); 0 = off
     counter_poll_s: float = 1.0
     reconnect_min_s: float = 0.2
@@ -339,7 +339,8 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
     cfg.admin_listen = _address(admin, "listen", cfg.admin_listen)
     admin.done()
     cfg.gc_timeout_s = top.number("gc_timeout_s", cfg.gc_timeout_s, lo=0, lo_open=True)
-    cfg.placement = top.choice("placement", PLACEMENTS, cfg.placement)
+    cfg.placement = resolve_placement(top.choice("placement", PLACEMENT_CHOICES, "auto"),
+                                      [P4Schema.load(s.p4info) for s in switches])
     cfg.flow_idle_timeout_s = top.number("flow_idle_timeout_s", cfg.flow_idle_timeout_s, lo=0, hi=1e7)
     poll = top.section("poll")
     cfg.counter_poll_s = poll.number("counters_s", cfg.counter_poll_s, lo=0, lo_open=True)

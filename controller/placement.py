@@ -1,6 +1,8 @@
 """Where a flow's entry lives: on every switch, or only on the edge switch where the flow enters.
 
-``placement: all`` (config) writes every flow's ``mfs_flow`` entry on every switch: each hop
+``placement: auto`` (the default) is ``edge`` when every switch's P4Info has the fabric-port
+DSCP trust of docs/p4-api.md revision 2, else ``all``.
+``placement: all`` writes every flow's ``mfs_flow`` entry on every switch: each hop
 classifies from the MFS header. ``placement: edge`` writes it only on the switch its sending
 host hangs off (``hosts[].switch``): that switch classifies at the host-facing (edge) port and
 marks DSCP; the switches after it trust DSCP on their fabric ports (docs/p4-api.md, port
@@ -24,6 +26,17 @@ if TYPE_CHECKING:
 
 FlowKey = tuple[int, int]  # (stage, flow_id)
 PLACEMENTS = ("all", "edge")
+PLACEMENT_CHOICES = ("auto", *PLACEMENTS)  # config; auto = edge where every switch trusts DSCP on fabric ports
+TRUST_TABLE = "MfsIngress.dscp_trust"  # docs/p4-api.md revision 2: fabric ports classify by DSCP
+
+
+def resolve_placement(choice: str, schemas) -> str:
+    """``auto`` -> ``edge`` when every switch's P4Info has the fabric-port DSCP trust of revision
+    2 (a flow classified at its edge switch keeps its level on the switches after it), else
+    ``all``; ``all``/``edge`` as given."""
+    if choice != "auto":
+        return choice
+    return "edge" if all(TRUST_TABLE in s.tables for s in schemas) else "all"
 PORT_MODES = ("edge", "fabric")
 
 

@@ -400,7 +400,7 @@ def test_controller_process_serves_and_stops_cleanly_on_sigterm(tmp_path):
 def test_several_switches_get_every_entry_and_restart_independently(target_kind):
     with _target(target_kind) as t1, _target(target_kind) as t2:
         async def go():
-            c = await started(make_cfg([t1.address, t2.address]))
+            c = await started(make_cfg([t1.address, t2.address], placement="all"))
             h = Host(c.api_port)
             try:
                 await h.register()

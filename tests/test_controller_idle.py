@@ -72,7 +72,8 @@ def test_idle_flow_is_ended_and_its_entries_deleted(tmp_path):
     no_idle = idle_p4info(tmp_path / "no-idle.p4info.txtpb", p4i.Table.NO_TIMEOUT)
     with switches([p4, p4, no_idle]) as (h1sw, h2sw, plain):
         async def go():
-            data = config_data([h1sw.address, h2sw.address, plain.address], flow_idle_timeout_s=IDLE_S)
+            data = config_data([h1sw.address, h2sw.address, plain.address], flow_idle_timeout_s=IDLE_S,
+                               placement="all")
             for sw, path in zip(data["switches"], (p4, p4, no_idle)):
                 sw["p4info"] = path
             c = await started(config_mod.parse(data, "idle.yaml"))

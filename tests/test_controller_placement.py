@@ -14,6 +14,7 @@ from controller import config as config_mod
 from controller.config import HostConfig
 from controller.placement import Placement, SwitchDesired
 from controller.testing import config_data
+from mfs.p4info import P4Schema
 from mfs.configutil import ConfigError
 from tests.test_controller import Host, _target, run, started, switch_flows, target_kind  # noqa: F401
 
@@ -109,7 +110,7 @@ def test_switch_view_and_placement_rules():
 
 def test_placement_and_port_mode_config_errors():
     data = config_data(["127.0.0.1:1"], placement="everywhere")
-    with pytest.raises(ConfigError, match=r"placement.*'everywhere' is not allowed \(allowed: all, edge\)"):
+    with pytest.raises(ConfigError, match=r"placement.*'everywhere' is not allowed \(allowed: auto, all, edge\)"):
         config_mod.parse(data, "c.yaml")
     data = config_data(["127.0.0.1:1"])
     data["switches"][0]["ports"][2]["mode"] = "core"
@@ -119,7 +120,8 @@ def test_placement_and_port_mode_config_errors():
     cfg = config_mod.parse(data, "c.yaml")
     from controller.placement import port_roles
     assert port_roles(cfg, "s1") == {1: "edge", 2: "fabric"}
-    assert cfg.placement == "all"  # the default until every switch trusts DSCP on fabric ports
+    # the default, auto: all while a switch's P4Info lacks fabric-port DSCP trust (revision 1)
+    assert cfg.placement == ("edge" if "MfsIngress.dscp_trust" in P4Schema.load().tables else "all")
 
 
 # ------------------------------------------------------------------ per-switch P4Info
@@ -170,7 +172,7 @@ def test_each_switch_is_programmed_with_its_own_p4info(tmp_path):
                 await c.channel.close()
 
         async def go():
-            data = config_data([h1.address, h2.address])
+            data = config_data([h1.address, h2.address], placement="all")
             data["switches"][1]["p4info"] = other
             c = await started(config_mod.parse(data, "p4info.yaml"))
             h = Host(c.api_port)

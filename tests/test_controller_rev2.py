@@ -13,6 +13,7 @@ from finsy.proto import p4i
 from controller import config as config_mod
 from controller.testing import config_data
 from mfs.levels import default_dscp
+from mfs.p4info import P4Schema
 from tests.test_controller import Host, run, started
 from tests.test_controller_idle import p4info_copy, save_p4info, switches
 
@@ -93,3 +94,24 @@ def test_port_modes_dscp_trust_and_full_port_stats(tmp_path):
             finally:
                 await c.stop()
         run(go())
+
+
+def test_auto_placement_is_edge_only_where_every_switch_trusts_dscp(tmp_path):
+    p4 = rev2_p4info(tmp_path / "rev2.p4info.txtpb")
+    plain = P4Schema.load()
+    data = config_data(["127.0.0.1:1", "127.0.0.1:2"])
+    for sw in data["switches"]:
+        sw["p4info"] = p4
+    assert config_mod.parse(data, "c.yaml").placement == "edge"
+    data["switches"][1]["p4info"] = str(plain_path())  # one switch without fabric-port trust
+    want = "edge" if "MfsIngress.dscp_trust" in plain.tables else "all"
+    assert config_mod.parse(data, "c.yaml").placement == want
+    data["placement"] = "all"
+    for sw in data["switches"]:
+        sw["p4info"] = p4
+    assert config_mod.parse(data, "c.yaml").placement == "all"  # explicit wins
+
+
+def plain_path():
+    from mfs.p4info import DEFAULT_P4INFO
+    return DEFAULT_P4INFO

@@ -68,7 +68,8 @@ def test_status_switches_flows_queues(live, capsys):
     assert "edge 1,2" in out  # h1 and h2 hang off s1 ports 1 and 2
     assert ctl(lc, "--json", "switches") == 0
     sw = json.loads(capsys.readouterr().out)[0]
-    assert (sw["placement"], sw["ports"], sw["flow_entries"]) == ("all", "edge 1,2", 2)  # the 2 live flows
+    assert (sw["ports"], sw["flow_entries"]) == ("edge 1,2", 2)  # the 2 live flows (h1, h2 on s1: any placement)
+    assert sw["placement"] in ("all", "edge")
     assert ctl(lc, "--json", "flows") == 0
     flows = json.loads(capsys.readouterr().out)
     assert {f["flow_id"]: f["stage"] for f in flows} == {1: 3, 2: 1}
