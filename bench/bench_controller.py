@@ -183,7 +183,7 @@ PAPER_SERVERS, GPUS_PER_SERVER = 256, 8
 SERVERS_PER_LEAF = 4  # 32 NICs down, 32 up on a 64-port leaf
 SPINES = 32
 SIM_MODEL, SIM_WORKLOAD, SIM_RATE, SIM_REQUESTS = "mixtral-8x22b", "conversation", 1.2, 256
-REPLAY_SIM_FLOWS = 50  # simulator flows replayed through the real engine (x GPUs per instance)
+REPLAY_SIM_FLOWS = 400  # simulator flows replayed through the real engine (x GPUs per instance)
 
 
 class _Recorder:
@@ -231,8 +231,10 @@ class _Recorder:
 
 
 def simulator_flows():
-    """The simulator's flows at paper scale (256 servers x 8 GPUs, MFS): (log, GPUs per
-    instance, number of prefill instances, simulated seconds)."""
+    """The simulator's flows at paper scale (256 servers x 8 GPUs, MFS): (log, model, number of
+    prefill instances, simulated seconds). A simulator node is an attention group of
+    ``model.attn_gpus`` GPUs whose NICs carry identical traffic: one simulator flow stands for
+    one flow per NIC of the group."""
     from mfs.sim.engine import ClusterConfig, Simulator
     from mfs.sim.model import Hardware, get_model
     from mfs.sim.runner import sim_policy
@@ -242,7 +244,7 @@ def simulator_flows():
     rec = _Recorder(sim_policy("mfs", hw))
     sim = Simulator(m, rec, cl, hw)
     sim.run(make_workload(SIM_WORKLOAD, SIM_RATE * cl.prefill_gpus(), SIM_REQUESTS, 1))
-    return rec.log, m.gpus, sim.np, sim.now
+    return rec.log, m, sim.np, sim.now
 
 
 class Fabric:
@@ -269,35 +271,37 @@ class Fabric:
                            switch=self.leaf(k), port=k % self.per_leaf) for k in range(self.nics)]
 
 
-def gpu_flows(log, gpus, n_prefill):
-    """Each simulator flow between instances is one transfer per GPU (GPU j of the source
-    instance to GPU j of the destination, each from its own NIC): expand it. Yields
-    (t, kind, key, level, src_nic, dst_nic) with the controller's key (stage, flow_id) and
-    level (controller.engine.to_level: the clamp the controller applies)."""
+def gpu_flows(log, model, n_prefill):
+    """Each simulator flow between two attention groups is one transfer per NIC of the group
+    (NIC j of the source group to NIC j of the destination): expand it. Yields
+    (t, kind, key, level, src_nic, dst_nic) with the controller's key (stage, flow_id) and level
+    (controller.engine.to_level: the clamp the controller applies). Node ``p<i>[.<g>]`` is group
+    g of prefill instance i (GPUs i·gpus + g·attn_gpus ...), ``d<i>[.<g>]`` the same after the
+    prefill instances."""
     from controller.engine import to_level
+    n = model.attn_gpus
 
     def base(name):
-        i = int(name[1:])
-        return (i if name[0] == "p" else n_prefill + i) * gpus
+        inst, _, g = name[1:].partition(".")
+        return (int(inst) + (n_prefill if name[0] == "d" else 0)) * model.gpus + int(g or 0) * n
     flows = {}
     for e in log:
         if e[1] == "start":
             t, _, fid, lvl, stage, src, dst = e
-            flows[fid] = (stage, base(src), base(dst), to_level(lvl))
-            for j in range(gpus):
-                yield t, "start", (stage, ((flows[fid][1] + j) << 20) | fid), flows[fid][3], flows[fid][1] + j, \
-                    flows[fid][2] + j
+            f = flows[fid] = (stage, base(src), base(dst), to_level(lvl))
+            for j in range(n):
+                yield t, "start", (stage, ((f[1] + j) << 20) | fid), f[3], f[1] + j, f[2] + j
         elif e[1] == "level":
             f = flows.get(e[2])
             if f is None or to_level(e[3]) == f[3]:
                 continue
             flows[e[2]] = (*f[:3], to_level(e[3]))
-            for j in range(gpus):
-                yield e[0], "level", (f[0], ((f[1] + j) << 20) | e[2]), f[3], f[1] + j, f[2] + j
+            for j in range(n):
+                yield e[0], "level", (f[0], ((f[1] + j) << 20) | e[2]), to_level(e[3]), f[1] + j, f[2] + j
         else:
             f = flows.pop(e[2], None)
             if f is not None:
-                for j in range(gpus):
+                for j in range(n):
                     yield e[0], "end", (f[0], ((f[1] + j) << 20) | e[2]), None, f[1] + j, f[2] + j
 
 
@@ -396,15 +400,16 @@ def placement_main() -> int:
     from mfs.p4info import P4Schema
     fab = Fabric()
     t0 = time.perf_counter()
-    log, gpus, n_prefill, sim_s = simulator_flows()
+    log, model, n_prefill, sim_s = simulator_flows()
+    gpus = model.attn_gpus
     sim_wall = time.perf_counter() - t0
     n_flows = sum(1 for e in log if e[1] == "start")
     print(f"[placement] simulator: {SIM_MODEL}/{SIM_WORKLOAD}, rate {SIM_RATE}/GPU, {SIM_REQUESTS} requests on "
-          f"{PAPER_SERVERS} servers x {GPUS_PER_SERVER} GPUs (MFS): {n_flows} flows between instances of {gpus} GPUs "
-          f"= {n_flows * gpus} per-GPU flows in {sim_s:.3f} simulated s ({sim_wall:.0f} s wall)")
+          f"{PAPER_SERVERS} servers x {GPUS_PER_SERVER} GPUs (MFS): {n_flows} flows between attention groups of {gpus} GPUs "
+          f"= {n_flows * gpus} per-NIC flows in {sim_s:.3f} simulated s ({sim_wall:.0f} s wall)")
     print(f"[placement] fabric: leaf-spine, {len(fab.leaves)} leaves ({SERVERS_PER_LEAF} servers = {fab.per_leaf} "
           f"NICs each), {len(fab.spines)} spines, ECMP by flow id")
-    peak, updates, per_sw, hops = placement_counts(gpu_flows(log, gpus, n_prefill), fab)
+    peak, updates, per_sw, hops = placement_counts(gpu_flows(log, model, n_prefill), fab)
     size = P4Schema.load().table(FLOW_TABLE).size
     print(f"[placement] mean switches on a flow's path: {hops:.2f}")
     for m in ("all", "path", "edge"):
@@ -430,7 +435,7 @@ def placement_main() -> int:
         elif e[2] not in seen:
             continue
         sl.append(e)
-    events = list(gpu_flows(sl, gpus, n_prefill))
+    events = list(gpu_flows(sl, model, n_prefill))
     res = {m: asyncio.run(_replay(m, events, fab)) for m in ("edge", "all")}
     for m, r in res.items():
         print(f"[placement] controller write path, {m:4s}: {len(events):,} flow events ({REPLAY_SIM_FLOWS} simulator "
