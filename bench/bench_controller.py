@@ -173,9 +173,6 @@ def main() -> int:
     return 0  # figures, not a gate: a loaded machine must not fail `make bench`
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 # ---------------------------------------------------------------------------------------------
 # Entry placement at paper scale (issue 11): entries per switch and table writes, edge vs all
@@ -451,3 +448,7 @@ def placement_main() -> int:
           f"all {need['all']:,.0f} / {have['all']:,.0f} = {need['all'] / have['all']:,.0f}x "
           f"(every simulator transfer, down to per-layer KV blocks and per-layer all-to-all, as its own entry)")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
