@@ -542,18 +542,33 @@ def calibrate_lowload(handles: dict[str, AgentHandle], cluster: EmuCluster, requ
     warm = list(warm)
     cfg = replace(config, lowload_ratio=1.0, warmup=0)
     cm = cost if cost is not None else cfg.cost_model()
-    by_size = sorted(requests, key=lambda r: r.input_tokens)
-    picks = [by_size[round(i * (len(by_size) - 1) / max(1, count - 1))] for i in range(min(count, len(by_size)))]
-    counts = token_counts(picks, warm)
-    out, t = [], 0.0
-    for i, (r, (new, reused)) in enumerate(zip(picks, counts)):
-        out.append(replace(r, request_id=i, arrival=t))
-        t += spacing * ideal_ttft(cm, cfg.link_bps / 8, new, reused, cfg.hw) / cfg.time_scale
+    out = lowload_set(requests, count, warm,
+                      lambda new, reused: ideal_ttft(cm, cfg.link_bps / 8, new, reused, cfg.hw) / cfg.time_scale,
+                      spacing)
     run = run_workload(handles, cluster, out, cfg, scheduler="calibration", rate=0.0, cost=cost, warm=warm)
     ratios = [q.ttft / (q.deadline - q.arrival) * cfg.slo_scale for q in run.requests if math.isfinite(q.ttft)]
     if not ratios:
         raise RuntimeError("calibration: no request finished")
     return statistics.median(ratios), run
+
+
+def lowload_set(requests: list[Request], count: int, warm: Iterable[Request],
+                ideal_s: Callable[[int, int], float], spacing: float = 3.0) -> list[Request]:
+    """The low-load calibration's requests: ``count`` of ``requests`` spread over their sizes (smallest to
+    largest), renumbered 0.., each arriving ``spacing`` × its ideal TTFT (``ideal_s(new, reused)``, in
+    the requests' time unit) after the previous one. Shared by the emulation's and the simulator's
+    calibration (topo.demo), so both measure the same requests."""
+    if count < 1 or not requests:
+        raise ValueError("calibration needs at least one request")
+    if not spacing >= 1:
+        raise ValueError(f"spacing must be >= 1, got {spacing!r}")
+    by_size = sorted(requests, key=lambda r: r.input_tokens)
+    picks = [by_size[round(i * (len(by_size) - 1) / max(1, count - 1))] for i in range(min(count, len(by_size)))]
+    out, t = [], 0.0
+    for i, (r, (new, reused)) in enumerate(zip(picks, token_counts(picks, warm))):
+        out.append(replace(r, request_id=i, arrival=t))
+        t += spacing * ideal_s(new, reused)
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,10 @@
 """The demo's command line and output helpers (the emulated run itself is in mininet_tests/)."""
 
-import math
 import subprocess
 import sys
 
 import pytest
 
-from mfs.sim.results import RequestRecord, make_run
 from topo import demo
 from topo.topology import load
 
@@ -14,8 +12,8 @@ from topo.topology import load
 def test_help_answers_the_questions():
     out = subprocess.run([sys.executable, "-m", "topo.demo", "--help"], capture_output=True, text=True,
                          timeout=60).stdout
-    for word in ("--policies", "--trace", "--skip", "--requests", "--rate", "--topology", "--target",
-                 "mooncake-conversation", "karuna"):
+    for word in ("--policies", "--trace", "--workload", "--repeat", "--skip", "--requests", "--rate", "--topology", "--target",
+                 "mooncake", "karuna"):
         assert word in out, word
 
 
@@ -32,13 +30,8 @@ def test_cluster_from_roles():
     assert c.addresses["d1"] == "10.0.0.11"
 
 
-def test_table_and_plot(tmp_path):
-    recs = [RequestRecord(i, 0.0, ttft=0.1 * (i + 1), deadline=0.25, met=0.1 * (i + 1) <= 0.25) for i in range(4)]
-    runs = [make_run("mfs", 1.0, recs), make_run("fair", 1.0, [])]
-    text = demo.table(runs)
-    row = next(line for line in text.splitlines() if line.startswith("mfs"))
-    assert "50.0%" in row  # 2 of 4 met
-    assert "n/a" in next(line for line in text.splitlines() if line.startswith("fair"))
-    assert math.isnan(runs[1].summary["attainment"])
-    png = demo.plot(runs, tmp_path / "d.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_testbed_topology_is_one_switch_with_matching_decode_nics():
+    topo = demo.load_topology("testbed", 40, queue_buffer=128)
+    c = demo.cluster_of(topo, 2)
+    assert c.prefill == [["p1", "p2"], ["p3", "p4"]] and c.decode == [["d1", "d2"]]
+    assert list(topo.switches) == ["s1"] and {ln.bandwidth_bps for ln in topo.links} == {40e6}

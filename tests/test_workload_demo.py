@@ -49,18 +49,54 @@ def test_demo_network_is_the_same_host_side_for_every_policy(tmp_path):
     assert not topo.shape_hosts  # the caller's topology is not changed
 
 
-def test_plan_scales_rate_and_time_and_checks_options():
-    args = demo.parser().parse_args(["--requests", "6", "--warm", "40", "--lowload-ratio", "1.5"])
-    plan = demo.make_plan(args, demo.load_topology("racks", 40))
-    assert len(plan.requests) == 6 and len(plan.warm) == 40
-    assert plan.rate == pytest.approx(1.25 * plan.capacity / 1.5)  # --load of the measured capacity
+def test_plan_pairs_requests_per_seed_and_scales_rate_and_time():
+    args = demo.parser().parse_args(["--requests", "6", "--repeat", "2", "--warm", "40", "--lowload-ratio", "1.5"])
+    plan = demo.make_plan(args, demo.load_topology("testbed", 40))
+    assert plan.seeds == [1, 2] and plan.cluster.decode == [["d1", "d2"]]
+    a, b = plan.requests(1), plan.requests(2)
+    assert len(a) == len(b) == 6 and len(plan.warm(1)) == 40
+    assert [r.input_tokens for r in a] != [r.input_tokens for r in b]  # a new request set per seed
+    assert a == plan.requests(1)  # ... and the same one for every policy
+    assert not {r.request_id for r in a} & {r.request_id for r in b}  # ids never collide across seeds
+    assert plan.rate == pytest.approx(0.8 * plan.capacity / 1.5)  # --load of the measured capacity
+    assert a[-1].arrival == pytest.approx(5 / plan.rate)  # the set is rescaled to the rate
     assert plan.time_scale > 1 and plan.link_bps == 40e6
     cfg = plan.config(args)
-    assert (cfg.model, cfg.lowload_ratio, cfg.slo_scale) == ("qwen3-coder", 1.5, 3.0)
-    for bad, msg in ((["--warm", "50", "--skip", "40"], "--warm"), (["--load", "0"], "--load"),
-                     (["--model", "gpt-9"], "unknown model"), (["--requests", "0"], "--requests")):
+    assert (cfg.model, cfg.lowload_ratio, cfg.slo_scale, cfg.hw.nic_bw) == ("mixtral-8x7b", 1.5, 3.0, 6.25e9)
+    for bad, msg in ((["--load", "0"], "--load"), (["--model", "gpt-9"], "unknown model"),
+                     (["--requests", "1"], "--requests"), (["--repeat", "0"], "--repeat"),
+                     (["--hardware", "tpu"], "--hardware"), (["--workload", "nosuch"], "--workload")):
         with pytest.raises(ValueError, match=msg):
-            demo.make_plan(demo.parser().parse_args(bad), demo.load_topology("racks", 40))
+            demo.make_plan(demo.parser().parse_args(bad), demo.load_topology("testbed", 40))
+
+
+def test_trace_slices_move_by_seed():
+    from mfs.sim import workload as W
+    if W.traces_dir() is None:
+        pytest.skip("traces not available ($MFS_TRACES or ../shared/traces)")
+    args = demo.parser().parse_args(["--workload", "mooncake-synthetic", "--requests", "5", "--repeat", "2",
+                                     "--skip", "100", "--lowload-ratio", "1.5"])
+    plan = demo.make_plan(args, demo.load_topology("testbed", 40))
+    assert len(plan.warm(1)) == 100 and len(plan.warm(2)) == 105  # every line before the slice
+    with pytest.raises(ValueError, match="--warm"):
+        demo.make_plan(demo.parser().parse_args(["--workload", "mooncake-synthetic", "--skip", "10", "--warm", "50"]),
+                       demo.load_topology("testbed", 40))
+
+
+def test_simulator_runs_the_same_scenario():
+    """The simulator's cluster has the emulation's instances (2 prefill of 8 GPUs, 1 decode) and sees the
+    same requests; its low-load ratio is near 1 (no emulation costs)."""
+    args = demo.parser().parse_args(["--requests", "6", "--repeat", "2", "--lowload-ratio", "1.5"])
+    plan = demo.make_plan(args, demo.load_topology("testbed", 40))
+    cl = demo.sim_cluster(plan, args, 1.0, 6)
+    from mfs.sim.model import get_model
+    m = get_model("mixtral-8x7b")
+    assert (cl.prefill_instances(m), cl.decode_instances(m), cl.gpus_per_server) == (2, 1, 4)
+    runs, ratio = demo.simulate_all(plan, args, ["mfs", "fair"])
+    assert 1.0 <= ratio < 1.3
+    assert [(r.scheduler, r.meta["seed"]) for r in runs] == [("mfs", 1), ("fair", 1), ("mfs", 2), ("fair", 2)]
+    ids = {r.scheduler: sorted(q.request_id for q in r.requests) for r in runs if r.meta["seed"] == 2}
+    assert ids["mfs"] == ids["fair"] == sorted(q.request_id for q in plan.requests(2))
 
 
 def test_shape_limits_rate_with_tbf_in_a_namespace():
@@ -125,4 +161,4 @@ def test_lost_cluster_names_an_outside_teardown(tmp_path):
             netns.del_ns(ns)
     assert ns not in netns.namespaces()
     with pytest.raises(ValueError, match="--retries"):
-        demo.make_plan(demo.parser().parse_args(["--retries", "-1"]), demo.load_topology("racks", 40))
+        demo.make_plan(demo.parser().parse_args(["--retries", "-1"]), demo.load_topology("testbed", 40))

@@ -1,28 +1,51 @@
-"""The main job (``make demo``): MFS vs baselines on an emulated disaggregated-serving cluster.
+"""The main job (``make demo``): a paired, repeated experiment, MFS vs baselines, on an emulated
+disaggregated-serving cluster, side by side with the simulator's prediction of the same scenario.
 
-For each policy: build the demo topology (namespaces, veth, the embedded switch, the
-controller running that policy, a host agent per host), replay the same rate-scaled
-slice of a Mooncake trace through the host agents (hostagent.workload), collect
-per-request TTFTs, tear the cluster down. Then print one table row per policy and
-write ``out/demo/results.json`` (+ ``.csv``, the simulator's schema, mfs.sim.results)
-and ``out/demo/demo.png``. See docs/demo.md for what the numbers mean.
+The default scenario is shaped like the paper's testbed (§6.1): Mixtral-8x7B with TP1/EP8, two
+serving instances on a 16-GPU prefill pool (4 GPUs and 2 × 100 Gb/s NICs per server: 50 Gb/s per
+GPU, RTX-3090 compute), one decode instance, a Qwen-like agent workload (mean 1 k tokens, 65 %
+prefix reuse) at a fixed fraction of the prefill capacity; scaled to the emulation (docs/demo.md).
+
+For every seed (``--repeat``): one request set, replayed by every policy on its own cluster
+(namespaces, veth, the embedded switch, the controller running that policy, a host agent per host;
+built once per policy and reused across seeds; the policy order rotates per seed), and run through
+the simulator (mfs.sim.engine) with the same requests. Then: a table with 95 % intervals, the paired
+per-request TTFT difference MFS − baseline, emulated beside simulated, a one-line verdict,
+``out/demo/{results,sim,summary}.json`` and ``out/demo/demo.png``. See docs/demo.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mfs.configutil import ConfigError
 from topo import net as N
 from topo import topology as T
 
-DEFAULT_POLICIES = ["mfs", "fair", "sjf", "edf", "karuna"]
+DEFAULT_POLICIES = ["mfs", "fair", "karuna"]
 OUT = N.ROOT / "out" / "demo"
+SYNTHETIC = ("agent", "conversation")
+TRACES = ("mooncake-conversation", "mooncake-synthetic")
+
+
+def hardware(name: str):
+    """``testbed``: the paper's testbed GPUs and NICs (§4.1): RTX 3090 (71 TFLOP/s dense FP16 tensor
+    with FP32 accumulate, 936 GB/s), 4 GPUs per server, 2 × 100 Gb/s NICs per server = 50 Gb/s
+    (6.25 GB/s) per GPU. ``a100``: the simulator's default (mfs.sim.model.Hardware)."""
+    from mfs.sim.model import Hardware
+    if name == "testbed":
+        return Hardware(peak_flops=71e12, hbm_bw=936e9, nic_bw=6.25e9, gpus_per_server=4)
+    if name == "a100":
+        return Hardware()
+    raise ValueError(f"--hardware {name!r} is not known (known: testbed, a100)")
 
 
 def _all_policies() -> list[str]:
@@ -34,30 +57,39 @@ def _all_policies() -> list[str]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m topo.demo",
-        description="Replay a slice of a real Mooncake trace on an emulated cluster (namespaces + the embedded "
-                    "MFS switch + controller + host agents) under MFS and baseline schedulers; print TTFT SLO "
-                    "attainment, p50/p99 TTFT and Stage-2 completion time per policy; write out/demo/.",
-        epilog="Needs root (network namespaces). Takes about 3 minutes with the defaults (docs/demo.md).")
+        description="A paired, repeated experiment on an emulated cluster (namespaces + the embedded MFS switch "
+                    "+ controller + host agents): every policy replays the same requests per seed; prints mean "
+                    "and p99 TTFT, SLO attainment and Stage-2 CCT with 95%% confidence intervals, the paired "
+                    "per-request TTFT difference MFS - baseline beside the simulator's prediction of the same "
+                    "scenario, and a verdict; writes out/demo/.",
+        epilog="Needs root (network namespaces). About 5 minutes with the defaults (docs/demo.md).")
     ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
-                    help="comma-separated schedulers to compare (default %(default)s; "
+                    help="comma-separated schedulers to compare, mfs against each other one (default %(default)s; "
                          f"available: {', '.join(_all_policies())})")
-    ap.add_argument("--trace", default="mooncake-synthetic",
-                    help="mooncake-conversation | mooncake-synthetic | a path to a Mooncake JSONL trace "
-                         "(default %(default)s, from $MFS_TRACES or ../shared/traces beside the repository)")
-    ap.add_argument("--skip", type=int, default=3650,
-                    help="first trace line of the slice (default %(default)s: arrivals spread over distinct ms "
-                         "timestamps, 9 of 20 requests fetch prefix KV from the other instance; docs/demo.md)")
-    ap.add_argument("--requests", type=int, default=20, help="requests in the slice (default %(default)s)")
+    ap.add_argument("--workload", "--trace", dest="workload", default="agent",
+                    help="agent | conversation (the paper's Qwen-like synthetic workloads, new requests per seed) | "
+                         "mooncake-conversation | mooncake-synthetic | a path to a Mooncake JSONL trace (a new slice "
+                         "per seed, from $MFS_TRACES or ../shared/traces beside the repository) (default %(default)s)")
+    ap.add_argument("--requests", type=int, default=24, help="measured requests per seed (default %(default)s)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="seeds: each a new request set, replayed by every policy (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=1, help="first seed (default %(default)s)")
     ap.add_argument("--warm", type=int, default=None,
-                    help="trace lines before the slice whose prefix KV the cluster already holds, as if it had "
-                         "served them (default: all --skip of them)")
-    ap.add_argument("--model", default="qwen3-coder",
-                    help="model whose compute and per-stage bytes are emulated (mfs.sim.model; default "
-                         "%(default)s: EP=32, the paper's most communication-heavy MoE model)")
-    ap.add_argument("--load", type=float, default=1.25,
-                    help="offered load as a fraction of the prefill instances' measured compute capacity; sets "
-                         "the request rate (default %(default)s: past the knee, where fair sharing's attainment "
-                         "falls; docs/demo.md)")
+                    help="requests before each set whose prefix KV the cluster already holds, as if it had served "
+                         "them (default: 4 x --requests for the synthetic workloads; for a trace, every line "
+                         "before the slice)")
+    ap.add_argument("--skip", type=int, default=3650,
+                    help="traces only: first line of seed 1's slice; seed k starts (k-1) x --requests later "
+                         "(default %(default)s)")
+    ap.add_argument("--model", default="mixtral-8x7b",
+                    help="model whose compute and per-stage bytes are emulated (mfs.sim.model; default %(default)s, "
+                         "the paper's testbed model, TP1/EP8)")
+    ap.add_argument("--hardware", default="testbed",
+                    help="testbed (the paper's: 4 RTX 3090 and 2 x 100 Gb/s per server) | a100 (the simulator's "
+                         "default) (default %(default)s)")
+    ap.add_argument("--load", type=float, default=0.8,
+                    help="offered load as a fraction of the prefill instances' measured compute capacity "
+                         "(default %(default)s)")
     ap.add_argument("--rate", type=float, default=None,
                     help="cluster request rate in real-cluster req/s (overrides --load)")
     ap.add_argument("--layer-ms", type=float, default=15.0,
@@ -75,24 +107,32 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--calibrate", type=int, default=4,
                     help="requests replayed one at a time (fair sharing) to measure the low-load TTFT that "
                          "the SLO is a multiple of (default %(default)s)")
+    ap.add_argument("--calibrate-runs", type=int, default=1,
+                    help="repeat the calibration this many times and report its spread; the median is used "
+                         "(default %(default)s)")
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="stop after the calibration (measure its spread with --calibrate-runs)")
     ap.add_argument("--lowload-ratio", type=float, default=None,
                     help="low-load TTFT / ideal TTFT; skips the calibration run")
-    ap.add_argument("--topology", default="racks",
-                    help="racks (built in: 2 switches, instances spanning both) or a topology file / shipped name "
-                         "such as demo (one switch) (default %(default)s)")
+    ap.add_argument("--topology", default="testbed",
+                    help="testbed (built in: one switch, 4 prefill hosts in 2 instances, 2 decode hosts), racks "
+                         "(built in: 2 switches, instances spanning both) or a topology file / shipped name "
+                         "(default %(default)s)")
     ap.add_argument("--target", choices=("embedded", "bmv2"), default="embedded",
                     help="switch target (default embedded; bmv2 needs simple_switch_grpc, and its rates are "
                          "per queue in pps: see docs/emulation.md)")
     ap.add_argument("--slo-scale", type=float, default=3.0,
                     help="TTFT SLO as a multiple of each request's low-load TTFT (default %(default)s, the paper's)")
+    ap.add_argument("--no-sim", action="store_true", help="do not run the simulator beside the emulation")
     ap.add_argument("--out", default=str(OUT), help="output directory (default out/demo)")
     ap.add_argument("--time-limit", type=float, default=60.0,
                     help="max seconds to wait for the last request after the last arrival (default %(default)s)")
     ap.add_argument("--instance-size", type=int, default=2,
-                    help="prefill hosts per serving instance (Stage-2 peers; default %(default)s)")
+                    help="hosts per serving instance, prefill and decode (Stage-2 peers; default %(default)s)")
     ap.add_argument("--retries", type=int, default=2,
-                    help="rebuild and replay a policy this many times when its replay fails (its cluster torn down "
-                         "from outside, or a host agent's control connection failing; default %(default)s)")
+                    help="rebuild a policy's cluster and replay again this many times when a replay fails (its "
+                         "cluster torn down from outside, or a host agent's control connection failing; "
+                         "default %(default)s)")
     return ap
 
 
@@ -108,52 +148,43 @@ def check_environment() -> str | None:
 
 
 def cluster_of(topo: T.Topology, instance_size: int):
-    """Prefill hosts in instances of ``instance_size`` (their Stage-2 peers), one decode instance per
-    decode host. Hosts of other roles (kvcache) carry no driver traffic."""
+    """Prefill hosts in instances of ``instance_size`` (their Stage-2 peers), decode hosts likewise (host i
+    of a prefill instance pushes its Stage-3 share to host i mod m of the decode instance). Hosts of other
+    roles (kvcache) carry no driver traffic."""
     from hostagent.workload import EmuCluster
     pre = [h.name for h in topo.hosts_by_role("prefill")]
     dec = [h.name for h in topo.hosts_by_role("decode")]
     if not pre or not dec:
         raise ConfigError(topo.source, "hosts", "the demo needs hosts with role prefill and role decode")
+    if instance_size < 1:
+        raise ValueError(f"--instance-size must be >= 1, got {instance_size}")
     groups = [pre[i:i + instance_size] for i in range(0, len(pre), instance_size)]
-    return EmuCluster(prefill=groups, decode=[[d] for d in dec],
-                      addresses={h: x.address for h, x in topo.hosts.items()})
+    dgroups = [dec[i:i + instance_size] for i in range(0, len(dec), instance_size)]
+    return EmuCluster(prefill=groups, decode=dgroups, addresses={h: x.address for h, x in topo.hosts.items()})
 
 
-@dataclass
-class Plan:
-    """What every policy replays, and the emulation's scaling (docs/demo.md, "How the numbers are chosen")."""
-
-    requests: list  # the slice, arrivals rescaled to ``rate``
-    warm: list  # earlier trace lines whose prefix KV the cluster holds
-    model: str
-    rate: float  # real-cluster req/s
-    capacity: float  # real-cluster req/s that keeps every prefill instance busy
-    time_scale: float
-    link_bps: float
-    cluster: object  # hostagent.workload.EmuCluster
-    lowload_ratio: float | None = None
-
-    path: Path | None = None
-
-    def set_rate(self, args) -> None:
-        """``--rate``, else ``--load`` × the capacity measured at low load: the ideal capacity ÷ the
-        low-load ratio (the emulated cluster's fixed costs stretch every layer as they do the SLO)."""
-        from mfs.sim import workload as W
-        self.rate = args.rate if args.rate is not None else args.load * self.capacity / (self.lowload_ratio or 1.0)
-        self.requests = list(W.mooncake(self.path, cluster_rate=self.rate, limit=args.requests, skip=args.skip))
-
-    def config(self, args, lowload_ratio: float | None = None):
-        from hostagent.workload import EmuConfig
-        return EmuConfig(model=self.model, link_bps=self.link_bps, time_scale=self.time_scale,
-                         slo_scale=args.slo_scale, lowload_ratio=lowload_ratio or self.lowload_ratio or 1.0,
-                         timeout=args.time_limit)
-
+TESTBED = {
+    # The demo's default cluster, the paper's testbed scaled down (one ToR, §4.1): each host is one GPU and its
+    # NIC share; prefill instances p1+p2 and p3+p4 (each standing for 8 GPUs with EP8), one decode instance
+    # d1+d2. Host i of a prefill instance pushes Stage 3 to d(i mod 2), so every NIC, prefill or decode, carries
+    # one GPU's share: the simulator's instance nodes (docs/simulator.md) on a non-blocking switch.
+    "name": "testbed",
+    "defaults": {"bandwidth": 100, "queue_buffer": 64},
+    "hosts": [{"name": "p1", "ip": "10.0.0.1/24", "role": "prefill", "ceiling": 2},
+              {"name": "p2", "ip": "10.0.0.2/24", "role": "prefill", "ceiling": 2},
+              {"name": "p3", "ip": "10.0.0.3/24", "role": "prefill", "ceiling": 2},
+              {"name": "p4", "ip": "10.0.0.4/24", "role": "prefill", "ceiling": 2},
+              {"name": "d1", "ip": "10.0.0.11/24", "role": "decode"},
+              {"name": "d2", "ip": "10.0.0.12/24", "role": "decode"}],
+    "switches": [{"name": "s1", "target": "embedded", "device_id": 1}],
+    "links": [["p1", "s1-p1"], ["p2", "s1-p2"], ["p3", "s1-p3"], ["p4", "s1-p4"], ["d1", "s1-p5"], ["d2", "s1-p6"]],
+}
 
 RACKS = {
-    # The demo's default cluster: two racks joined by one trunk of 2 host links (non-blocking for the two
-    # prefill hosts of a rack). Each prefill instance spans both racks (p1+p2, p3+p4), so the trunk carries
-    # Stage-2 all-to-all, Stage-1 KV fetches from the other instance and Stage-3 pushes to d1 at once.
+    # Two racks joined by one trunk of 2 host links (non-blocking for the two prefill hosts of a rack). Each
+    # prefill instance spans both racks (p1+p2, p3+p4), so the trunk carries Stage-2 all-to-all, Stage-1 KV
+    # fetches from the other instance and Stage-3 pushes to d1 at once (the previous default; not the
+    # simulator's non-blocking fabric).
     "name": "racks",
     "defaults": {"bandwidth": 100, "queue_buffer": 64},
     "hosts": [{"name": "p1", "ip": "10.0.0.1/24", "role": "prefill", "ceiling": 2},
@@ -166,13 +197,14 @@ RACKS = {
     "links": [["p1", "s1-p1"], ["p4", "s1-p2"], ["p2", "s2-p1"], ["p3", "s2-p2"], ["d1", "s2-p3"],
               {"a": "s1-p3", "b": "s2-p4", "bandwidth": 200}],
 }
+BUILT_IN = {"testbed": TESTBED, "racks": RACKS}
 
 
 def load_topology(name: str, mbps: float | None, queue_buffer: int | None = None) -> T.Topology:
-    """``racks`` (built in, above) or a topology file / shipped name; ``mbps`` rescales every link
-    (the trunk keeps its ratio to the host links); ``queue_buffer`` (packets per level and port)
+    """``testbed`` / ``racks`` (built in, above) or a topology file / shipped name; ``mbps`` rescales every
+    link (a trunk keeps its ratio to the host links); ``queue_buffer`` (packets per level and port)
     replaces every switch's and link's."""
-    topo = T.from_dict(RACKS, "<demo racks>") if name == "racks" else T.load(name)
+    topo = T.from_dict(BUILT_IN[name], f"<demo {name}>") if name in BUILT_IN else T.load(name)
     if queue_buffer is not None:
         if not 1 <= queue_buffer <= 100_000:
             raise ValueError(f"--queue-buffer {queue_buffer} must be in 1..100000 packets")
@@ -191,37 +223,149 @@ def with_bandwidth(topo: T.Topology, mbps: float | None) -> T.Topology:
     return topo
 
 
-def make_plan(args, topo: T.Topology) -> Plan:
-    """Load the slice and the warm-up lines; choose the rate (--load of capacity) and time_scale."""
-    from hostagent import workload as E
+@dataclass
+class Plan:
+    """What every policy replays, per seed, and the emulation's scaling (docs/demo.md, "How the numbers
+    are chosen"). Request sets are kept at a unit rate (1 req/s); :meth:`requests` rescales them."""
+
+    model: str
+    hw: object  # mfs.sim.model.Hardware
+    workload: str
+    cluster: object  # hostagent.workload.EmuCluster
+    link_bps: float
+    time_scale: float
+    capacity: float  # real-cluster req/s that keeps every prefill instance busy (ideal)
+    sets: dict = field(default_factory=dict)  # seed -> (unit-rate requests, warm requests)
+    rate: float = math.nan  # real-cluster req/s
+    lowload_ratio: float | None = None
+    max_batch_tokens: int = 8192  # the paper's testbed (vLLM, 8192 batched tokens)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.sets)
+
+    def requests(self, seed: int) -> list:
+        return [replace(r, arrival=r.arrival / self.rate) for r in self.sets[seed][0]]
+
+    def warm(self, seed: int) -> list:
+        return self.sets[seed][1]
+
+    def set_rate(self, args) -> None:
+        """``--rate``, else ``--load`` × the capacity measured at low load: the ideal capacity ÷ the
+        low-load ratio (the emulated cluster's fixed costs stretch every layer as they do the SLO)."""
+        self.rate = args.rate if args.rate is not None else args.load * self.capacity / (self.lowload_ratio or 1.0)
+
+    def config(self, args, lowload_ratio: float | None = None):
+        from hostagent.workload import EmuConfig
+        return EmuConfig(model=self.model, link_bps=self.link_bps, time_scale=self.time_scale,
+                         slo_scale=args.slo_scale, lowload_ratio=lowload_ratio or self.lowload_ratio or 1.0,
+                         timeout=args.time_limit, hw=self.hw, max_batch_tokens=self.max_batch_tokens)
+
+
+def request_set(args, seed: int, index: int) -> tuple[list, list]:
+    """(requests at 1 req/s starting at 0 with ids unique across seeds, warm requests) of one seed."""
     from mfs.sim import workload as W
+    n = args.requests
+    if args.workload in SYNTHETIC:
+        w = 4 * n if args.warm is None else args.warm
+        allr = list(W.synthetic(args.workload, 1.0, w + n, seed=seed))
+        warm, meas = allr[:w], allr[w:]
+    else:
+        path = Path(args.workload) if Path(args.workload).exists() else W.trace_path(args.workload)
+        skip = args.skip + index * n
+        w = skip if args.warm is None else args.warm
+        if not 0 <= w <= skip:
+            raise ValueError(f"--warm {w} must be in 0..{skip} (the lines before the slice)")
+        warm = list(W.mooncake(path, limit=w, skip=skip - w)) if w else []
+        meas = list(W.mooncake(path, limit=n, skip=skip))
+    if len(meas) < n:
+        raise ValueError(f"{args.workload}: only {len(meas)} requests for seed {seed} (need --requests {n})")
+    t0, t1 = meas[0].arrival, meas[-1].arrival
+    unit = (len(meas) - 1) / (t1 - t0) if t1 > t0 else 1.0  # native req/s of the slice
+    reqs = [replace(r, request_id=seed * 1_000_000 + i, arrival=(r.arrival - t0) * unit) for i, r in enumerate(meas)]
+    return reqs, warm
+
+
+def make_plan(args, topo: T.Topology) -> Plan:
+    """Load every seed's requests; choose time_scale and (with --rate / --lowload-ratio) the rate."""
+    from hostagent import workload as E
     from mfs.sim.model import get_model
     get_model(args.model)  # ValueError naming the known models
-    for k in ("skip", "requests", "calibrate", "retries"):
-        if getattr(args, k, 0) < (1 if k == "requests" else 0):
-            raise ValueError(f"--{k} must be >= {1 if k == 'requests' else 0}, got {getattr(args, k)}")
+    hw = hardware(args.hardware)
+    for k, lo in (("requests", 2), ("repeat", 1), ("calibrate", 1), ("calibrate_runs", 1), ("retries", 0),
+                  ("skip", 0), ("seed", 0)):
+        if getattr(args, k) < lo:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= {lo}, got {getattr(args, k)}")
     for k in ("load", "rate", "layer_ms", "time_scale", "slo_scale", "lowload_ratio", "time_limit"):
         v = getattr(args, k)
         if v is not None and not v > 0:
             raise ValueError(f"--{k.replace('_', '-')} must be > 0, got {v}")
-    warm_n = args.skip if args.warm is None else args.warm
-    if not 0 <= warm_n <= args.skip:
-        raise ValueError(f"--warm {warm_n} must be in 0..--skip ({args.skip}): warm lines come before the slice")
-    path = Path(args.trace) if Path(args.trace).exists() else W.trace_path(args.trace)
-    warm = list(W.mooncake(path, limit=warm_n, skip=args.skip - warm_n)) if warm_n else []
-    native = list(W.mooncake(path, limit=args.requests, skip=args.skip))
-    if not native:
-        raise ValueError(f"the trace slice is empty (--skip {args.skip} --requests {args.requests})")
+    if args.warm is not None and args.warm < 0:
+        raise ValueError(f"--warm must be >= 0, got {args.warm}")
+    if args.workload not in SYNTHETIC + TRACES and not Path(args.workload).exists():
+        raise ValueError(f"--workload {args.workload!r}: not one of {', '.join(SYNTHETIC + TRACES)} "
+                         f"and no such trace file")
     cluster = cluster_of(topo, args.instance_size)
-    cap = E.capacity_rate(args.model, native, len(cluster.prefill), warm)
-    ts = args.time_scale or E.choose_time_scale(args.model, native, warm, args.layer_ms / 1e3)
-    plan = Plan(native, warm, args.model, math.nan, cap, ts, min(ln.bandwidth_bps for ln in topo.links), cluster,
-                args.lowload_ratio)
-    plan.path = path
+    sets = {s: request_set(args, s, i) for i, s in enumerate(range(args.seed, args.seed + args.repeat))}
+    first, warm = sets[args.seed]
+    cap = E.capacity_rate(args.model, first, len(cluster.prefill), warm, hw)
+    ts = args.time_scale or E.choose_time_scale(args.model, first, warm, args.layer_ms / 1e3, hw)
+    plan = Plan(args.model, hw, args.workload, cluster, min(ln.bandwidth_bps for ln in topo.links), ts, cap, sets,
+                lowload_ratio=args.lowload_ratio)
     if args.rate is not None or args.lowload_ratio is not None:
         plan.set_rate(args)
     return plan
 
+
+# ---------------------------------------------------------------------------------------------- simulator
+
+
+def sim_cluster(plan: Plan, args, lowload: float, measured: int):
+    """The simulator's cluster for the emulated one: as many prefill and decode instances of the model,
+    servers of ``hw.gpus_per_server`` GPUs, one NIC per GPU (mfs.sim.engine.ClusterConfig)."""
+    from mfs.sim.engine import ClusterConfig
+    from mfs.sim.model import get_model
+    g, gps = get_model(plan.model).gpus, plan.hw.gpus_per_server
+    p, d = len(plan.cluster.prefill), len(plan.cluster.decode)
+    total = (p + d) * g
+    if total % gps:
+        raise ValueError(f"{p} prefill + {d} decode instances of {g} GPUs do not fill servers of {gps} GPUs")
+    return ClusterConfig(servers=total // gps, gpus_per_server=gps, prefill_fraction=(p * g + 0.5) / total,
+                         warmup=0, measured=measured, slo_scale=args.slo_scale, lowload_ratio=lowload,
+                         max_batch_tokens=plan.max_batch_tokens)
+
+
+def simulate(plan: Plan, args, policy: str, requests: list, warm: list, lowload: float, **meta):
+    """Run ``requests`` (real-cluster arrivals) through the flow-level simulator under ``policy``."""
+    from hostagent.workload import warm_cache
+    from mfs.sim.engine import Simulator
+    from mfs.sim.model import get_model
+    from mfs.sim.results import make_run
+    from mfs.sim.runner import sim_policy
+    sim = Simulator(get_model(plan.model), sim_policy(policy, plan.hw), sim_cluster(plan, args, lowload, max(1, len(requests))),
+                    plan.hw)
+    warm_cache(sim.cache, warm, sim.np)
+    recs = sim.run(requests)
+    return make_run(policy, plan.rate, recs, model=plan.model, simulated=True, lowload_ratio=lowload, **meta), sim
+
+
+def sim_lowload(plan: Plan, args) -> float:
+    """The simulator's low-load ratio on the calibration requests the emulation uses (fair sharing)."""
+    from hostagent.workload import lowload_set
+    seed = plan.seeds[0]
+    probe = simulate(plan, args, "fair", [], [], 1.0)[1]
+    picks = lowload_set(plan.sets[seed][0], args.calibrate, plan.warm(seed), probe.ideal_ttft)
+    run, sim = simulate(plan, args, "fair", picks, plan.warm(seed), 1.0)
+    ratios = [q.ttft / sim.ideal_ttft(q.input_tokens - q.reused_tokens, q.reused_tokens) for q in run.requests
+              if math.isfinite(q.ttft)]
+    return statistics.median(ratios) if ratios else 1.0
+
+
+def simulate_all(plan: Plan, args, policies: list[str]) -> tuple[list, float]:
+    lowload = sim_lowload(plan, args)
+    runs = [simulate(plan, args, pol, plan.requests(seed), plan.warm(seed), lowload, seed=seed)[0]
+            for seed in plan.seeds for pol in policies]
+    return runs, lowload
 
 class DemoNetwork(N.Network):
     """The builder's Network with the demo's host side, the same for every policy:
@@ -272,26 +416,27 @@ def _close(handles) -> None:
 def calibrate(net: N.Network, plan: Plan, args) -> float:
     """Low-load TTFT / ideal TTFT on this cluster (run it with fair sharing, as the simulator does)."""
     from hostagent.workload import calibrate_lowload
+    seed = plan.seeds[0]
     handles = _handles(net, plan.cluster)
     try:
-        ratio, _ = calibrate_lowload(handles, plan.cluster, plan.requests, plan.config(args, 1.0),
-                                     count=args.calibrate, warm=plan.warm)
+        ratio, _ = calibrate_lowload(handles, plan.cluster, plan.sets[seed][0], plan.config(args, 1.0),
+                                     count=args.calibrate, warm=plan.warm(seed))
     finally:
         _close(handles)
     return ratio
 
 
-def replay(net: N.Network, plan: Plan, args, policy: str, progress=None):
-    """Drive the workload through the host agents (hostagent.workload); returns a results Run."""
+def replay(net: N.Network, plan: Plan, args, policy: str, seed: int, progress=None):
+    """Drive one seed's requests through the host agents (hostagent.workload); returns a results Run."""
     from hostagent.workload import run_workload
     handles = _handles(net, plan.cluster)
     try:
-        return run_workload(handles, plan.cluster, plan.requests, plan.config(args), scheduler=policy,
-                            rate=plan.rate, warm=plan.warm, on_record=progress, trace=args.trace, skip=args.skip,
-                            topology=net.topo.name, target=args.target, load=round(plan.rate * (plan.lowload_ratio or 1.0) / plan.capacity, 3))
+        return run_workload(handles, plan.cluster, plan.requests(seed), plan.config(args), scheduler=policy,
+                            rate=plan.rate, warm=plan.warm(seed), on_record=progress, workload=args.workload,
+                            seed=seed, topology=net.topo.name, target=args.target, hardware=args.hardware,
+                            load=round(plan.rate * (plan.lowload_ratio or 1.0) / plan.capacity, 3))
     finally:
         _close(handles)
-
 
 def lost_cluster(net: N.Network) -> str | None:
     """Why ``net`` is no longer whole, or None: its run state file removed, host namespaces gone,
@@ -317,41 +462,65 @@ def outside_teardown(why: str | None) -> bool:
     return bool(why) and ("removed" in why or "killed by signal" in why)
 
 
-def table(runs) -> str:
-    head = (f"{'policy':8s} {'requests':>8s} {'SLO attain':>10s} {'TTFT p50':>9s} {'TTFT p99':>9s} "
-            f"{'Stage-2 CCT':>11s} {'S1 stall':>9s}")
-    lines = [head, "-" * len(head)]
-    for r in runs:
-        s = r.summary
 
-        def ms(x):
-            return "   n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1e3:7.0f}ms"
-        att = s.get("attainment", math.nan)
-        lines.append(f"{r.scheduler:8s} {s.get('requests', 0):8d} {'n/a' if math.isnan(att) else f'{att:9.1%}':>10s} "
-                     f"{ms(s.get('ttft_p50')):>9s} {ms(s.get('ttft_p99')):>9s} {ms(s.get('stage2_cct_mean')):>11s} "
-                     f"{ms(s.get('stage1_stall_mean')):>9s}")
-    return "\n".join(lines)
+class Clusters:
+    """One running cluster per policy, built on first use and kept across seeds (a build costs ~10 s of
+    process start-ups), rebuilt after a failed replay; all torn down when the ExitStack closes."""
+
+    def __init__(self, topo, plan: Plan, args, stack: ExitStack):
+        self.topo, self.plan, self.args, self.stack = topo, plan, args, stack
+        self.nets: dict[str, DemoNetwork] = {}
+
+    def get(self, pol: str, log: str | None = None) -> DemoNetwork:
+        if pol not in self.nets:
+            # a tag of its own: a concurrent demo (or its `mfs-topo stop --tag`) never touches this one's names
+            net = network(self.topo, pol, self.plan.link_bps, target=self.args.target,
+                          logdir=N.ROOT / "logs" / "demo" / (log or pol), tag=N.unique_tag(),
+                          shape_hosts=not self.args.unshaped_hosts)
+            self.nets[pol] = self.stack.enter_context(net)
+        return self.nets[pol]
+
+    def drop(self, pol: str) -> None:
+        net = self.nets.pop(pol, None)
+        if net is not None:
+            net.stop()
 
 
-def plot(runs, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = [r.scheduler for r in runs]
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
-    panels = [("attainment", "TTFT SLO attainment", 1.0), ("ttft_p99", "p99 TTFT (s)", 1.0),
-              ("stage2_cct_mean", "mean Stage-2 time per request (s)", 1.0)]
-    for a, (key, title, _) in zip(ax, panels):
-        vals = [r.summary.get(key, math.nan) for r in runs]
-        a.bar(names, vals, color=["tab:red" if n == "mfs" else "tab:gray" for n in names])
-        a.set_title(title)
-        if key == "attainment":
-            a.set_ylim(0, 1)
-    fig.suptitle("Emulated cluster (embedded switch): MFS vs baselines")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def _fmt_s(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+
+
+def run_replay(clusters: Clusters, plan: Plan, args, pol: str, seed: int, tag: str):
+    """One (policy, seed) replay with progress lines; rebuilds the cluster and retries on failure."""
+    n = len(plan.sets[seed][0])
+    done: list = []
+    step = max(1, n // 3)
+
+    def progress(rec):
+        done.append(rec)
+        if len(done) % step == 0 and len(done) < n:
+            print(f"{tag}: {len(done)}/{n} requests done, {sum(r.met for r in done)} met their SLO", flush=True)
+
+    for attempt in range(args.retries + 1):
+        done.clear()
+        net = clusters.get(pol)
+        try:
+            run = replay(net, plan, args, pol, seed, progress)
+            err = None
+        except (RuntimeError, TimeoutError) as e:  # TimeoutError: an agent stopped answering
+            err = str(e) or f"{type(e).__name__} (an agent stopped answering its control socket)"
+        why = lost_cluster(net)
+        if err is None and why is None:
+            return run
+        msg = (f"{err}; " if err else "") + (f"the cluster is not whole: {why}" if why else "")
+        clusters.drop(pol)
+        if attempt < args.retries:
+            cause = ("torn down from outside (`mfs-topo stop --all`?)" if outside_teardown(why) else
+                     "a host agent's control connection failed")
+            print(f"demo: {pol} seed {seed}: {msg} -- {cause}; rebuilding {pol}'s cluster and replaying again",
+                  file=sys.stderr, flush=True)
+            continue
+        raise N.BuildError(f"{msg} (logs in {net.logdir})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,8 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     known = _all_policies()
     bad = [p for p in policies if p not in known]
-    if bad or not policies:
-        print(f"demo: --policies: {', '.join(bad) or '(empty)'} not allowed (allowed: {', '.join(known)})",
+    if bad or not policies or len(set(policies)) != len(policies):
+        print(f"demo: --policies: {', '.join(bad) or '(empty or repeated)'} not allowed (allowed: {', '.join(known)})",
               file=sys.stderr)
         return 2
     reason = check_environment()
@@ -377,83 +546,111 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {e}", file=sys.stderr)
         return 2
     from mfs.sim.results import write_results
+    from topo import demoreport as R
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    n = len(plan.requests)
-    print(f"demo: {n} requests of {args.trace} (lines {args.skip}..{args.skip + n - 1}, prefix KV of "
-          f"{len(plan.warm)} earlier lines held) on {topo.name} ({len(topo.hosts)} hosts, "
-          f"{plan.link_bps / 1e6:g} Mb/s links), target {args.target}")
-    print(f"demo: model {plan.model}; time_scale {plan.time_scale:.3g}"
-          f"{f' (median layer {args.layer_ms:g} ms emulated)' if args.time_scale is None else ''}; "
-          f"ideal prefill capacity {plan.capacity:.3g} req/s", flush=True)
+    command = "python -m topo.demo " + " ".join(argv if argv is not None else sys.argv[1:])
+    n, seeds = args.requests, plan.seeds
+    print(f"demo: {args.workload} workload, {n} requests x {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), every "
+          f"policy replays the same requests per seed; {len(plan.warm(seeds[0]))} earlier requests' prefix KV held")
+    print(f"demo: model {plan.model} on {args.hardware} hardware ({plan.hw.nic_bw * 8 / 1e9:g} Gb/s per GPU); "
+          f"{len(plan.cluster.prefill)} prefill instances {plan.cluster.prefill}, decode {plan.cluster.decode} on "
+          f"{topo.name} ({plan.link_bps / 1e6:g} Mb/s links, target {args.target}); time_scale {plan.time_scale:.3g}"
+          f"{f' (median layer {args.layer_ms:g} ms emulated)' if args.time_scale is None else ''}; ideal prefill "
+          f"capacity {plan.capacity:.3g} req/s", flush=True)
     t_all = time.monotonic()
-
-    def cluster(pol: str, tag: str):
-        # a tag of its own: a concurrent demo (or its `mfs-topo stop --tag`) never touches this one's names
-        return network(topo, pol, plan.link_bps, target=args.target, logdir=N.ROOT / "logs" / "demo" / tag,
-                       tag=N.unique_tag(), shape_hosts=not args.unshaped_hosts)
-
-    if plan.lowload_ratio is None:
-        print(f"[calibrate] {args.calibrate} requests one at a time, fair sharing ...", flush=True)
+    summary: dict = {"command": command, "scenario": {
+        "workload": args.workload, "requests": n, "seeds": seeds, "model": plan.model, "hardware": args.hardware,
+        "topology": topo.name, "link_bps": plan.link_bps, "time_scale": plan.time_scale, "capacity": plan.capacity,
+        "load": args.load if args.rate is None else None, "policies": policies}}
+    emu_runs: list = []
+    with ExitStack() as stack:
+        clusters = Clusters(topo, plan, args, stack)
         try:
-            with cluster("fair", "calibration") as net:
-                plan.lowload_ratio = calibrate(net, plan, args)
-        except (N.BuildError, N.netns.NetError, RuntimeError) as e:
-            print(f"demo: calibration: {e}", file=sys.stderr)
+            if plan.lowload_ratio is None:
+                ratios = []
+                for k in range(args.calibrate_runs):
+                    print(f"[calibrate {k + 1}/{args.calibrate_runs}] {args.calibrate} requests one at a time, "
+                          f"fair sharing ...", flush=True)
+                    ratios.append(calibrate(clusters.get("fair", "fair"), plan, args))
+                    print(f"[calibrate {k + 1}/{args.calibrate_runs}] low-load TTFT = {ratios[-1]:.3f} x ideal "
+                          f"({_fmt_s(time.monotonic() - t_all)})", flush=True)
+                plan.lowload_ratio = statistics.median(ratios)
+                spread = (f"; {len(ratios)} runs: {min(ratios):.3f}..{max(ratios):.3f} (sd {statistics.stdev(ratios):.3f})"
+                          if len(ratios) > 1 else "")
+                print(f"[calibrate] low-load ratio {plan.lowload_ratio:.3f}{spread}; SLO = {args.slo_scale:g} x that "
+                      f"x ideal TTFT", flush=True)
+                summary["calibration"] = {"ratios": ratios, "used": plan.lowload_ratio}
+                if "fair" not in policies:
+                    clusters.drop("fair")
+                if args.calibrate_only:
+                    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+                    return 0
+            plan.set_rate(args)
+            summary["scenario"]["rate"] = plan.rate
+            summary.setdefault("calibration", {})["used"] = plan.lowload_ratio
+            print(f"demo: rate {plan.rate:.3g} req/s (real cluster) = {plan.rate * plan.lowload_ratio / plan.capacity:.0%}"
+                  f" of the measured capacity; {n} requests arrive over ~{n / plan.rate * plan.time_scale:.0f} s "
+                  f"emulated", flush=True)
+            sim_runs: list = []
+            if not args.no_sim:
+                t0 = time.monotonic()
+                sim_runs, sim_ratio = simulate_all(plan, args, policies)
+                summary["calibration"]["sim"] = sim_ratio
+                pred = [c for c in R.compare(sim_runs, None)]
+                print(f"[simulator] same requests, {len(sim_runs)} runs ({time.monotonic() - t0:.1f} s; low-load ratio "
+                      f"{sim_ratio:.2f}): " + "; ".join(f"mfs vs {c.baseline} mean TTFT {R._pct(c.emulated.rel.value)}"
+                                                     for c in pred), flush=True)
+            total = len(seeds) * len(policies)
+            durs: list[float] = []
+            k = 0
+            for si, seed in enumerate(seeds):
+                order = policies[si % len(policies):] + policies[:si % len(policies)]  # rotate: no policy always first
+                for pol in order:
+                    k += 1
+                    tag = f"[{k}/{total}] seed {seed} {pol}"
+                    t0 = time.monotonic()
+                    if pol not in clusters.nets:
+                        print(f"{tag}: building the cluster ...", flush=True)
+                    run = run_replay(clusters, plan, args, pol, seed, tag)
+                    durs.append(time.monotonic() - t0)
+                    emu_runs.append(run)
+                    s = run.summary
+                    print(f"{tag}: mean TTFT {s['ttft_mean'] * 1e3:.1f} ms, {round(s['attainment'] * s['requests'])}/"
+                          f"{s['requests']} met their SLO ({durs[-1]:.0f} s; elapsed {_fmt_s(time.monotonic() - t_all)}, "
+                          f"~{_fmt_s(statistics.fmean(durs) * (total - k))} left)", flush=True)
+        except (N.BuildError, N.netns.NetError, RuntimeError, TimeoutError) as e:
+            print(f"demo: {str(e) or type(e).__name__}", file=sys.stderr)
             return 1
-        print(f"[calibrate] low-load TTFT = {plan.lowload_ratio:.2f} x ideal; SLO = {args.slo_scale:g} x that "
-              f"({time.monotonic() - t_all:.0f} s)", flush=True)
-        plan.set_rate(args)
-    print(f"demo: rate {plan.rate:.3g} req/s (real cluster) = {plan.rate * plan.lowload_ratio / plan.capacity:.0%} of "
-          f"the measured capacity; last arrival at {plan.requests[-1].arrival * plan.time_scale:.0f} s emulated",
-          flush=True)
-    runs = []
-    for i, pol in enumerate(policies, 1):
-        t0 = time.monotonic()
-        tag = f"[{i}/{len(policies)}] {pol}"
-        print(f"{tag}: building the cluster ...", flush=True)
-        done = []
-
-        def progress(rec, tag=tag):
-            done.append(rec)
-            if len(done) % 6 == 0 or len(done) == n:
-                met = sum(r.met for r in done)
-                print(f"{tag}: {len(done)}/{n} requests done, {met} met their SLO", flush=True)
-        for attempt in range(args.retries + 1):
-            done.clear()
-            try:
-                with cluster(pol, pol) as net:
-                    print(f"{tag}: replaying ...", flush=True)
-                    try:
-                        run = replay(net, plan, args, pol, progress)
-                        err = None
-                    except (RuntimeError, TimeoutError) as e:  # TimeoutError: an agent stopped answering
-                        err = str(e) or f"{type(e).__name__} (an agent stopped answering its control socket)"
-                    why = lost_cluster(net)
-                    if err is None and why is None:
-                        break
-                    msg = (f"{err}; " if err else "") + (f"the cluster is not whole: {why}" if why else "")
-                    if attempt < args.retries:
-                        cause = ("torn down from outside (`mfs-topo stop --all`?)" if outside_teardown(why) else
-                                 "a host agent's control connection failed (known intermittent issue, "
-                                 "docs/demo.md)")
-                        print(f"demo: {pol}: {msg} -- {cause}; rebuilding and replaying {pol} again",
-                              file=sys.stderr, flush=True)
-                        continue
-                    raise N.BuildError(f"{msg} (logs in {net.logdir})")
-            except (N.BuildError, N.netns.NetError, RuntimeError, TimeoutError) as e:
-                print(f"demo: {pol}: {str(e) or type(e).__name__}", file=sys.stderr)
-                return 1
-        runs.append(run)
-        s = run.summary
-        print(f"{tag}: {s['requests']} requests, attainment {s['attainment']:.1%}, "
-              f"p99 TTFT {s['ttft_p99'] * 1e3:.0f} ms ({time.monotonic() - t0:.0f} s)", flush=True)
+    order = {p: i for i, p in enumerate(policies)}
+    emu_runs.sort(key=lambda r: (order[r.scheduler], r.meta.get("seed", 0)))
+    stats = [R.policy_stats(p, runs) for p, runs in R.by_policy(emu_runs).items()]
+    sim_stats = {p: R.policy_stats(p, runs) for p, runs in R.by_policy(sim_runs).items()}
+    comps = R.compare(emu_runs, sim_runs)
     print()
-    print(table(runs))
-    js, csv = write_results(out / "results", runs, command="python -m topo.demo " + " ".join(argv or sys.argv[1:]))
-    png = plot(runs, out / "demo.png")
-    print(f"\nwrote {js}, {csv}, {png} (total {time.monotonic() - t_all:.0f} s)")
+    print(f"emulated (real-cluster ms; value (95% CI); {n} requests x {len(seeds)} seeds per policy; "
+          f"'(sim)' rows: the simulator, same requests)")
+    print(R.table(stats, sim_stats))
+    print()
+    print("paired per-request TTFT difference (same request, same seed):")
+    for c in comps:
+        print("  " + c.line())
+        seeds_txt = ", ".join(R._pct(x) for x in c.seeds_rel)
+        s2 = c.stage2.rel
+        print(f"    per seed {seeds_txt}; Stage-2 CCT {R._pct(s2.value)} ({R._pct(s2.lo)} .. {R._pct(s2.hi)})")
+    line = R.verdict(comps)
+    summary.update(policies=[s.as_dict() for s in stats], sim_policies=[s.as_dict() for s in sim_stats.values()],
+                   comparisons=[c.as_dict() for c in comps], verdict=line, wall_s=round(time.monotonic() - t_all, 1))
+    js, csv = write_results(out / "results", emu_runs, command=command)
+    if sim_runs:
+        write_results(out / "sim", sim_runs, command=command)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    png = R.plot(emu_runs, sim_runs, out / "demo.png",
+                 f"{plan.model}, {args.workload}, {n} requests x {len(seeds)} seeds, load {args.load:g}: emulated "
+                 f"(bars, 95% CI) vs simulated (diamonds)")
+    print(f"\nwrote {js}, {csv}, {out / 'summary.json'}, {png} (total {_fmt_s(time.monotonic() - t_all)})")
+    print(line)
     return 0
 
 
