@@ -282,12 +282,19 @@ class ControlClient:
     """Client side of the control socket, with the same runtime API as :class:`HostAgent`.
 
     ``submit`` returns a Future resolved with the agent's ``done`` event (a dict).
+
+    ``pipeline=True``: ``submit``, ``layer_boundary``, ``batch_event`` and ``request_end`` do not wait
+    for the agent's reply (the request is written and the call returns; a refused request is logged,
+    and a refused ``submit`` fails its Future). The agent handles one connection's lines in order, so
+    the sequence is the same; the caller (the workload driver, once per layer) no longer pays a
+    socket round trip through two busy processes per call. ``request_start`` and ``status`` always wait.
     """
 
-    def __init__(self, path: str, address: str = "", timeout: float = 10.0):
+    def __init__(self, path: str, address: str = "", timeout: float = 10.0, pipeline: bool = False):
         self.path = unix_path(path)
         self.address = address
         self.timeout = timeout
+        self.pipeline = pipeline
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(self.path)
@@ -339,7 +346,7 @@ class ControlClient:
             if f is not None:
                 f.set_result(msg)
 
-    def request(self, op: str, **fields) -> dict:
+    def _send(self, op: str, fields: dict) -> tuple[int, Future]:
         with self._lock:
             self._next += 1
             rid = self._next
@@ -348,6 +355,10 @@ class ControlClient:
         data = (json.dumps({"op": op, "id": rid, **fields}) + "\n").encode()
         with self._wlock:
             self.sock.sendall(data)
+        return rid, f
+
+    def request(self, op: str, **fields) -> dict:
+        rid, f = self._send(op, fields)
         try:
             reply = f.result(self.timeout)
         except TimeoutError:
@@ -358,25 +369,58 @@ class ControlClient:
             raise ControlError(f"agent {self.path}: {op}: {reply.get('error')}")
         return reply
 
-    # ---- the runtime API (mirrors HostAgent) ----------------------------
-    def submit(self, stage: int, peer: str, nbytes: int, request_id: int, *, batch_id: int = 0,
-               deadline: float | None = None, target_layer: int = 0, current_layer: int | None = None,
-               level: int | None = None) -> Future:
-        reply = self.request("submit", stage=stage, peer=peer, bytes=nbytes, request_id=request_id,
-                             batch_id=batch_id, deadline=deadline, target_layer=target_layer,
-                             current_layer=current_layer, level=level)
-        fid = reply["flow_id"]
+    def notify(self, op: str, **fields) -> None:
+        """``op`` without waiting for the reply when pipelining (a refusal is logged), else :meth:`request`."""
+        if not self.pipeline:
+            self.request(op, **fields)
+            return
+        _, f = self._send(op, fields)
+
+        def check(f: Future) -> None:
+            try:
+                reply = f.result()
+            except Exception as e:  # the connection broke: the next waiting call reports it
+                log.debug("agent %s: %s: %s", self.path, op, e)
+                return
+            if not reply.get("ok"):
+                log.error("agent %s: %s refused: %s", self.path, op, reply.get("error"))
+        f.add_done_callback(check)
+
+    def _flow_future(self, fid: int, f: Future) -> None:
         with self._lock:
             early = self._early.pop(fid, None)
-            f: Future = Future()
             if early is None:
                 self._flows[fid] = f
         if early is not None:
             f.set_result(early)
+
+    # ---- the runtime API (mirrors HostAgent) ----------------------------
+    def submit(self, stage: int, peer: str, nbytes: int, request_id: int, *, batch_id: int = 0,
+               deadline: float | None = None, target_layer: int = 0, current_layer: int | None = None,
+               level: int | None = None) -> Future:
+        fields = dict(stage=stage, peer=peer, bytes=nbytes, request_id=request_id, batch_id=batch_id,
+                      deadline=deadline, target_layer=target_layer, current_layer=current_layer, level=level)
+        f: Future = Future()
+        if not self.pipeline:
+            self._flow_future(self.request("submit", **fields)["flow_id"], f)
+            return f
+        _, rf = self._send("submit", fields)
+
+        def on_reply(rf: Future) -> None:  # on the reader thread, before any later line is read
+            try:
+                reply = rf.result()
+            except Exception as e:
+                f.set_exception(e)
+                return
+            if not reply.get("ok"):
+                f.set_exception(ControlError(f"agent {self.path}: submit: {reply.get('error')}"))
+                return
+            self._flow_future(reply["flow_id"], f)
+        rf.add_done_callback(on_reply)
         return f
 
     def layer_boundary(self, request_id: int, current_layer: int, prefill_done: bool = False) -> None:
-        self.request("layer", request_id=request_id, current_layer=current_layer, prefill_done=prefill_done)
+        self.notify("layer", request_id=request_id, current_layer=current_layer, prefill_done=prefill_done)
 
     def request_start(self, request_id: int, deadline: float, arrival: float, num_layers: int, *, batch_id: int = 0,
                       remaining_compute: float = 0.0, remaining_bytes: int = 0, peers: list[str] = ()) -> None:
@@ -385,10 +429,10 @@ class ControlClient:
                      remaining_bytes=remaining_bytes, peers=list(peers))
 
     def request_end(self, request_id: int) -> None:
-        self.request("request_end", request_id=request_id)
+        self.notify("request_end", request_id=request_id)
 
     def batch_event(self, batch_id: int, kind: str) -> None:
-        self.request("batch", batch_id=batch_id, kind=kind)
+        self.notify("batch", batch_id=batch_id, kind=kind)
 
     def status(self) -> dict:
         return self.request("status")["status"]
@@ -442,12 +486,13 @@ class LocalHandle:
         pass
 
 
-def connect_all(agents: dict[str, tuple[str, str]], timeout: float = 10.0) -> dict[str, ControlClient]:
+def connect_all(agents: dict[str, tuple[str, str]], timeout: float = 10.0,
+                pipeline: bool = False) -> dict[str, ControlClient]:
     """``{host: (control socket, address)}`` → ``{host: ControlClient}`` (closes them all on failure)."""
     out: dict[str, ControlClient] = {}
     try:
         for host, (path, address) in agents.items():
-            out[host] = ControlClient(path, address=address, timeout=timeout)
+            out[host] = ControlClient(path, address=address, timeout=timeout, pipeline=pipeline)
     except BaseException:
         for c in out.values():
             c.close()

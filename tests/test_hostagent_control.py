@@ -55,6 +55,31 @@ def test_submit_done_and_received_events(two_agents):
         cb.close()
 
 
+def test_pipelined_client_same_results_without_waiting(two_agents, caplog):
+    """pipeline=True: submits and notifications do not wait for their replies, yet every transfer
+    completes with its own done event, in any interleaving, and a refused request is not silent."""
+    (a, sa), (b, sb) = two_agents
+    ca = ControlClient(sa.path, pipeline=True)
+    try:
+        futs = [ca.submit(2, b.config.address, n, request_id=5, target_layer=k)
+                for k, n in enumerate((0, 700, 30_000, 1, 120_000, 5000))]
+        for k in range(4):
+            ca.layer_boundary(5, k)
+        done = [f.result(30) for f in futs]
+        assert [d["bytes"] for d in done] == [0, 700, 30_000, 1, 120_000, 5000]
+        assert len({d["flow_id"] for d in done}) == 6
+        bad = ca.submit(4, b.config.address, 10, request_id=5)  # stage 4 does not exist
+        with pytest.raises(ControlError, match="stage=4"):
+            bad.result(10)
+        with caplog.at_level("ERROR", logger="mfs.hostagent.control"):
+            ca.batch_event(1, "later")
+            assert ca.request("ping")["ok"]  # replies in order: the refusal was handled before this
+        assert any("'later'" in r.getMessage() for r in caplog.records)
+        assert ca.status()["completed"] == 6
+    finally:
+        ca.close()
+
+
 @pytest.mark.parametrize("req,msg", [
     ({"op": "submit", "stage": 4, "peer": "127.0.0.1", "bytes": 1, "request_id": 1}, "stage=4"),
     ({"op": "submit", "stage": 1, "peer": "nohost", "bytes": 1, "request_id": 1}, "not an IPv4 address"),

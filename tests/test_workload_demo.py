@@ -92,8 +92,9 @@ def test_simulator_runs_the_same_scenario():
     from mfs.sim.model import get_model
     m = get_model("mixtral-8x7b")
     assert (cl.prefill_instances(m), cl.decode_instances(m), cl.gpus_per_server) == (2, 1, 4)
-    runs, ratio = demo.simulate_all(plan, args, ["mfs", "fair"])
+    runs, ratio, rate = demo.simulate_all(plan, args, ["mfs", "fair"])
     assert 1.0 <= ratio < 1.3
+    assert rate == pytest.approx(0.8 * plan.capacity / ratio)  # the same load as the emulation, its own capacity
     assert [(r.scheduler, r.meta["seed"]) for r in runs] == [("mfs", 1), ("fair", 1), ("mfs", 2), ("fair", 2)]
     ids = {r.scheduler: sorted(q.request_id for q in r.requests) for r in runs if r.meta["seed"] == 2}
     assert ids["mfs"] == ids["fair"] == sorted(q.request_id for q in plan.requests(2))

@@ -92,9 +92,13 @@ def parser() -> argparse.ArgumentParser:
                          "(default %(default)s)")
     ap.add_argument("--rate", type=float, default=None,
                     help="cluster request rate in real-cluster req/s (overrides --load)")
-    ap.add_argument("--layer-ms", type=float, default=15.0,
+    ap.add_argument("--layer-ms", type=float, default=10.0,
                     help="emulated compute of the median request's layer; sets time_scale (default %(default)s)")
     ap.add_argument("--time-scale", type=float, default=None, help="emulated / real seconds (overrides --layer-ms)")
+    ap.add_argument("--layers-per-step", type=int, default=4,
+                    help="emulate this many consecutive layers as one step (same compute, bytes and ratios; the "
+                         "emulation's fixed per-layer costs and noise divided by it; hostagent.workload.LayerGroups; "
+                         "default %(default)s)")
     ap.add_argument("--bandwidth", type=float, default=40.0,
                     help="emulated link rate in Mb/s for every link, 0 = the topology's (default %(default)s: "
                          "keeps the Python switch and agents within two shared cores; ratios do not depend on it)")
@@ -123,6 +127,10 @@ def parser() -> argparse.ArgumentParser:
                          "per queue in pps: see docs/emulation.md)")
     ap.add_argument("--slo-scale", type=float, default=3.0,
                     help="TTFT SLO as a multiple of each request's low-load TTFT (default %(default)s, the paper's)")
+    ap.add_argument("--pin", default="off",
+                    help="pin processes to CPUs: off | auto (switch on the last CPU, the rest on the others) | "
+                         "switch=1,agent=0,controller=0,driver=0 (CPU lists with ':' for ',', e.g. 0:1) "
+                         "(default %(default)s; docs/demo.md, 'Noise')")
     ap.add_argument("--no-sim", action="store_true", help="do not run the simulator beside the emulation")
     ap.add_argument("--out", default=str(OUT), help="output directory (default out/demo)")
     ap.add_argument("--time-limit", type=float, default=60.0,
@@ -244,8 +252,9 @@ class Plan:
     def seeds(self) -> list[int]:
         return list(self.sets)
 
-    def requests(self, seed: int) -> list:
-        return [replace(r, arrival=r.arrival / self.rate) for r in self.sets[seed][0]]
+    def requests(self, seed: int, rate: float | None = None) -> list:
+        rate = rate or self.rate
+        return [replace(r, arrival=r.arrival / rate) for r in self.sets[seed][0]]
 
     def warm(self, seed: int) -> list:
         return self.sets[seed][1]
@@ -259,7 +268,8 @@ class Plan:
         from hostagent.workload import EmuConfig
         return EmuConfig(model=self.model, link_bps=self.link_bps, time_scale=self.time_scale,
                          slo_scale=args.slo_scale, lowload_ratio=lowload_ratio or self.lowload_ratio or 1.0,
-                         timeout=args.time_limit, hw=self.hw, max_batch_tokens=self.max_batch_tokens)
+                         timeout=args.time_limit, hw=self.hw, max_batch_tokens=self.max_batch_tokens,
+                         layers_per_step=args.layers_per_step)
 
 
 def request_set(args, seed: int, index: int) -> tuple[list, list]:
@@ -290,8 +300,10 @@ def make_plan(args, topo: T.Topology) -> Plan:
     """Load every seed's requests; choose time_scale and (with --rate / --lowload-ratio) the rate."""
     from hostagent import workload as E
     from mfs.sim.model import get_model
-    get_model(args.model)  # ValueError naming the known models
+    layers = get_model(args.model).num_layers  # ValueError naming the known models
     hw = hardware(args.hardware)
+    if args.layers_per_step < 1 or layers % args.layers_per_step:
+        raise ValueError(f"--layers-per-step {args.layers_per_step} must divide {args.model}'s {layers} layers")
     for k, lo in (("requests", 2), ("repeat", 1), ("calibrate", 1), ("calibrate_runs", 1), ("retries", 0),
                   ("skip", 0), ("seed", 0)):
         if getattr(args, k) < lo:
@@ -361,11 +373,20 @@ def sim_lowload(plan: Plan, args) -> float:
     return statistics.median(ratios) if ratios else 1.0
 
 
-def simulate_all(plan: Plan, args, policies: list[str]) -> tuple[list, float]:
+def simulate_all(plan: Plan, args, policies: list[str]) -> tuple[list, float, float]:
+    """Every (seed, policy) of the plan through the simulator: the same requests in the same order, at the
+    same load as the emulation — ``--load`` × the capacity the *simulator* measures (ideal ÷ its own
+    low-load ratio), as the emulation runs at ``--load`` × its measured capacity; with ``--rate``, at that
+    rate. Returns (runs, the simulator's low-load ratio, its rate)."""
     lowload = sim_lowload(plan, args)
-    runs = [simulate(plan, args, pol, plan.requests(seed), plan.warm(seed), lowload, seed=seed)[0]
-            for seed in plan.seeds for pol in policies]
-    return runs, lowload
+    rate = args.rate if args.rate is not None else args.load * plan.capacity / lowload
+    runs = []
+    for seed in plan.seeds:
+        for pol in policies:
+            run = simulate(plan, args, pol, plan.requests(seed, rate), plan.warm(seed), lowload, seed=seed)[0]
+            run.rate = rate
+            runs.append(run)
+    return runs, lowload, rate
 
 class DemoNetwork(N.Network):
     """The builder's Network with the demo's host side, the same for every policy:
@@ -380,19 +401,48 @@ class DemoNetwork(N.Network):
     * the switches' stage defaults come from the policy (``policy_stage_defaults``).
     """
 
-    def __init__(self, topo, *, host_priority: bool = True, shape_hosts: bool = True, **kw):
+    def __init__(self, topo, *, host_priority: bool = True, shape_hosts: bool = True,
+                 pin: dict[str, str] | None = None, **kw):
         if shape_hosts:
             topo = replace(topo, shape_hosts=True)
         super().__init__(topo, policy_stage_defaults=True, **kw)
         self.host_priority, self.shape_hosts = host_priority, shape_hosts
+        self.pin = dict(pin or {})  # role (switch, controller, agent) -> CPU list for taskset -c
 
     def popen(self, name, cmd, **kw):
+        role = "agent" if name.startswith("agent-") else "controller" if name == "controller" else "switch"
+        if self.pin.get(role):
+            cmd = ["taskset", "-c", self.pin[role], *cmd]
         if name.startswith("agent-"):
             if self.host_priority:
                 cmd = [*cmd, "--priority-queue"]
             if self.shape_hosts:  # 8 datagrams between the agent's pick and the line-rate shaper
                 cmd = ["env", f"MFS_AGENT_SNDBUF={8 * 1500}", *cmd]
         return super().popen(name, cmd, **kw)
+
+
+def pin_plan(spec: str, cpus: list[int] | None = None) -> dict[str, str]:
+    """``--pin``: ``off`` (the kernel places every process), ``auto`` (the switches, which do per-packet work,
+    on the last CPU this process may use; controller, agents and this driver on the others), or
+    ``switch=CPUS,controller=CPUS,agent=CPUS,driver=CPUS`` (taskset lists such as ``0`` or ``0-1``)."""
+    import os
+    cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    if spec == "off":
+        return {}
+    if spec == "auto":
+        if len(cpus) < 2:
+            return {}
+        rest = ",".join(map(str, cpus[:-1]))
+        return {"switch": str(cpus[-1]), "controller": rest, "agent": rest, "driver": rest}
+    out = {}
+    for part in spec.split(","):
+        role, _, val = part.partition("=")
+        if role not in ("switch", "controller", "agent", "driver") or not val or \
+                not all(c.isdigit() or c == "-" for c in val.replace(":", "")):
+            raise ValueError(f"--pin {spec!r}: expected off, auto or role=CPUS,... with roles switch, controller, "
+                             f"agent, driver (got {part!r})")
+        out[role] = val.replace(":", ",")
+    return out
 
 
 def network(topo: T.Topology, policy: str, bandwidth_bps: float, **kw) -> DemoNetwork:
@@ -403,7 +453,7 @@ def network(topo: T.Topology, policy: str, bandwidth_bps: float, **kw) -> DemoNe
 def _handles(net: N.Network, cluster):
     from hostagent.control import connect_all
     hosts = [h for g in cluster.prefill + cluster.decode for h in g]
-    return connect_all({h: (str(net.agent_sock(h)), net.ip(h)) for h in hosts})
+    return connect_all({h: (str(net.agent_sock(h)), net.ip(h)) for h in hosts}, pipeline=True)
 
 
 def _close(handles) -> None:
@@ -470,13 +520,14 @@ class Clusters:
     def __init__(self, topo, plan: Plan, args, stack: ExitStack):
         self.topo, self.plan, self.args, self.stack = topo, plan, args, stack
         self.nets: dict[str, DemoNetwork] = {}
+        self.pin = pin_plan(args.pin)
 
     def get(self, pol: str, log: str | None = None) -> DemoNetwork:
         if pol not in self.nets:
             # a tag of its own: a concurrent demo (or its `mfs-topo stop --tag`) never touches this one's names
             net = network(self.topo, pol, self.plan.link_bps, target=self.args.target,
                           logdir=N.ROOT / "logs" / "demo" / (log or pol), tag=N.unique_tag(),
-                          shape_hosts=not self.args.unshaped_hosts)
+                          shape_hosts=not self.args.unshaped_hosts, pin=self.pin)
             self.nets[pol] = self.stack.enter_context(net)
         return self.nets[pol]
 
@@ -539,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topo = load_topology(args.topology, args.bandwidth, args.queue_buffer)
         plan = make_plan(args, topo)
+        pins = pin_plan(args.pin)
     except ConfigError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
@@ -547,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mfs.sim.results import write_results
     from topo import demoreport as R
+    if pins.get("driver"):
+        import os
+        os.sched_setaffinity(0, {int(c) for part in pins["driver"].split(",") for c in
+                                 (range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1))})
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -557,13 +613,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: model {plan.model} on {args.hardware} hardware ({plan.hw.nic_bw * 8 / 1e9:g} Gb/s per GPU); "
           f"{len(plan.cluster.prefill)} prefill instances {plan.cluster.prefill}, decode {plan.cluster.decode} on "
           f"{topo.name} ({plan.link_bps / 1e6:g} Mb/s links, target {args.target}); time_scale {plan.time_scale:.3g}"
-          f"{f' (median layer {args.layer_ms:g} ms emulated)' if args.time_scale is None else ''}; ideal prefill "
+          f"{f' (median layer {args.layer_ms:g} ms emulated)' if args.time_scale is None else ''}, "
+          f"{args.layers_per_step} layers per emulated step; ideal prefill "
           f"capacity {plan.capacity:.3g} req/s", flush=True)
     t_all = time.monotonic()
     summary: dict = {"command": command, "scenario": {
         "workload": args.workload, "requests": n, "seeds": seeds, "model": plan.model, "hardware": args.hardware,
         "topology": topo.name, "link_bps": plan.link_bps, "time_scale": plan.time_scale, "capacity": plan.capacity,
-        "load": args.load if args.rate is None else None, "policies": policies}}
+        "load": args.load if args.rate is None else None, "policies": policies,
+        "pin": pins, "layer_ms": args.layer_ms, "layers_per_step": args.layers_per_step}}
     emu_runs: list = []
     with ExitStack() as stack:
         clusters = Clusters(topo, plan, args, stack)
@@ -596,11 +654,12 @@ def main(argv: list[str] | None = None) -> int:
             sim_runs: list = []
             if not args.no_sim:
                 t0 = time.monotonic()
-                sim_runs, sim_ratio = simulate_all(plan, args, policies)
+                sim_runs, sim_ratio, sim_rate = simulate_all(plan, args, policies)
                 summary["calibration"]["sim"] = sim_ratio
+                summary["scenario"]["sim_rate"] = sim_rate
                 pred = [c for c in R.compare(sim_runs, None)]
-                print(f"[simulator] same requests, {len(sim_runs)} runs ({time.monotonic() - t0:.1f} s; low-load ratio "
-                      f"{sim_ratio:.2f}): " + "; ".join(f"mfs vs {c.baseline} mean TTFT {R._pct(c.emulated.rel.value)}"
+                print(f"[simulator] same requests at the same load ({sim_rate:.3g} req/s: its low-load ratio is "
+                      f"{sim_ratio:.2f}), {len(sim_runs)} runs ({time.monotonic() - t0:.1f} s): " + "; ".join(f"mfs vs {c.baseline} mean TTFT {R._pct(c.emulated.rel.value)}"
                                                      for c in pred), flush=True)
             total = len(seeds) * len(policies)
             durs: list[float] = []
