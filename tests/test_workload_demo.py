@@ -58,8 +58,10 @@ def test_plan_pairs_requests_per_seed_and_scales_rate_and_time():
     assert [r.input_tokens for r in a] != [r.input_tokens for r in b]  # a new request set per seed
     assert a == plan.requests(1)  # ... and the same one for every policy
     assert not {r.request_id for r in a} & {r.request_id for r in b}  # ids never collide across seeds
-    assert plan.rate == pytest.approx(0.8 * plan.capacity / 1.5)  # --load of the measured capacity
-    assert a[-1].arrival == pytest.approx(5 / plan.rate)  # the set is rescaled to the rate
+    for s in (1, 2):  # --load of each set's own measured capacity
+        assert plan.rate(s) == pytest.approx(0.8 * plan.caps[s] / 1.5)
+    assert plan.caps[1] != plan.caps[2]
+    assert a[-1].arrival == pytest.approx(5 / plan.rate(1))  # the set is rescaled to its rate
     assert plan.time_scale > 1 and plan.link_bps == 40e6
     cfg = plan.config(args)
     assert (cfg.model, cfg.lowload_ratio, cfg.slo_scale, cfg.hw.nic_bw) == ("mixtral-8x7b", 1.5, 3.0, 6.25e9)
@@ -92,9 +94,10 @@ def test_simulator_runs_the_same_scenario():
     from mfs.sim.model import get_model
     m = get_model("mixtral-8x7b")
     assert (cl.prefill_instances(m), cl.decode_instances(m), cl.gpus_per_server) == (2, 1, 4)
-    runs, ratio, rate = demo.simulate_all(plan, args, ["mfs", "fair"])
+    runs, ratio = demo.simulate_all(plan, args, ["mfs", "fair"])
     assert 1.0 <= ratio < 1.3
-    assert rate == pytest.approx(0.8 * plan.capacity / ratio)  # the same load as the emulation, its own capacity
+    for r in runs:  # the same load as the emulation, of the simulator's own measured capacity
+        assert r.rate == pytest.approx(0.8 * plan.caps[r.meta["seed"]] / ratio)
     assert [(r.scheduler, r.meta["seed"]) for r in runs] == [("mfs", 1), ("fair", 1), ("mfs", 2), ("fair", 2)]
     ids = {r.scheduler: sorted(q.request_id for q in r.requests) for r in runs if r.meta["seed"] == 2}
     assert ids["mfs"] == ids["fair"] == sorted(q.request_id for q in plan.requests(2))

@@ -242,9 +242,11 @@ class Plan:
     cluster: object  # hostagent.workload.EmuCluster
     link_bps: float
     time_scale: float
-    capacity: float  # real-cluster req/s that keeps every prefill instance busy (ideal)
+    capacity: float  # real-cluster req/s that keeps every prefill instance busy (ideal), mean over the seeds
     sets: dict = field(default_factory=dict)  # seed -> (unit-rate requests, warm requests)
-    rate: float = math.nan  # real-cluster req/s
+    caps: dict = field(default_factory=dict)  # seed -> its set's ideal capacity (real req/s)
+    load: float = 0.8  # fraction of the measured capacity (when ``fixed_rate`` is None)
+    fixed_rate: float | None = None  # --rate: real-cluster req/s for every seed
     lowload_ratio: float | None = None
     max_batch_tokens: int = 8192  # the paper's testbed (vLLM, 8192 batched tokens)
 
@@ -252,17 +254,20 @@ class Plan:
     def seeds(self) -> list[int]:
         return list(self.sets)
 
-    def requests(self, seed: int, rate: float | None = None) -> list:
-        rate = rate or self.rate
+    def rate(self, seed: int, lowload_ratio: float | None = None) -> float:
+        """Real-cluster req/s of ``seed``'s set: ``--rate``, else ``--load`` × the capacity measured at low
+        load for that set (its ideal capacity ÷ the low-load ratio: the emulated cluster's fixed costs
+        stretch every layer as they do the SLO), so every seed runs at the same load whatever its sizes."""
+        if self.fixed_rate is not None:
+            return self.fixed_rate
+        return self.load * self.caps[seed] / (lowload_ratio or self.lowload_ratio or 1.0)
+
+    def requests(self, seed: int, lowload_ratio: float | None = None) -> list:
+        rate = self.rate(seed, lowload_ratio)
         return [replace(r, arrival=r.arrival / rate) for r in self.sets[seed][0]]
 
     def warm(self, seed: int) -> list:
         return self.sets[seed][1]
-
-    def set_rate(self, args) -> None:
-        """``--rate``, else ``--load`` × the capacity measured at low load: the ideal capacity ÷ the
-        low-load ratio (the emulated cluster's fixed costs stretch every layer as they do the SLO)."""
-        self.rate = args.rate if args.rate is not None else args.load * self.capacity / (self.lowload_ratio or 1.0)
 
     def config(self, args, lowload_ratio: float | None = None):
         from hostagent.workload import EmuConfig
@@ -320,13 +325,10 @@ def make_plan(args, topo: T.Topology) -> Plan:
     cluster = cluster_of(topo, args.instance_size)
     sets = {s: request_set(args, s, i) for i, s in enumerate(range(args.seed, args.seed + args.repeat))}
     first, warm = sets[args.seed]
-    cap = E.capacity_rate(args.model, first, len(cluster.prefill), warm, hw)
+    caps = {s: E.capacity_rate(args.model, r, len(cluster.prefill), w, hw) for s, (r, w) in sets.items()}
     ts = args.time_scale or E.choose_time_scale(args.model, first, warm, args.layer_ms / 1e3, hw)
-    plan = Plan(args.model, hw, args.workload, cluster, min(ln.bandwidth_bps for ln in topo.links), ts, cap, sets,
-                lowload_ratio=args.lowload_ratio)
-    if args.rate is not None or args.lowload_ratio is not None:
-        plan.set_rate(args)
-    return plan
+    return Plan(args.model, hw, args.workload, cluster, min(ln.bandwidth_bps for ln in topo.links), ts,
+                statistics.fmean(caps.values()), sets, caps, args.load, args.rate, lowload_ratio=args.lowload_ratio)
 
 
 # ---------------------------------------------------------------------------------------------- simulator
@@ -358,7 +360,8 @@ def simulate(plan: Plan, args, policy: str, requests: list, warm: list, lowload:
                     plan.hw)
     warm_cache(sim.cache, warm, sim.np)
     recs = sim.run(requests)
-    return make_run(policy, plan.rate, recs, model=plan.model, simulated=True, lowload_ratio=lowload, **meta), sim
+    rate = (len(requests) - 1) / requests[-1].arrival if len(requests) > 1 and requests[-1].arrival > 0 else 0.0
+    return make_run(policy, rate, recs, model=plan.model, simulated=True, lowload_ratio=lowload, **meta), sim
 
 
 def sim_lowload(plan: Plan, args) -> float:
@@ -373,20 +376,15 @@ def sim_lowload(plan: Plan, args) -> float:
     return statistics.median(ratios) if ratios else 1.0
 
 
-def simulate_all(plan: Plan, args, policies: list[str]) -> tuple[list, float, float]:
+def simulate_all(plan: Plan, args, policies: list[str]) -> tuple[list, float]:
     """Every (seed, policy) of the plan through the simulator: the same requests in the same order, at the
     same load as the emulation — ``--load`` × the capacity the *simulator* measures (ideal ÷ its own
     low-load ratio), as the emulation runs at ``--load`` × its measured capacity; with ``--rate``, at that
-    rate. Returns (runs, the simulator's low-load ratio, its rate)."""
+    rate. Returns (runs, the simulator's low-load ratio)."""
     lowload = sim_lowload(plan, args)
-    rate = args.rate if args.rate is not None else args.load * plan.capacity / lowload
-    runs = []
-    for seed in plan.seeds:
-        for pol in policies:
-            run = simulate(plan, args, pol, plan.requests(seed, rate), plan.warm(seed), lowload, seed=seed)[0]
-            run.rate = rate
-            runs.append(run)
-    return runs, lowload, rate
+    runs = [simulate(plan, args, pol, plan.requests(seed, lowload), plan.warm(seed), lowload, seed=seed)[0]
+            for seed in plan.seeds for pol in policies]
+    return runs, lowload
 
 class DemoNetwork(N.Network):
     """The builder's Network with the demo's host side, the same for every policy:
@@ -482,9 +480,9 @@ def replay(net: N.Network, plan: Plan, args, policy: str, seed: int, progress=No
     handles = _handles(net, plan.cluster)
     try:
         return run_workload(handles, plan.cluster, plan.requests(seed), plan.config(args), scheduler=policy,
-                            rate=plan.rate, warm=plan.warm(seed), on_record=progress, workload=args.workload,
+                            rate=plan.rate(seed), warm=plan.warm(seed), on_record=progress, workload=args.workload,
                             seed=seed, topology=net.topo.name, target=args.target, hardware=args.hardware,
-                            load=round(plan.rate * (plan.lowload_ratio or 1.0) / plan.capacity, 3))
+                            load=round(plan.rate(seed) * (plan.lowload_ratio or 1.0) / plan.caps[seed], 3))
     finally:
         _close(handles)
 
@@ -645,21 +643,21 @@ def main(argv: list[str] | None = None) -> int:
                 if args.calibrate_only:
                     (out / "summary.json").write_text(json.dumps(summary, indent=1))
                     return 0
-            plan.set_rate(args)
-            summary["scenario"]["rate"] = plan.rate
+            summary["scenario"]["rates"] = {s: plan.rate(s) for s in seeds}
             summary.setdefault("calibration", {})["used"] = plan.lowload_ratio
-            print(f"demo: rate {plan.rate:.3g} req/s (real cluster) = {plan.rate * plan.lowload_ratio / plan.capacity:.0%}"
-                  f" of the measured capacity; {n} requests arrive over ~{n / plan.rate * plan.time_scale:.0f} s "
-                  f"emulated", flush=True)
+            rates = [plan.rate(s) for s in seeds]
+            print(f"demo: rate {min(rates):.3g}..{max(rates):.3g} req/s (real cluster) per seed = "
+                  f"{'--rate' if args.rate is not None else f'{args.load:.0%} of each set' + chr(39) + 's measured capacity'}"
+                  f"; {n} requests arrive over ~{n / statistics.fmean(rates) * plan.time_scale:.0f} s emulated per "
+                  f"replay", flush=True)
             sim_runs: list = []
             if not args.no_sim:
                 t0 = time.monotonic()
-                sim_runs, sim_ratio, sim_rate = simulate_all(plan, args, policies)
+                sim_runs, sim_ratio = simulate_all(plan, args, policies)
                 summary["calibration"]["sim"] = sim_ratio
-                summary["scenario"]["sim_rate"] = sim_rate
                 pred = [c for c in R.compare(sim_runs, None)]
-                print(f"[simulator] same requests at the same load ({sim_rate:.3g} req/s: its low-load ratio is "
-                      f"{sim_ratio:.2f}), {len(sim_runs)} runs ({time.monotonic() - t0:.1f} s): " + "; ".join(f"mfs vs {c.baseline} mean TTFT {R._pct(c.emulated.rel.value)}"
+                print(f"[simulator] same requests at the same load (its low-load ratio is {sim_ratio:.2f}), "
+                      f"{len(sim_runs)} runs ({time.monotonic() - t0:.1f} s): " + "; ".join(f"mfs vs {c.baseline} mean TTFT {R._pct(c.emulated.rel.value)}"
                                                      for c in pred), flush=True)
             total = len(seeds) * len(policies)
             durs: list[float] = []
