@@ -529,6 +529,10 @@ class Clusters:
             self.nets[pol] = self.stack.enter_context(net)
         return self.nets[pol]
 
+    def lost(self, pol: str) -> str | None:
+        net = self.nets.get(pol)
+        return lost_cluster(net) if net is not None else None
+
     def drop(self, pol: str) -> None:
         net = self.nets.pop(pol, None)
         if net is not None:
@@ -537,6 +541,22 @@ class Clusters:
 
 def _fmt_s(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+
+
+def with_retries(args, what: str, attempt, rebuild, lost):
+    """``attempt()`` up to 1 + ``--retries`` times; after a failure ``rebuild()`` (drop the cluster, the next
+    attempt builds a new one). ``lost()`` says why the cluster is not whole (or None)."""
+    for k in range(args.retries + 1):
+        try:
+            return attempt()
+        except (N.BuildError, N.netns.NetError, RuntimeError, TimeoutError) as e:
+            why = lost()
+            rebuild()
+            if k == args.retries:
+                raise
+            cause = "torn down from outside (`mfs-topo stop --all`?)" if outside_teardown(why) else "failed"
+            print(f"demo: {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__} -- {cause}; "
+                  f"rebuilding and trying again", file=sys.stderr, flush=True)
 
 
 def run_replay(clusters: Clusters, plan: Plan, args, pol: str, seed: int, tag: str):
@@ -552,7 +572,15 @@ def run_replay(clusters: Clusters, plan: Plan, args, pol: str, seed: int, tag: s
 
     for attempt in range(args.retries + 1):
         done.clear()
-        net = clusters.get(pol)
+        try:
+            net = clusters.get(pol)
+        except (N.BuildError, N.netns.NetError) as e:  # e.g. killed from outside while starting
+            clusters.drop(pol)
+            if attempt == args.retries:
+                raise
+            print(f"demo: building {pol}'s cluster: {str(e).splitlines()[0]}; trying again", file=sys.stderr,
+                  flush=True)
+            continue
         try:
             run = replay(net, plan, args, pol, seed, progress)
             err = None
@@ -629,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                 for k in range(args.calibrate_runs):
                     print(f"[calibrate {k + 1}/{args.calibrate_runs}] {args.calibrate} requests one at a time, "
                           f"fair sharing ...", flush=True)
-                    ratios.append(calibrate(clusters.get("fair", "fair"), plan, args))
+                    ratios.append(with_retries(args, "calibration", lambda: calibrate(clusters.get("fair"), plan, args),
+                                               lambda: clusters.drop("fair"), lambda: clusters.lost("fair")))
                     print(f"[calibrate {k + 1}/{args.calibrate_runs}] low-load TTFT = {ratios[-1]:.3f} x ideal "
                           f"({_fmt_s(time.monotonic() - t_all)})", flush=True)
                 plan.lowload_ratio = statistics.median(ratios)
