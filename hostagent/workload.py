@@ -110,11 +110,14 @@ class EmuConfig:
     hw: Hardware = field(default_factory=Hardware)
     timeout: float = 600.0  # emulated seconds to wait for the last request after the last arrival
     layers_per_step: int = 1  # emulate this many consecutive layers as one step (:class:`LayerGroups`)
+    kv_placement: str = "spread"  # "group": attention-DP, a request's KV on one host (:class:`Driver`)
 
     def validate(self) -> None:
         for k in ("link_bps", "time_scale", "slo_scale", "lowload_ratio", "timeout"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"{k} must be > 0, got {getattr(self, k)!r}")
+        if self.kv_placement not in ("spread", "group"):
+            raise ValueError(f"kv_placement must be spread or group, got {self.kv_placement!r}")
         n = get_model(self.model).num_layers
         if self.layers_per_step < 1 or n % self.layers_per_step:
             raise ValueError(f"layers_per_step must be >= 1 and divide {self.model}'s {n} layers, "
@@ -152,7 +155,8 @@ class LayerGroups:
     @property
     def model(self):
         m = self.base.model
-        return SimpleNamespace(num_layers=m.num_layers // self.k, gpus=m.gpus, name=f"{m.name}/{self.k}")
+        return SimpleNamespace(num_layers=m.num_layers // self.k, gpus=m.gpus, name=f"{m.name}/{self.k}",
+                               groups=getattr(m, "groups", 1), attn_gpus=getattr(m, "attn_gpus", m.gpus))
 
     @property
     def hw(self):
@@ -161,10 +165,13 @@ class LayerGroups:
     def request_profile(self, new: int, reused: int = 0) -> RequestProfile:
         p, k = self.base.request_profile(new, reused), self.k
         return RequestProfile(p.num_layers // k, p.layer_compute_s * k, p.stage1_bytes * k, p.stage2_bytes * k,
-                              p.stage3_bytes * k, p.gpus)
+                              p.stage3_bytes * k, p.gpus, p.nic_gpus, p.stage2_nic * k if p.stage2_nic >= 0 else -1)
 
-    def layer_compute_s(self, batch) -> float:
-        return self.base.layer_compute_s(batch) * self.k
+    def layer_compute_s(self, batch, groups=None) -> float:
+        return self.base.layer_compute_s(batch, groups) * self.k
+
+    def stage2_nic_bytes(self, group_batches) -> list[int]:
+        return [b * self.k for b in self.base.stage2_nic_bytes(group_batches)]
 
     def stage1_bytes(self, reused: int) -> int:
         return self.base.stage1_bytes(reused) * self.k
@@ -218,7 +225,7 @@ def service_s(model: str, new: int, reused: int, hw: Hardware | None = None) -> 
     compute plus its (GPU-blocking) Stage-2 transfer at the NIC rate."""
     hw = hw or Hardware()
     p = CostModel(get_model(model), hw).request_profile(new, reused)
-    return p.num_layers * (p.layer_compute_s + p.per_gpu(p.stage2_bytes) / hw.nic_bw)
+    return p.num_layers * (p.layer_compute_s + p.stage2_per_nic / hw.nic_bw)
 
 
 def capacity_rate(model: str, requests: list[Request], instances: int, warm: Iterable[Request] = (),
@@ -232,7 +239,8 @@ def capacity_rate(model: str, requests: list[Request], instances: int, warm: Ite
 
 class _Req:
     __slots__ = ("rid", "arrival", "new", "reused", "prof", "inst", "dec", "deadline", "rec", "s1_pending",
-                 "s3_left", "s3_last", "compute_done", "prefill_end", "batch", "finished", "holders", "block_tokens", "nblk", "s1_src")
+                 "s3_left", "s3_last", "compute_done", "prefill_end", "batch", "finished", "holders", "block_tokens", "nblk", "s1_src",
+                 "grp", "hidx")
 
     def __init__(self, r: Request):
         self.rid = r.request_id
@@ -242,6 +250,8 @@ class _Req:
         self.s3_last = 0.0
         self.compute_done = False
         self.finished = False
+        self.grp = 0  # attention group in its instance (kv_placement "group")
+        self.hidx = 0  # index of the host carrying its KV in its instance: grp mod hosts
 
 
 class _Batch:
@@ -255,6 +265,7 @@ class _Instance:
         self.idx, self.hosts = idx, hosts
         self.queue: list[_Batch] = []
         self.backlog = 0.0
+        self.gbacklog: list[float] = []  # queued compute per attention group (kv_placement "group")
         self.cv = threading.Condition()
         self.thread: threading.Thread | None = None
 
@@ -270,6 +281,10 @@ class Driver:
         self.L = self.cost.model.num_layers
         self.link_Bps = config.link_bps / 8
         self.inst = [_Instance(i, g) for i, g in enumerate(cluster.prefill)]
+        self.grouped = config.kv_placement == "group"
+        self.groups = getattr(self.cost.model, "groups", 1) if self.grouped else 1
+        for inst in self.inst:
+            inst.gbacklog = [0.0] * self.groups
         self.dec_load = [0.0] * len(cluster.decode)
         self.cache = PrefixCache()
         warm_cache(self.cache, warm, len(self.inst))
@@ -325,12 +340,16 @@ class Driver:
         q.inst = inst
         q.dec = min(range(len(self.dec_load)), key=self.dec_load.__getitem__)
         self.dec_load[q.dec] += prof.stage3_bytes * self.L
-        q.s3_left = self.L * len(inst.hosts)
+        if self.grouped:  # the request's attention group: the least queued one of its instance
+            q.grp = min(range(self.groups), key=inst.gbacklog.__getitem__)
+            q.hidx = q.grp % len(inst.hosts)
+        q.s3_left = self.L * (1 if self.grouped else len(inst.hosts))
         measured = index >= self.cfg.warmup
         q.rec = RequestRecord(q.rid, self.real(now), math.nan, self.real(q.deadline), False, measured,
                               r.input_tokens, reused)
         with inst.cv:
             inst.backlog += prof.prefill_compute_s
+            inst.gbacklog[q.grp] += prof.prefill_compute_s
             last = inst.queue[-1] if inst.queue else None
             if last is None or (last.tokens and last.tokens + q.new > self.cfg.max_batch_tokens):
                 self.bid += 1
@@ -363,18 +382,31 @@ class Driver:
         if not q.reused:
             return
         inst = q.inst
+        dsts = [inst.hosts[q.hidx]] if self.grouped else inst.hosts
         for hld, tokens in plan.stage1_tokens(q.holders, inst.idx, q.reused, q.block_tokens).items():
-            size = q.prof.per_gpu(self.cost.stage1_bytes(tokens))
+            size = self.kv_bytes(q, self.cost.stage1_bytes(tokens))
             if size <= 0:
                 continue
             src_hosts = self.inst[hld].hosts
-            q.s1_src.extend(h for h in src_hosts[:len(inst.hosts)] if h not in q.s1_src)
+            if self.grouped:  # the holder's host of the same index: one host pair per holder
+                src_hosts = [src_hosts[q.hidx % len(src_hosts)]]
+            q.s1_src.extend(h for h in src_hosts[:len(dsts)] if h not in q.s1_src)
             for j in range(self.L):
-                for i, dst in enumerate(inst.hosts):
+                for i, dst in enumerate(dsts):
                     with inst.cv:
                         q.s1_pending[j] = q.s1_pending.get(j, 0) + 1
                     f = self._submit(src_hosts[i % len(src_hosts)], dst, H.STAGE_KV_REUSE, size, q, j, bid, 0)
                     f.add_done_callback(lambda fut, j=j: self._s1_done(q, j, fut))
+
+    def kv_bytes(self, q: _Req, nbytes: int) -> int:
+        """Stage-1/3 bytes of one of the request's transfers. ``spread``: every host of the instance
+        carries its per-GPU share (the instance-averaged figure). ``group`` (attention DP, the
+        simulator's model): only the request's host, with its group's per-NIC bytes × hosts ÷ groups —
+        an emulated instance has fewer hosts than the real one has groups, and this keeps each emulated
+        NIC's load (bytes/s) that of a real NIC; a single transfer is hosts ÷ groups of the real one."""
+        if not self.grouped:
+            return q.prof.per_gpu(nbytes)
+        return -(-q.prof.per_nic(nbytes) * len(q.inst.hosts) // self.groups)
 
     def _s1_done(self, q: _Req, layer: int, fut: Future) -> None:
         try:
@@ -446,21 +478,26 @@ class Driver:
                 # RLI (and re-rank, re-arm the retransmit timer) of the transfers it promotes
                 for hn in hosts + ([h for h in q.s1_src if h not in hosts] if q.s1_pending else []):
                     self.h[hn].layer_boundary(q.rid, layer)
-            time.sleep(self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs]))
+            if self.grouped:
+                time.sleep(self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs], [q.grp for q in b.reqs]))
+            else:
+                time.sleep(self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs]))
             # Stage 3: push this layer's KV to the decode instance (does not block compute)
             for q in b.reqs:
-                size3 = q.prof.per_gpu(q.prof.stage3_bytes)
+                size3 = self.kv_bytes(q, q.prof.stage3_bytes)
                 dhosts = self.cl.decode[q.dec]
                 for i, hn in enumerate(hosts):
+                    if self.grouped and i != q.hidx:
+                        continue
                     f = self._submit(hn, dhosts[i % len(dhosts)], H.STAGE_P2D, size3, q, layer, b.bid, layer)
                     f.add_done_callback(lambda fut, q=q: self._s3_done(q, fut))
             # Stage 2: all-to-all among the instance's hosts; blocks the next layer
-            size2 = -(-sum(self.cost.stage2_bytes(q.new, q.reused) for q in b.reqs) // self.cost.model.gpus)
-            if size2 > 0 and len(hosts) > 1:
+            sizes = self.stage2_sizes(b, len(hosts))
+            if max(sizes) > 0 and len(hosts) > 1:
                 t2 = time.time()
-                part = -(-size2 // (len(hosts) - 1))
-                futs = [self._submit(src, dst, H.STAGE_COLLECTIVE, part, b.reqs[0], layer, b.bid, layer)
-                        for src in hosts for dst in hosts if dst != src]
+                futs = [self._submit(src, dst, H.STAGE_COLLECTIVE, -(-sizes[i] // (len(hosts) - 1)), b.reqs[0], layer,
+                                     b.bid, layer)
+                        for i, src in enumerate(hosts) for dst in hosts if dst != src and sizes[i] > 0]
                 for f in futs:
                     f.result(self.cfg.timeout)
                 cct = self.real(time.time() - t2)
@@ -478,10 +515,28 @@ class Driver:
                 q.rec.prefill_end = self.real(now)
                 q.compute_done = True
                 inst.backlog = max(0.0, inst.backlog - q.prof.prefill_compute_s)
+                inst.gbacklog[q.grp] = max(0.0, inst.gbacklog[q.grp] - q.prof.prefill_compute_s)
                 if q.s3_left == 0:
                     ready.append(q)
         for q in ready:
             self.finishq.put(q)
+
+    def stage2_sizes(self, b: _Batch, n: int) -> list[int]:
+        """Stage-2 bytes each of the instance's ``n`` hosts sends per step. ``spread``: the batch's total ÷
+        the instance's GPUs on every host. ``group``: the simulator's per-NIC figure (dispatch of its
+        group's tokens + its experts' share, ``CostModel.stage2_nic_bytes``), host h carrying the mean
+        over the groups it stands for (g mod n = h)."""
+        if not self.grouped:
+            return [-(-sum(self.cost.stage2_bytes(q.new, q.reused) for q in b.reqs) // self.cost.model.gpus)] * n
+        gb: list[list[tuple[int, int]]] = [[] for _ in range(self.groups)]
+        for q in b.reqs:
+            gb[q.grp].append((q.new, q.reused))
+        nic = self.cost.stage2_nic_bytes(gb)
+        out = []
+        for h in range(n):
+            mine = [nic[g] for g in range(self.groups) if g % n == h]
+            out.append(-(-sum(mine) // len(mine)) if mine else 0)
+        return out
 
     def finish(self, q: _Req) -> None:
         done = max(q.s3_last, q.prefill_end)
@@ -639,14 +694,17 @@ class FixedCost:
 
     @property
     def model(self):
-        return SimpleNamespace(num_layers=self.num_layers, gpus=self.gpus, name="fixed")
+        return SimpleNamespace(num_layers=self.num_layers, gpus=self.gpus, name="fixed", groups=1, attn_gpus=self.gpus)
 
     def request_profile(self, new: int, reused: int = 0) -> RequestProfile:
         return RequestProfile(self.num_layers, self.compute_s, self.stage1_bytes(reused), self.stage2,
                               self.stage3, self.gpus)
 
-    def layer_compute_s(self, batch) -> float:
+    def layer_compute_s(self, batch, groups=None) -> float:
         return self.compute_s
+
+    def stage2_nic_bytes(self, group_batches) -> list[int]:
+        return [-(-self.stage2 // self.gpus)] * len(group_batches)
 
     def stage1_bytes(self, reused: int) -> int:
         return int(round(self.stage1_per_token * reused))

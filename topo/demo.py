@@ -99,6 +99,10 @@ def parser() -> argparse.ArgumentParser:
                     help="emulate this many consecutive layers as one step (same compute, bytes and ratios; the "
                          "emulation's fixed per-layer costs and noise divided by it; hostagent.workload.LayerGroups; "
                          "default %(default)s)")
+    ap.add_argument("--kv-placement", choices=("group", "spread"), default="group",
+                    help="group: attention data parallelism as the simulator models it, a request's KV on one host "
+                         "of its instance (per-NIC bytes, scaled so each emulated NIC carries a real NIC's load); "
+                         "spread: every host carries its per-GPU share (the earlier model) (default %(default)s)")
     ap.add_argument("--bandwidth", type=float, default=40.0,
                     help="emulated link rate in Mb/s for every link, 0 = the topology's (default %(default)s: "
                          "keeps the Python switch and agents within two shared cores; ratios do not depend on it)")
@@ -274,7 +278,7 @@ class Plan:
         return EmuConfig(model=self.model, link_bps=self.link_bps, time_scale=self.time_scale,
                          slo_scale=args.slo_scale, lowload_ratio=lowload_ratio or self.lowload_ratio or 1.0,
                          timeout=args.time_limit, hw=self.hw, max_batch_tokens=self.max_batch_tokens,
-                         layers_per_step=args.layers_per_step)
+                         layers_per_step=args.layers_per_step, kv_placement=args.kv_placement)
 
 
 def request_set(args, seed: int, index: int) -> tuple[list, list]:
@@ -647,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         "workload": args.workload, "requests": n, "seeds": seeds, "model": plan.model, "hardware": args.hardware,
         "topology": topo.name, "link_bps": plan.link_bps, "time_scale": plan.time_scale, "capacity": plan.capacity,
         "load": args.load if args.rate is None else None, "policies": policies,
-        "pin": pins, "layer_ms": args.layer_ms, "layers_per_step": args.layers_per_step}}
+        "pin": pins, "layer_ms": args.layer_ms, "layers_per_step": args.layers_per_step,
+        "kv_placement": args.kv_placement}}
     emu_runs: list = []
     with ExitStack() as stack:
         clusters = Clusters(topo, plan, args, stack)
