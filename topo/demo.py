@@ -71,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
                          "mooncake-conversation | mooncake-synthetic | a path to a Mooncake JSONL trace (a new slice "
                          "per seed, from $MFS_TRACES or ../shared/traces beside the repository) (default %(default)s)")
     ap.add_argument("--requests", type=int, default=24, help="measured requests per seed (default %(default)s)")
-    ap.add_argument("--repeat", type=int, default=3,
+    ap.add_argument("--repeat", type=int, default=4,
                     help="seeds: each a new request set, replayed by every policy (default %(default)s)")
     ap.add_argument("--seed", type=int, default=1, help="first seed (default %(default)s)")
     ap.add_argument("--warm", type=int, default=None,
