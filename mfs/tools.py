@@ -29,5 +29,6 @@ def find_tool(name: str) -> str | None:
 def missing_reason(name: str) -> str:
     env, exe = TOOLS.get(name, (None, name))
     how = f" and ${env} is not set" if env else ""
+    doc = "docs/tofino.md" if name == "bf-p4c" else "docs/bmv2.md"
     return (f"{exe} not found on PATH{how}; it is not packaged in any registry this project "
-            f"uses, build it from p4lang sources (see docs/bmv2.md)")
+            f"uses, build it from p4lang sources (see {doc})")
