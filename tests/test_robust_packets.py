@@ -92,7 +92,7 @@ def expected(frame: bytes, in_port: int) -> tuple[int | None, bool, int | None]:
         return CLS_BE, False, ttl_drop
     udp_len = struct.unpack_from("!H", frame, l4 + 4)[0]
     total_len = struct.unpack_from("!H", frame, off + 2)[0]
-    if udp_len < 8 + mfsh.MFS_HEADER_LEN or total_len != 4 * ihl + udp_len:
+    if udp_len < 8 + mfsh.MFS_HEADER_LEN or total_len != (4 * ihl + udp_len) & 0xFFFF:
         return CLS_MALFORMED, False, ttl_drop
     try:
         h = mfsh.unpack(frame, l4 + 8)

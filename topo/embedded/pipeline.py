@@ -429,7 +429,7 @@ class Pipeline:
                         vf, stage, proposed, _r, flow_id, request_id, _tl, rli = _MFS.unpack_from(buf, l4 + 8)
                         total_len = (buf[ip_off + 2] << 8) | buf[ip_off + 3]
                         mfs_ok = ((vf >> 4) == mfsh.MFS_VERSION and stage in mfsh.VALID_STAGES
-                                  and total_len == hlen + udp_len)
+                                  and total_len == (hlen + udp_len) & 0xFFFF)  # 16-bit sum, as in P4
         if drop >= 0:
             self._count_drop(drop, n)
             return []
