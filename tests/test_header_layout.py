@@ -226,3 +226,20 @@ def test_key_names_annotated():
         for block in re.findall(r"key\s*=\s*\{(.*?)\}", text, flags=re.S):
             for line in filter(str.strip, block.split(";")):
                 assert re.search(r'@name\("\w+"\)', line), f"{src.name}: key without @name: {line.strip()}"
+
+
+def test_embedded_model_uses_the_p4_indices():
+    """topo/embedded/pipeline.py (the model of the program) counts with the P4 program's indices."""
+    from topo.embedded import pipeline as model
+    c = p4_constants()
+    for p4name, pyname in (("CLASS_FLOW_TABLE", "CLS_FLOW"), ("CLASS_STAGE_DEFAULT", "CLS_STAGE_DEFAULT"),
+                           ("CLASS_PROPOSAL", "CLS_PROPOSAL"), ("CLASS_MFS_BEST_EFFORT", "CLS_MFS_BE"),
+                           ("CLASS_TRUSTED_DSCP", "CLS_DSCP"), ("CLASS_BEST_EFFORT", "CLS_BE"),
+                           ("CLASS_MALFORMED", "CLS_MALFORMED"), ("CLASS_PROPOSAL_REJECTED", "CLS_REJECTED"),
+                           ("CLASS_FABRIC_DSCP", "CLS_FABRIC_DSCP"), ("CLASS_FABRIC_BEST_EFFORT", "CLS_FABRIC_BE"),
+                           ("DROP_BAD_IPV4", "DROP_BAD_IPV4"), ("DROP_IPV4_CHECKSUM", "DROP_IPV4_CHECKSUM"),
+                           ("DROP_TTL_EXPIRED", "DROP_TTL_EXPIRED"), ("DROP_ROUTE_DROP", "DROP_ROUTE_DROP"),
+                           ("MISS_FILTER_SIZE", "MISS_FILTER_SIZE")):
+        assert c[p4name] == getattr(model, pyname), p4name
+    assert model.stat_index(c["STAT_PORTS"] - 1, levels.LOWEST_LEVEL) == c["QUEUE_STATS_SIZE"] - 1
+    assert (c["ETHERTYPE_VLAN"], c["ETHERTYPE_QINQ"]) == model.ETH_VLAN_TPIDS
