@@ -77,19 +77,26 @@ def span(rows: list[list]) -> float:
 
 
 def write_levels(net: Network, sw: str, levels: dict[tuple[int, int], int], kind: str = "insert",
-                 election_id: int = 1) -> float:
-    """Insert/modify ``mfs_flow`` entries {(stage, flow_id): level} directly; returns the time the write returned."""
+                 election_id: int = 1, src: str = "h1") -> float:
+    """Insert/modify ``mfs_flow`` entries {(stage, flow_id): level} directly; returns the time the write returned.
+    A source-bound flow table (docs/p4-api.md revision 2) gets the sending host ``src``'s port and address."""
     from controller.p4rt.client import SwitchClient, update
     from mfs.p4info import P4Schema
 
     schema = P4Schema.load(DEFAULT_P4INFO)
+    bound = {}
+    fields = schema.table("MfsIngress.mfs_flow").fields
+    if "ingress_port" in fields:
+        bound["ingress_port"] = net.topo.next_port(sw, src)
+    if "src_addr" in fields:
+        bound["src_addr"] = net.ip(src)
 
     async def go():
         c = SwitchClient(net.grpc_addr(sw), net.topo.switches[sw].device_id, election_id=election_id)
         assert await c.open(), f"no primary session on {sw}"
         try:
             errs = await c.write([update(kind, schema.table_entry("MfsIngress.mfs_flow",
-                                                                  {"stage": st, "flow_id": fid},
+                                                                  {"stage": st, "flow_id": fid, **bound},
                                                                   "MfsIngress.set_level", {"level": lv}))
                                   for (st, fid), lv in levels.items()])
             assert not errs, errs
