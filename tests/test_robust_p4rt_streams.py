@@ -108,7 +108,7 @@ def test_primary_that_stops_reading_has_a_bounded_digest_queue(sw, monkeypatch):
     counted, the newest arrive once it reads again (item 9)."""
     monkeypatch.setattr(srv, "DIGEST_QUEUE", 50)
     # no BDP probing: gRPC's receive window stays small, so not reading really backs up the server
-    ch = grpc.insecure_channel(sw.address, options=[("grpc.http2.bdp_probe", 0)])
+    ch = grpc.insecure_channel(sw.address, options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)])
     stub = p4r_grpc.P4RuntimeStub(ch)
     out: list = []
     cv = threading.Condition()
@@ -184,6 +184,35 @@ def test_primary_that_stops_reading_has_a_bounded_digest_queue(sw, monkeypatch):
         c.close()
     finally:
         send(None)
+        call.cancel()
+        ch.close()
+
+
+def test_client_that_floods_and_never_reads_is_bounded(sw, monkeypatch):
+    """Every arbitration update is answered; for a client that sends them without reading the
+    answers at most CONTROL_QUEUE wait, and when it reads it learns its stream was closed."""
+    monkeypatch.setattr(srv, "CONTROL_QUEUE", 50)
+    # a 1 KiB receive window: the server can push only a few answers before its queue fills
+    ch = grpc.insecure_channel(sw.address, options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)])
+    arb = p4r.StreamMessageRequest()
+    arb.arbitration.device_id, arb.arbitration.election_id.low = 1, 1
+    call = p4r_grpc.P4RuntimeStub(ch).StreamChannel(iter([arb] * 5_000))
+    try:
+        import time
+        deadline = time.monotonic() + 20
+        while not any(c.overflowed for c in list(sw.service.streams)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (conn,) = sw.service.streams
+        assert conn.overflowed and len(conn._q) <= 51, len(conn._q)
+        with pytest.raises(grpc.RpcError) as e:
+            for _m in call:
+                pass
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+        assert "does not read" in e.value.details()
+        c = P4RTClient(sw.address, election_id=2)  # the switch still serves others
+        assert c.open().status.code == C.OK
+        c.close()
+    finally:
         call.cancel()
         ch.close()
 

@@ -45,7 +45,8 @@ Code = rpc_code.Code
 API_VERSION = "1.4.1"
 READ_BATCH = 1000  # entities per streamed ReadResponse
 DIGEST_QUEUE = 1024  # digest lists queued per stream (client not reading): beyond, the oldest is dropped
-CONTROL_QUEUE = 4096  # other messages queued per stream: beyond, the stream is closed (RESOURCE_EXHAUSTED)
+CONTROL_QUEUE = 4096  # other messages queued per stream: beyond, none is queued and the next one the
+#                      stream sends is RESOURCE_EXHAUSTED (the stream ends as soon as the client reads)
 MAX_UNACKED = 4096  # digest lists sent and not acknowledged: beyond, the oldest is forgotten
 ARBITRATION_TIMEOUT_S = 10.0  # a stream must arbitrate within this time
 
@@ -106,6 +107,7 @@ class Connection:
         self.election: tuple[int, int] | None = None  # None: no election id (a backup)
         self.arbitrated = False
         self.closed = False
+        self.overflowed = False  # CONTROL_QUEUE exceeded: nothing more is queued, the next message closes it
         self.digests_dropped = 0
         self.queue_max = 0  # most digest lists ever queued at once
         self._lock = threading.Lock()
@@ -124,12 +126,15 @@ class Connection:
         with self._lock:
             if self.closed:
                 return
-            if len(self._q) - self._ndig >= CONTROL_QUEUE and isinstance(msg, p4r.StreamMessageResponse):
-                msg = RpcAbort(Code.RESOURCE_EXHAUSTED, f"{CONTROL_QUEUE} stream messages queued: the client "
-                                                        f"does not read its stream")
-                self._q.clear()
-                self._ndig = 0
-            self._q.append(msg)
+            if self.overflowed:
+                return
+            overflow = len(self._q) - self._ndig >= CONTROL_QUEUE and isinstance(msg, p4r.StreamMessageResponse)
+            if overflow:
+                self.overflowed = True
+                self._q.appendleft(RpcAbort(Code.RESOURCE_EXHAUSTED, f"{CONTROL_QUEUE} stream messages queued: "
+                                                                     f"the client does not read its stream"))
+            else:
+                self._q.append(msg)
         self._notify()
 
     def send_digest(self, msg: p4r.StreamMessageResponse) -> p4r.DigestList | None:
