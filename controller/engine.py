@@ -650,20 +650,29 @@ class Engine:
     def on_miss(self, switch: str, miss: dict[str, int]) -> str:
         """An ``mfs_miss_t`` digest: a valid MFS packet whose flow has no entry on ``switch``.
 
-        Classified (returned, and counted as ``unknown_flows{switch,kind}``): ``known`` (the
-        controller has the flow: the packet raced its entry), ``foreign`` (no configured host
+        Classified and counted as ``unknown_flows{switch,kind}``: ``foreign`` (no configured host
         owns the flow id, or the packet's source address is not the owner's: a misbehaving or
-        spoofing sender; never installed), ``unreported`` (its owner did not report it). Each
-        unknown key is logged once. With ``unknown_flows.install`` an unreported flow gets an
-        entry at its stage default level, held like an adopted entry: its owner's flow_start
-        takes it over, flow_end, GC of the silent owner or the idle timeout remove it."""
+        spoofing sender; never installed), ``misplaced`` (the owner's packet arrived on another
+        port than its ``hosts[].port``: the config is wrong, the source-bound entry cannot
+        match), ``known`` (the controller has the flow: the packet raced its entry),
+        ``unreported`` (its owner did not report it). Each unknown key is logged once. With
+        ``unknown_flows.install`` an unreported flow gets an entry at its stage default level,
+        held like an adopted entry: its owner's flow_start takes it over, flow_end, the idle
+        timeout, or ``gc_timeout_s`` without a claim remove it.
+
+        Returns the kind, or ``installed`` for an unreported flow given an entry: the caller
+        clears the digest filter cell at once only for ``known`` and ``installed`` (the flow now
+        has its entry); the others stay silent until the periodic clear (so a flow that will
+        keep missing is reported once per ``unknown_flows.filter_clear_s``, not per packet)."""
         key = (miss["stage"], miss["flow_id"])
         owner = self.placement.owner(key[1])
-        src = miss.get("src_addr")
-        if key in self.desired:
-            kind = "known"
-        elif owner is None or (src is not None and src != int(ipaddress.IPv4Address(owner.address))):
+        src, port = miss.get("src_addr"), miss.get("ingress_port")
+        if owner is None or (src is not None and src != int(ipaddress.IPv4Address(owner.address))):
             kind = "foreign"
+        elif port is not None and owner.port is not None and owner.switch == switch and port != owner.port:
+            kind = "misplaced"
+        elif key in self.desired:
+            kind = "known"
         else:
             kind = "unreported"
         self.metrics.count("unknown_flows", switch=switch, kind=kind)
@@ -673,9 +682,10 @@ class Engine:
             self._misses_logged[key] = None
             while len(self._misses_logged) > MAX_PENDING_LEVELS_PER_HOST:
                 self._misses_logged.pop(next(iter(self._misses_logged)))
-            log.info("%s: %s flow %s (stage %d) from %s on port %s, request %s", switch, kind, key[1], key[0],
-                     ipaddress.IPv4Address(src) if src is not None else "?", miss.get("ingress_port", "?"),
-                     miss.get("request_id", "?"))
+            log.info("%s: %s flow %s (stage %d) from %s on port %s, request %s%s", switch, kind, key[1], key[0],
+                     ipaddress.IPv4Address(src) if src is not None else "?", "?" if port is None else port,
+                     miss.get("request_id", "?"),
+                     f" (hosts[{owner.name}].port is {owner.port})" if kind == "misplaced" else "")
         if kind == "unreported" and self.cfg.unknown_flows.install and key[0] in (1, 2, 3):
             lvl = self.stage_default_level(key[0])
             self.desired[key] = lvl
@@ -684,6 +694,7 @@ class Engine:
             self._dirty.add(key)
             self._wake.set()
             self.metrics.count("unknown_flows_installed", switch=switch)
+            return "installed"
         return kind
 
     def stage_default_level(self, stage: int) -> int:

@@ -125,7 +125,7 @@ class SwitchSupervisor:
                  on_load: Callable[[str, dict[int, list[float]]], None] | None = None,
                  owner: Callable[[int], HostConfig | None] | None = None,
                  on_idle: Callable[[str, FlowKey], None] | None = None,
-                 on_miss: Callable[[str, dict[str, int]], None] | None = None):
+                 on_miss: Callable[[str, dict[str, int]], str] | None = None):
         self.cfg, self.sw, self.desired, self.metrics = cfg, sw, desired, metrics
         self.schema = P4Schema.load(sw.p4info)  # per switch: v1model and Tofino P4Info differ in ids
         self.flow_table = self.schema.table(FLOW_TABLE)
@@ -378,8 +378,8 @@ class SwitchSupervisor:
 
     async def _on_digest(self, client: SwitchClient, dl: p4r.DigestList) -> None:
         """Unknown-flow digests (``mfs_miss_t``): each is handed to the engine (log, metric,
-        optional install at the stage default); then the switch's filter cells of the
-        digested flows are cleared, so a flow still unknown later is reported again."""
+        optional install at the stage default); then the filter cells of the flows that now
+        have their entry are cleared in one Write (the others wait for the periodic clear)."""
         self.metrics.count("flow_miss_digests", len(dl.data), switch=self.sw.name)
         names = self._miss_members()
         cells = set()
@@ -388,9 +388,8 @@ class SwitchSupervisor:
             miss = {n: int.from_bytes(v, "big") for n, v in zip(names, vals)}
             if "stage" not in miss or "flow_id" not in miss:
                 continue
-            if self.on_miss is not None:
-                self.on_miss(self.sw.name, miss)
-            if "filter_index" in miss:
+            kind = self.on_miss(self.sw.name, miss) if self.on_miss is not None else "known"
+            if "filter_index" in miss and kind in ("known", "installed"):
                 cells.add(miss["filter_index"])
         reg = self.miss_filter()
         if reg is not None and cells:

@@ -95,44 +95,63 @@ def test_without_install_unknown_flows_are_only_counted():
 
 
 def filter_p4info(path) -> str:
-    """The committed P4Info plus revision 2's digest filter: register MfsIngress.miss_filter
-    (bit<8>, 4096 cells) and the digest member filter_index:16."""
+    """The committed P4Info with revision 2's digest filter where it lacks it: register
+    MfsIngress.miss_filter (bit<8>, 4096 cells) and the digest member filter_index:16."""
     info = p4info_copy()
-    reg = info.registers.add()
-    reg.preamble.id, reg.preamble.name, reg.preamble.alias = 0x16000003, "MfsIngress.miss_filter", "miss_filter"
-    reg.type_spec.bitstring.bit.bitwidth = 8
-    reg.size = 4096
-    m = info.type_info.structs["mfs_miss_t"].members.add()
-    m.name = "filter_index"
-    m.type_spec.bitstring.bit.bitwidth = 16
+    if not any(r.preamble.name == "MfsIngress.miss_filter" for r in info.registers):
+        reg = info.registers.add()
+        reg.preamble.id, reg.preamble.name, reg.preamble.alias = 0x16000003, "MfsIngress.miss_filter", "miss_filter"
+        reg.type_spec.bitstring.bit.bitwidth = 8
+        reg.size = 4096
+    st = info.type_info.structs["mfs_miss_t"]
+    if not any(m.name == "filter_index" for m in st.members):
+        m = st.members.add()
+        m.name = "filter_index"
+        m.type_spec.bitstring.bit.bitwidth = 16
     return save_p4info(info, path)
 
 
 def test_digest_filter_cells_are_cleared(tmp_path):
+    """A cell is cleared at once only when its flow now has an entry (known, or installed on
+    the digest); a flow that will keep missing (foreign, misplaced) leaves its cell set until
+    the periodic clear: one digest per filter_clear_s, not one per packet."""
     p4 = filter_p4info(tmp_path / "filter.p4info.txtpb")
     with switches([p4]) as (h,):
         async def go():
-            data = config_data([h.address])
+            data = config_data([h.address], unknown_flows={"install": True})
             data["switches"][0]["p4info"] = p4
             c = await started(config_mod.parse(data, "filter.yaml"))
+            host = Host(c.api_port)
             try:
+                await host.register()
+                await host.report(host.start(6, stage=2))  # flow id base + 6 is known
+                base = host.reg.flow_id_base
                 sup = c.engine.supervisors["s1"]
                 reg = sup.miss_filter()
                 cells = h.switch.registers[reg.id]
-                for i in (5, 77, 4095):  # as the data plane sets them on misses
+                for i in (5, 9, 11, 77, 4095):  # as the data plane sets them on misses
                     cells[i] = 1
+                names = sup._miss_members()
                 dl = p4r.DigestList(digest_id=sup.schema.digest("mfs_miss_t").id, list_id=1)
-                for fid, idx in ((3, 5), (4, 77)):
+                for fid, src, port, idx in ((base + 3, 0x0A000001, 1, 5),  # unreported: installed
+                                            (base + 6, 0x0A000001, 1, 9),  # known
+                                            (base + 7, 0x0A000001, 2, 11),  # h1 is on port 1: misplaced
+                                            (base + 4, 0x0A000009, 1, 77)):  # not h1's address: foreign
+                    vals = {"stage": 2, "flow_id": fid, "request_id": 0, "src_addr": src, "ingress_port": port,
+                            "filter_index": idx}
+                    widths = {"stage": 8, "flow_id": 32, "request_id": 32, "src_addr": 32, "ingress_port": 9,
+                              "filter_index": 16}
                     d = dl.data.add()
-                    for v, w in ((2, 8), (fid, 32), (0, 32), (0x0A000001, 32), (1, 9), (idx, 16)):
-                        d.struct.members.add(bitstring=encode(v, w))
+                    for n in names:
+                        d.struct.members.add(bitstring=encode(vals[n], widths[n]))
                 await sup._on_digest(sup.client, dl)
-                assert (cells[5], cells[77], cells[4095]) == (0, 0, 1)  # the digested flows' cells only
-                assert kinds(c) == {"unreported": 2}
-                # the periodic clear catches a cell whose digest was lost
-                assert await sup.clear_miss_filter() == 1 and cells[4095] == 0
+                assert [cells[i] for i in (5, 9, 11, 77, 4095)] == [0, 0, 1, 1, 1]
+                assert kinds(c) == {"unreported": 1, "known": 1, "misplaced": 1, "foreign": 1}
+                # the periodic clear resets the rest (and a cell whose digest was lost)
+                assert await sup.clear_miss_filter() == 3 and not any(cells[i] for i in (11, 77, 4095))
                 assert await sup.clear_miss_filter() == 0
             finally:
+                await host.close()
                 await c.stop()
         run(go())
 
