@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,3 +49,16 @@ def test_preflight_table_names_each_need():
     assert r.returncode == 0, r.stderr
     assert "ping:    MISSING: `ping` is not installed" in r.stdout
     assert "netns:   MISSING:" in r.stdout and "tests marked `netns` will be skipped" in r.stdout
+
+
+@pytest.mark.netns
+def test_preflight_fails_naming_why_when_checksum_offload_stays_on(monkeypatch):
+    """A driver where turning the offload off has no effect: the preflight refuses with the reason
+    instead of building a network where no UDP datagram arrives (issue 10 item 4)."""
+    from topo import netns
+    # the "set" of tx checksum offload replaced by its "get": nothing is turned off
+    monkeypatch.setitem(netns._ETHTOOL, "tx", (netns._ETHTOOL["tx"][0], netns._ETHTOOL["tx"][0]))
+    monkeypatch.setattr(netns, "_preflight_ok", False)
+    why = netns.preflight()
+    assert why is not None and "checksum offload tx is still on" in why, why
+    assert not [ln for ln in netns.links() if ln.startswith(f"{netns.PREFIX}pf")], "probe veth left behind"

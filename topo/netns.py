@@ -56,16 +56,24 @@ def preflight() -> str | None:
     if r.returncode != 0:
         return f"`ip netns` does not work here: {r.stderr.strip()}"
     probe = f"{PREFIX}pf{os.getpid() % 100000}"
-    r = subprocess.run(["ip", "link", "add", probe, "type", "veth", "peer", "name", probe + "b"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"cannot create a veth pair: {r.stderr.strip() or r.stdout.strip()}"
-    try:
-        offloads_off(probe)
-    except NetError as e:
-        return str(e)
-    finally:
-        subprocess.run(["ip", "link", "del", probe], capture_output=True)
+    why = None
+    for _attempt in range(2):  # a concurrent `mfs-topo stop` may remove the probe under us: retry once
+        subprocess.run(["ip", "link", "del", probe], capture_output=True)  # a leftover of a killed run
+        r = subprocess.run(["ip", "link", "add", probe, "type", "veth", "peer", "name", probe + "b"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            why = f"cannot create a veth pair: {r.stderr.strip() or r.stdout.strip()}"
+            continue
+        try:
+            offloads_off(probe)
+            why = None
+            break
+        except NetError as e:
+            why = str(e)
+        finally:
+            subprocess.run(["ip", "link", "del", probe], capture_output=True)
+    if why:
+        return why
     _preflight_ok = True
     return None
 
