@@ -180,6 +180,11 @@ class Engine:
                                                          adopt=self.adopt, on_load=self.on_load,
                                                          owner=self.placement.owner, on_idle=self.on_idle,
                                                          on_miss=self.on_miss)
+        bound = [n for n, s in self.supervisors.items() if "src_addr" in s.flow_table.fields]
+        unplaced = [h.name for h in cfg.hosts if not h.switch or h.port is None]
+        if bound and unplaced:  # their entries carry port 0: they can never match
+            log.warning("switches %s bind flow entries to the sender's port, but hosts %s have no switch/port in "
+                        "the config: their flows will take the stage defaults", ", ".join(bound), ", ".join(unplaced))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:

@@ -115,3 +115,18 @@ def test_auto_placement_is_edge_only_where_every_switch_trusts_dscp(tmp_path):
 def plain_path():
     from mfs.p4info import DEFAULT_P4INFO
     return DEFAULT_P4INFO
+
+
+def test_hosts_without_a_port_are_named_when_entries_are_source_bound(tmp_path, caplog):
+    from controller.engine import Engine
+    data = config_data(["127.0.0.1:1"])
+    data["switches"][0]["p4info"] = rev2_p4info(tmp_path / "rev2.p4info.txtpb")
+    data["hosts"].append({"name": "h3", "address": "10.0.0.3", "token": "token-of-h3"})
+    with caplog.at_level("WARNING", logger="mfs.engine"):
+        Engine(config_mod.parse(data, "c.yaml"))
+    assert any("h3" in r.getMessage() and "no switch/port" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    data["hosts"].pop()
+    with caplog.at_level("WARNING", logger="mfs.engine"):
+        Engine(config_mod.parse(data, "c.yaml"))
+    assert not [r for r in caplog.records if "no switch/port" in r.getMessage()]
