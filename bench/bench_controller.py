@@ -13,14 +13,13 @@ in the same run. Goal: p99 beside the hostile host <= 2x alone.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import grpc
 import numpy as np
 
 from controller import config as config_mod
-from controller.hostile import legit, spawn
+from controller.hostile import result, spawn
 from controller.main import Controller
 from controller.testing import LiveController, TargetUnavailable, config_data, free_port, open_target
 from mfs.proto import report_pb2 as pb
@@ -45,12 +44,14 @@ def _legit_vs_hostile(address: str) -> dict:
     target = f"127.0.0.1:{api}"
     out = {}
     try:
-        alone = asyncio.run(legit(target, "h1", "token-of-h1", "10.0.0.1", HOSTILE_S))
-        proc = spawn(target, HOSTILE_S + 2)
+        def legit_host() -> dict:  # its own process, as the hostile one (no shared GIL with the controller)
+            return result(spawn(target, HOSTILE_S, "h1", "token-of-h1", "10.0.0.1", role="legit"))
+        alone = legit_host()
+        proc = spawn(target, HOSTILE_S + 3)
         try:
             time.sleep(1.0)  # the attack under way
-            beside = asyncio.run(legit(target, "h1", "token-of-h1", "10.0.0.1", HOSTILE_S))
-            attack, _ = proc.communicate(timeout=120)
+            beside = legit_host()
+            attack = result(proc)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -59,7 +60,7 @@ def _legit_vs_hostile(address: str) -> dict:
             arr = np.asarray(r["latency"]) * 1e3
             out[name] = {"n": arr.size, "p50": float(np.quantile(arr, 0.5)), "p99": float(np.quantile(arr, 0.99)),
                          "rejected": len(r["rejected"])}
-        out["attack"] = json.loads(attack.strip().splitlines()[-1]) if attack.strip() else {}
+        out["attack"] = attack
     finally:
         lc.stop()
     return out

@@ -5,8 +5,9 @@ issue: floods of ``request_start`` + ``batch`` events in maximal batches (beyond
 limit), re-registering to refill its bucket, filling the flow table, layer state for
 requests never started, replaying the legitimate host's request ids (start with a past
 deadline, layer boundaries, end), events on the other host's flow ids, garbage bytes,
-and idle TCP connections. Run it as its own process (``python -m controller.hostile``) so
-its client work does not share the controller's interpreter.
+and idle TCP connections. Run each host as its own process (``python -m controller.hostile
+--role hostile|legit``, :func:`spawn`) so its client work does not share the controller's
+interpreter (its GIL) — as real hosts do not.
 
 The legitimate host reports a steady stream of small batches (flow starts, progress,
 layer boundaries, flow ends of its own requests) and measures each Report's latency: the
@@ -81,7 +82,7 @@ async def hostile(target: str, host: str, token: str, address: str, duration: fl
         while time.monotonic() < end:
             i += 1
             now = time.time()
-            k = 4 if i % 50 == 0 else (0, 1, 2, 3, 5)[i % 5]
+            k = 4 if i % 50 == 0 else (0, 1, 2, 3, 5)[(i - 1) % 5]  # the flood first
             if k == 0:  # the freeze of item 1: many request_start + batch events in maximal batches
                 evs = []
                 for _ in range(2500):
@@ -175,12 +176,21 @@ async def legit(target: str, host: str, token: str, address: str, duration: floa
 
 
 def spawn(target: str, duration: float, host: str = "h2", token: str = "token-of-h2", address: str = "10.0.0.2",
-          victim_base: int = 0) -> subprocess.Popen:
-    """The hostile host as its own process (defaults: host h2 of controller.testing.config_data);
-    its last stdout line is the JSON of :func:`hostile`'s counts."""
-    return subprocess.Popen([sys.executable, "-m", "controller.hostile", "--target", target, "--host", host,
-                             "--token", token, "--address", address, "--duration", str(duration),
+          victim_base: int = 0, role: str = "hostile") -> subprocess.Popen:
+    """A host as its own process (defaults: the hostile one, host h2 of controller.testing.config_data);
+    its last stdout line is the JSON of :func:`hostile`'s counts, or of :func:`legit`'s result
+    (``role="legit"``; ``live`` as a list of [stage, flow id])."""
+    return subprocess.Popen([sys.executable, "-m", "controller.hostile", "--role", role, "--target", target,
+                             "--host", host, "--token", token, "--address", address, "--duration", str(duration),
                              "--victim-base", str(victim_base)], stdout=subprocess.PIPE, text=True)
+
+
+def result(proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """The JSON a spawned host printed last (it is waited for)."""
+    out, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0 or not out.strip():
+        raise RuntimeError(f"host process exited with {proc.returncode} and printed {out[-500:]!r}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,8 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", required=True)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--victim-base", type=int, default=0, help="flow-id base of the host it attacks")
+    ap.add_argument("--role", choices=("hostile", "legit"), default="hostile")
     a = ap.parse_args(argv)
-    print(json.dumps(asyncio.run(hostile(a.target, a.host, a.token, a.address, a.duration, a.victim_base))))
+    if a.role == "legit":
+        r = asyncio.run(legit(a.target, a.host, a.token, a.address, a.duration))
+        r["live"] = sorted(r["live"])
+    else:
+        r = asyncio.run(hostile(a.target, a.host, a.token, a.address, a.duration, a.victim_base))
+    print(json.dumps(r))
     return 0
 
 

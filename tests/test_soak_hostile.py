@@ -7,19 +7,17 @@ every one of its live flows has its entry on the switch at the level the control
 
 from __future__ import annotations
 
-import asyncio
-import json
 
 import numpy as np
 import pytest
 
 from controller import config as config_mod
-from controller.hostile import legit, spawn
+from controller.hostile import result, spawn
 from controller.testing import LiveController, TargetUnavailable, config_data, free_port, open_target
 from tests.test_hostapi_agent import wait
 
 DURATION_S = 15.0
-P99_BOUND_S = 2.0  # alone it is a few ms; the point is "never frozen", not a speed figure (see make bench)
+P99_BOUND_S = 5.0  # alone it is a few ms; the point is "never frozen" (a freeze was 60 s), not a speed figure (make bench)
 
 
 @pytest.mark.slow  # ~35 s: in `make test`, not in `make test-unit`
@@ -36,7 +34,8 @@ def test_hostile_host_beside_a_legitimate_one():
     victim_base = 0  # h1 is host 0
     proc = spawn(target, DURATION_S + 5, victim_base=victim_base)
     try:
-        r = asyncio.run(legit(target, "h1", "token-of-h1", "10.0.0.1", DURATION_S))
+        r = result(spawn(target, DURATION_S, "h1", "token-of-h1", "10.0.0.1", role="legit"))
+        r["live"] = {tuple(x) for x in r["live"]}
         eng = lc.c.engine
 
         def mine():
@@ -48,9 +47,7 @@ def test_hostile_host_beside_a_legitimate_one():
         wait(lambda: all(lvl is not None and lvl == inst for lvl, inst in mine().values()),
              what=f"the legitimate host's entries installed: {mine()}")
         assert eng.live_flows.get("h2", 0) <= cfg.limits.max_flows_per_host
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0
-        attack = json.loads(out.strip().splitlines()[-1])
+        attack = result(proc, 60)
         lat = np.asarray(r["latency"])
         p50, p99 = np.quantile(lat, 0.5), np.quantile(lat, 0.99)
         print(f"legitimate host: {lat.size} reports, p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms; "
@@ -58,8 +55,9 @@ def test_hostile_host_beside_a_legitimate_one():
         assert not r["rejected"], r["rejected"][:5]
         assert p99 < P99_BOUND_S, (p50, p99)
         # the attack was really made, and refused as documented
-        assert attack.get("report_RESOURCE_EXHAUSTED", 0) > 0 and attack.get("events_rejected", 0) > 0
-        assert attack.get("garbage_INVALID_ARGUMENT", 0) > 0
+        assert attack.get("report_RESOURCE_EXHAUSTED", 0) > 0 and attack.get("garbage_INVALID_ARGUMENT", 0) > 0
+        refused = lc.c.metrics.by_label("rejected_reports", "reason")
+        assert refused.get("flood", 0) + refused.get("queue_full", 0) > 0 and refused.get("decode", 0) > 0, refused
     finally:
         if proc.poll() is None:
             proc.kill()
