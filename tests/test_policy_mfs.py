@@ -81,8 +81,8 @@ def test_layer_boundary_does_not_scan_other_requests(monkeypatch):
     for i in range(50):
         pol.flow_start(0, kv(i, 3, rid=i))
     seen = []
-    orig = pol._recheck
-    monkeypatch.setattr(pol, "_recheck", lambda now, st, ch: (seen.append(st.info.flow_id), orig(now, st, ch)))
+    orig = pol._early_level
+    monkeypatch.setattr(pol, "_early_level", lambda st: (seen.append(st.info.flow_id), orig(st))[1])
     pol.layer_boundary(1, 7, 1)
     assert seen == [7]
 

@@ -172,9 +172,16 @@ class BasePolicy:
             raise ValueError(f"link_load rho={rho!r} for link {link!r} must be a number in [0, 1]")
         self._rho[link] = float(rho)
 
-    def tick(self, now: float) -> Changes:
+    def tick(self, now: float, budget: int | None = None) -> Changes:
+        """Periodic re-check. ``budget`` bounds the work of one call where the policy's re-check
+        can grow with the number of flows (MFS: flow groups, the rest carried to the next calls;
+        see ``pending_work``); policies whose tick is cheap ignore it."""
         self._now = now
         return {}
+
+    def pending_work(self) -> int:
+        """Work units a budgeted ``tick`` left for the next calls (0 = none)."""
+        return 0
 
     # --- queries --------------------------------------------------------------
     def level(self, flow_id: int) -> float:
@@ -237,8 +244,13 @@ def _check_flow(f: FlowInfo) -> None:
 def _check_request(r: RequestInfo) -> None:
     if not isinstance(r, RequestInfo):
         raise TypeError(f"request_start expects a RequestInfo, got {type(r).__name__}")
-    if not isinstance(r.deadline, (int, float)) or math.isnan(r.deadline):
-        raise ValueError(f"request {r.request_id}: deadline={r.deadline!r} must be a number")
+    if isinstance(r.deadline, bool) or not isinstance(r.deadline, (int, float)) or not math.isfinite(r.deadline):
+        raise ValueError(f"request {r.request_id}: deadline={r.deadline!r} must be a finite number")
+    if isinstance(r.remaining_compute, bool) or not isinstance(r.remaining_compute, (int, float)) \
+            or not math.isfinite(r.remaining_compute):
+        raise ValueError(f"request {r.request_id}: remaining_compute={r.remaining_compute!r} must be a finite number")
+    if isinstance(r.remaining_bytes, bool) or not isinstance(r.remaining_bytes, int):
+        raise ValueError(f"request {r.request_id}: remaining_bytes={r.remaining_bytes!r} must be an integer")
     if isinstance(r.num_layers, bool) or not isinstance(r.num_layers, int) or r.num_layers < 1:
         raise ValueError(f"request {r.request_id}: num_layers={r.num_layers!r} must be an integer >= 1")
     if r.remaining_compute < 0 or r.remaining_bytes < 0:

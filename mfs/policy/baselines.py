@@ -96,7 +96,7 @@ class EdfPolicy(BasePolicy):
     def _on_flow_removed(self, st: FlowState) -> None:
         self._explicit.discard(st.info.flow_id)
 
-    def tick(self, now: float) -> Changes:
+    def tick(self, now: float, budget: int | None = None) -> Changes:
         self._now = now
         changes: Changes = {}
         if self.ideal or now - self._last_tick < self.cfg.recheck_interval_s:
@@ -134,7 +134,7 @@ class KarunaPolicy(BasePolicy):
     def _on_flow_removed(self, st: FlowState) -> None:
         self._deadline_flows.discard(st.info.flow_id)
 
-    def tick(self, now: float) -> Changes:
+    def tick(self, now: float, budget: int | None = None) -> Changes:
         self._now = now
         changes: Changes = {}
         expired = [f for f in self._deadline_flows if self.deadline_of(self._flows[f].info) <= now]
