@@ -44,6 +44,8 @@ ROUND_EVENTS = 256
 # stops after the event that crosses the budget, so a host's expensive events delay the others
 # by one budget, not by the whole of them)
 ROUND_BUDGET_S = 0.02
+# flow groups the policy's periodic re-check may visit per round (mfs.policy tick budget)
+TICK_BUDGET = 64
 ROUND_PAUSE_MIN_S = 0.001  # after a round longer than this, the event loop gets half its time
 ROUND_PAUSE_MAX_S = 0.01  # ... up to this long
 # the controller-alive clock (Engine.alive_now) counts at most this much of any gap between two
@@ -295,9 +297,14 @@ class Engine:
                         break
             if any(self.queues.values()):
                 self._wake.set()  # more next round
-            if now - self._last_tick >= max(0.001, self.cfg.policy.recheck_interval_s):
-                self._last_tick = now
-                changes.update(self.policy.tick(now))
+            pending = self.policy.pending_work()
+            if pending or now - self._last_tick >= max(0.001, self.cfg.policy.recheck_interval_s):
+                if not pending:
+                    self._last_tick = now
+                # a pass over many flow groups is spread over rounds (the policy carries the rest)
+                changes.update(self.policy.tick(now, budget=TICK_BUDGET))
+                if self.policy.pending_work():
+                    self._wake.set()
             keys = self._commit(changes) | self._dirty
             self._dirty = set()
             if keys:

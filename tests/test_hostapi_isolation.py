@@ -235,3 +235,47 @@ def test_no_host_is_silent_for_a_period_the_controller_was_not_running(monkeypat
             assert e.c.metrics.total("gc_entries") == 0
             assert e.c.metrics.total("controller_stalls") >= 1
     run(go())
+
+
+def test_the_policy_recheck_is_spread_over_rounds(monkeypatch):
+    """20k Stage-3 flows under prefill-done requests made every policy tick re-check them all
+    in one round (another host's report p50 4 -> 252 ms). The engine gives the policy's tick a
+    budget of flow groups per round (mfs.policy ``tick(now, budget)``); the rest of a pass
+    follows in the next rounds."""
+    from controller import engine as engine_mod
+    monkeypatch.setattr(engine_mod, "TICK_BUDGET", 10)
+
+    async def go():
+        async with Env(policy={"scheduler": "mfs", "K": 8, "bandwidth_bps": 1e9, "recheck_interval_s": 0.05},
+                       limits={"max_flows_per_host": 500}) as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            pol = e.c.engine.policy
+            calls: list[tuple] = []
+            real = pol.tick
+
+            def tick(now, budget=None):
+                before = pol.pending_work()
+                out = real(now, budget=budget)
+                calls.append((budget, before, pol.pending_work()))
+                return out
+            monkeypatch.setattr(pol, "tick", tick)
+            evs = []
+            for i in range(200):
+                evs += [ev(len(evs) + 1, request_start=req(i, layers=4, deadline_in=60)),
+                        ev(len(evs) + 2, flow_start=fs(r2.flow_id_base + i, stage=3, request_id=i, target_layer=0,
+                                                       size_bytes=1_000_000, deadline=time.time() + 60))]
+            evs += [ev(401 + i, layer=pb.LayerBoundary(request_id=i, current_layer=4, prefill_done=True))
+                    for i in range(200)]
+            assert not (await e.report(r2, evs)).rejected
+            t0 = time.monotonic()
+            while not any(before >= 150 for _, before, _ in calls) and time.monotonic() - t0 < 10:
+                await e.report(r1, [])
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)  # the pass completes over the next rounds
+            passes = [c for c in calls if c[1] or c[2]]
+            assert passes, calls[:10]
+            assert all(b == 10 for b, _, _ in calls)
+            assert max(after for _, _, after in passes) >= 150  # one pass: 200 groups, 10 per round
+            assert all(before - after <= 10 for _, before, after in passes if before)
+            assert calls[-1][2] == 0 or any(after == 0 for _, _, after in passes)
+    run(go())
