@@ -21,7 +21,7 @@ import numpy as np
 from controller import config as config_mod
 from controller.hostile import result, spawn
 from controller.main import Controller
-from controller.testing import LiveController, TargetUnavailable, config_data, free_port, open_target
+from controller.testing import TargetUnavailable, config_data, open_target
 from mfs.proto import report_pb2 as pb
 from mfs.proto import report_pb2_grpc as pbg
 
@@ -37,33 +37,39 @@ GOAL_HOSTILE_RATIO = 2.0
 
 
 def _legit_vs_hostile(address: str) -> dict:
-    """The legitimate host's Report latency (report->installed) alone, then beside a hostile host."""
-    api = free_port()
-    cfg = config_mod.parse(config_data([address], api={"listen": f"127.0.0.1:{api}"}), "bench-hostile")
-    lc = LiveController(cfg)
-    target = f"127.0.0.1:{api}"
-    out = {}
-    try:
-        def legit_host() -> dict:  # its own process, as the hostile one (no shared GIL with the controller)
-            return result(spawn(target, HOSTILE_S, "h1", "token-of-h1", "10.0.0.1", role="legit"))
-        alone = legit_host()
-        proc = spawn(target, HOSTILE_S + 3)
+    """The legitimate host's Report latency (report->installed) alone, then beside a hostile host.
+    Both hosts are processes of their own; this one runs only the controller."""
+    cfg = config_mod.parse(config_data([address], api={"listen": "127.0.0.1:0"}), "bench-hostile")
+
+    async def go() -> dict:
+        c = Controller(cfg)
+        await c.start(admin="")
+        loop = asyncio.get_running_loop()
         try:
-            time.sleep(1.0)  # the attack under way
-            beside = legit_host()
-            attack = result(proc)
+            await c.engine.wait_ready(20)
+            target = f"127.0.0.1:{c.api_port}"
+
+            def legit_host(first: int) -> dict:
+                return result(spawn(target, HOSTILE_S, "h1", "token-of-h1", "10.0.0.1", role="legit", first=first))
+            alone = await loop.run_in_executor(None, legit_host, 0)
+            proc = spawn(target, HOSTILE_S + 3)
+            try:
+                await asyncio.sleep(1.0)  # the attack under way
+                beside = await loop.run_in_executor(None, legit_host, 100_000)
+                attack = await loop.run_in_executor(None, result, proc)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            await c.stop()
+        out: dict = {"attack": attack}
         for name, r in (("alone", alone), ("hostile", beside)):
             arr = np.asarray(r["latency"]) * 1e3
             out[name] = {"n": arr.size, "p50": float(np.quantile(arr, 0.5)), "p99": float(np.quantile(arr, 0.99)),
                          "rejected": len(r["rejected"])}
-        out["attack"] = attack
-    finally:
-        lc.stop()
-    return out
+        return out
+    return asyncio.run(go())
 
 
 async def _measure(address: str) -> dict:

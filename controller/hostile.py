@@ -133,10 +133,12 @@ async def hostile(target: str, host: str, token: str, address: str, duration: fl
 
 
 async def legit(target: str, host: str, token: str, address: str, duration: float, keep: int = 40,
-                period: float = 0.01) -> dict:
+                period: float = 0.01, first: int = 0) -> dict:
     """Report like a serving host for ``duration`` seconds: per request a Stage-3 push and a
     Stage-1 fetch, a layer boundary, progress, and the ends — ``keep`` flows stay live at the
-    end. Returns the Report latencies (s), the live flows {(stage, flow id)}, and rejections."""
+    end. Request ids count from ``first``, flow ids from its base + 2 * ``first`` (a second run
+    of the same host must not reuse the first run's live ids). Returns the Report latencies (s),
+    the live flows {(stage, flow id)}, and rejections."""
     lat: list[float] = []
     rejected: list[str] = []
     live: dict[int, int] = {}  # flow id -> stage
@@ -146,10 +148,10 @@ async def legit(target: str, host: str, token: str, address: str, duration: floa
         seq = _Seq(reg.last_seq)
         base = reg.flow_id_base
         end = time.monotonic() + duration
-        r = 0
+        r = first
         while time.monotonic() < end or len(live) < keep:
             now = time.time()
-            f3, f1 = base + 2 * (r % 10_000), base + 2 * (r % 10_000) + 1
+            f3, f1 = base + 2 * (r % 200_000), base + 2 * (r % 200_000) + 1
             batches = [[seq.ev(request_start=pb.RequestStart(request_id=r, batch_id=r, deadline=now + 5, arrival=now,
                                                              num_layers=32, remaining_compute=0.2)),
                         seq.ev(flow_start=pb.FlowStart(flow_id=f3, stage=3, request_id=r, size_bytes=4_000_000,
@@ -176,13 +178,14 @@ async def legit(target: str, host: str, token: str, address: str, duration: floa
 
 
 def spawn(target: str, duration: float, host: str = "h2", token: str = "token-of-h2", address: str = "10.0.0.2",
-          victim_base: int = 0, role: str = "hostile") -> subprocess.Popen:
+          victim_base: int = 0, role: str = "hostile", first: int = 0) -> subprocess.Popen:
     """A host as its own process (defaults: the hostile one, host h2 of controller.testing.config_data);
     its last stdout line is the JSON of :func:`hostile`'s counts, or of :func:`legit`'s result
     (``role="legit"``; ``live`` as a list of [stage, flow id])."""
     return subprocess.Popen([sys.executable, "-m", "controller.hostile", "--role", role, "--target", target,
                              "--host", host, "--token", token, "--address", address, "--duration", str(duration),
-                             "--victim-base", str(victim_base)], stdout=subprocess.PIPE, text=True)
+                             "--victim-base", str(victim_base), "--first", str(first)],
+                            stdout=subprocess.PIPE, text=True)
 
 
 def result(proc: subprocess.Popen, timeout: float = 120) -> dict:
@@ -202,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--victim-base", type=int, default=0, help="flow-id base of the host it attacks")
     ap.add_argument("--role", choices=("hostile", "legit"), default="hostile")
+    ap.add_argument("--first", type=int, default=0, help="legit: first request id (flow ids from base + 2x)")
     a = ap.parse_args(argv)
     if a.role == "legit":
-        r = asyncio.run(legit(a.target, a.host, a.token, a.address, a.duration))
+        r = asyncio.run(legit(a.target, a.host, a.token, a.address, a.duration, first=a.first))
         r["live"] = sorted(r["live"])
     else:
         r = asyncio.run(hostile(a.target, a.host, a.token, a.address, a.duration, a.victim_base))
