@@ -319,10 +319,14 @@ class Driver:
 
     def _fail(self, what: str, e: BaseException) -> None:
         msg = f"{what}: {type(e).__name__}: {e}"
-        log.error(msg, exc_info=e)
         with self.done_cv:
+            first = not self.errors
             self.errors.append(msg)
             self.done_cv.notify_all()
+        if first:  # the cause; what fails after it (every pending transfer of a broken connection) is its echo
+            log.error(msg, exc_info=e)
+        else:
+            log.debug(msg)
 
     # ---- arrival ------------------------------------------------------------
     def arrive(self, r: Request, index: int) -> None:

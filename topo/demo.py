@@ -141,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
                     help="max seconds to wait for the last request after the last arrival (default %(default)s)")
     ap.add_argument("--instance-size", type=int, default=2,
                     help="hosts per serving instance, prefill and decode (Stage-2 peers; default %(default)s)")
-    ap.add_argument("--retries", type=int, default=2,
+    ap.add_argument("--retries", type=int, default=4,
                     help="rebuild a policy's cluster and replay again this many times when a replay fails (its "
                          "cluster torn down from outside, or a host agent's control connection failing; "
                          "default %(default)s)")

@@ -89,6 +89,7 @@ class Comparison:
     simulated: S.PairedDiff | None
     stage2: S.PairedDiff  # paired Stage-2 CCT difference (emulated)
     seeds_rel: list[float] = field(default_factory=list)
+    note: str = ""  # what the emulation does not enforce of this baseline (printed with the line)
 
     @property
     def significant(self) -> bool:
@@ -122,13 +123,24 @@ class Comparison:
                 txt += " [DISAGREE beyond the interval, docs/demo.md]"
         if not self.significant:
             txt += " -- not significant (the interval includes 0)"
+        if self.note:
+            txt += f"\n    note: {self.note}"
         return txt
 
     def as_dict(self) -> dict:
         return {"baseline": self.baseline, "emulated_ttft": self.emulated.as_dict(),
                 "simulated_ttft": self.simulated.as_dict() if self.simulated else None,
-                "emulated_stage2": self.stage2.as_dict(), "per_seed_rel": self.seeds_rel,
+                "emulated_stage2": self.stage2.as_dict(), "per_seed_rel": self.seeds_rel, "note": self.note,
                 "significant": self.significant, "agreement": self.agreement()}
+
+
+def paces(policy: str) -> bool:
+    """Does the policy library's ``policy`` cap flow rates (``rate_limit``), which the emulated data path
+    (levels only: switch queues, host send queues) does not enforce?"""
+    from mfs.policy import POLICIES
+    from mfs.policy.base import BasePolicy
+    cls = POLICIES.get(policy)
+    return cls is not None and getattr(cls, "rate_limit", None) is not BasePolicy.rate_limit
 
 
 def compare(emu_runs, sim_runs=None) -> list[Comparison]:
@@ -140,8 +152,11 @@ def compare(emu_runs, sim_runs=None) -> list[Comparison]:
         if b == TREATMENT:
             continue
         s = paired(sim[TREATMENT], sim[b]) if TREATMENT in sim and b in sim else None
+        note = (f"{b} paces flows to rates (rate_limit) in the simulator; the emulated data path enforces "
+                f"levels only, so the emulated {b} is its priorities without its pacing (docs/demo.md)"
+                if paces(b) else "")
         out.append(Comparison(b, paired(emu[TREATMENT], emu[b]), s, paired(emu[TREATMENT], emu[b], "stage2_cct"),
-                              per_seed_rel(emu[TREATMENT], emu[b])))
+                              per_seed_rel(emu[TREATMENT], emu[b]), note))
     return out
 
 
@@ -206,7 +221,7 @@ def plot(emu_runs, sim_runs, path, title: str = "") -> object:
     names = list(emu)
     colors = {n: ("tab:red" if n == TREATMENT else c) for n, c in
               zip(names, ["tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:gray", "tab:olive"])}
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4.0))
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4.0))
     # 1) TTFT CDF with the DKW 95 % band
     for n in names:
         xs = sorted(q.ttft * 1e3 for q in records(emu[n]) if math.isfinite(q.ttft))
@@ -232,13 +247,33 @@ def plot(emu_runs, sim_runs, path, title: str = "") -> object:
             if n in sim:
                 sv = S.mean_ci([getattr(q, key) for q in records(sim[n])]).value
                 a.plot(i, sv * 1e3, marker="D", color="black", ms=7, mfc="white",
-                       label="simulator" if i == 0 else None)
+                       label="simulator" if not a.get_legend_handles_labels()[0] else None)
         a.set_xticks(range(len(names)), names)
         a.set_ylabel(ylabel)
         a.set_title(ylabel.split(" (")[0] + ": emulated, 95% CI")
         a.grid(alpha=0.3, axis="y")
-        if sim:
+        if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=8)
+    # 4) the headline: paired per-request difference MFS - baseline, emulated (95 % CI) vs simulated
+    a = ax[3]
+    comps = compare(emu_runs, sim_runs)
+    for i, c in enumerate(comps):
+        e = c.emulated.rel
+        if not math.isfinite(e.value):
+            continue
+        a.bar(i, e.value * 100, color=colors.get(c.baseline, "gray"), alpha=0.8)
+        a.errorbar(i, e.value * 100, yerr=[[(e.value - e.lo) * 100], [(e.hi - e.value) * 100]], color="black",
+                   capsize=5)
+        if c.simulated is not None:
+            a.plot(i, c.simulated.rel.value * 100, marker="D", color="black", ms=7, mfc="white",
+                   label="simulator" if not a.get_legend_handles_labels()[0] else None)
+    a.axhline(0, color="black", lw=0.8)
+    a.set_xticks(range(len(comps)), [f"vs {c.baseline}" for c in comps])
+    a.set_ylabel(f"{TREATMENT} - baseline, mean TTFT (%)")
+    a.set_title("paired per-request difference, 95% CI")
+    a.grid(alpha=0.3, axis="y")
+    if a.get_legend_handles_labels()[0]:
+        a.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
