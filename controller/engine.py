@@ -761,7 +761,10 @@ class Engine:
             self._end_flow(now, rec)
             n += 1
         for req in [r for r in self.requests.values()
-                    if r.owner in silent or (r.info is None and not r.flows and alive - r.since > timeout)]:
+                    if (r.owner in silent and (r.info is not None or r.layer is not None or not r.flows))
+                    or (r.info is None and not r.flows and alive - r.since > timeout)]:
+            # (a request of a silent host that other hosts' live flows still name stays as a bare
+            # placeholder for them, without layer state: it goes when they end)
             if req.info is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self.policy.request_end(now, req.iid)

@@ -152,16 +152,25 @@ def test_gc_frees_requests_and_layer_state_of_silent_hosts():
                                       ev(3, layer=pb.LayerBoundary(request_id=77, current_layer=2)),
                                       ev(4, flow_start=fs(r1.flow_id_base + 1, request_id=1))])
             assert not ack.rejected
-            await e.report(r2, [ev(1, request_start=req(1))])
+            await e.report(r1, [ev(5, request_start=req(3, peers=["h2"]))])
+            await e.report(r2, [ev(1, request_start=req(1)),
+                                ev(2, flow_start=fs(r2.flow_id_base + 1, stage=3, request_id=3, size_bytes=10**6))])
             pol = e.c.engine.policy
-            assert len(pol._requests) == 3 and len(pol._req_layer) == 4
+            assert len(pol._requests) == 4 and len(pol._req_layer) == 5
             for _ in range(10):  # h2 keeps reporting, h1 is silent
                 await e.report(r2, [])
                 await asyncio.sleep(0.2)
             eng = e.c.engine
-            assert [k for k in eng.requests if k[0] == "h1"] == [] and not eng.flows
+            # h1's requests and layer state are gone; h2's flow on h1's request 3 lives on
+            assert [k for k, r in eng.requests.items() if k[0] == "h1" and (r.info or r.layer)] == []
+            assert list(eng.flows) == [r2.flow_id_base + 1]
             assert len(pol._requests) == 1 and len(pol._req_layer) == 1  # h2's only
             assert eng.live_requests["h1"] == 0 and eng.placeholders["h1"] == 0 and eng.live_flows["h1"] == 0
+            n = e.c.metrics.total("gc_requests")
+            for _ in range(4):  # later GC passes find nothing more to free
+                await e.report(r2, [])
+                await asyncio.sleep(0.2)
+            assert e.c.metrics.total("gc_requests") == n
     run(go())
 
 
