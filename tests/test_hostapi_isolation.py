@@ -288,3 +288,19 @@ def test_the_policy_recheck_is_spread_over_rounds(monkeypatch):
             assert all(before - after <= 10 for _, before, after in passes if before)
             assert calls[-1][2] == 0 or any(after == 0 for _, _, after in passes)
     run(go())
+
+
+def test_a_hosts_concurrent_batches_are_applied_in_arrival_order():
+    """A big batch's checks yield to the event loop; the host's next batch, sent while they run,
+    must still be applied after it (per-host order): here it ends a flow the big batch starts."""
+    async def go():
+        async with Env(limits={"max_flows_per_host": 5000}) as e:
+            r1 = await e.register()
+            big = [ev(i + 1, flow_start=fs(r1.flow_id_base + i)) for i in range(4000)]
+            first = asyncio.ensure_future(e.report(r1, big))
+            await asyncio.sleep(0)  # the big batch is on its way first
+            second = asyncio.ensure_future(e.report(r1, [ev(4001, flow_end=pb.FlowEnd(flow_id=r1.flow_id_base))]))
+            a, b = await first, await second
+            assert not a.rejected and not b.rejected, b.rejected
+            assert r1.flow_id_base not in e.c.engine.flows and len(e.c.engine.flows) == 3999
+    run(go())
