@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mfs.p4info import P4Schema, bmv2_json_mismatch
 from mfs.tools import find_tool, missing_reason
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +133,9 @@ class Bmv2Target(_ProcessTarget):
             raise TargetUnavailable(missing_reason("simple_switch_grpc"))
         if not BMV2_JSON.exists():
             raise TargetUnavailable(f"{BMV2_JSON.relative_to(ROOT)} is not built (run `make p4`; needs p4c)")
+        stale = bmv2_json_mismatch(BMV2_JSON, P4Schema.load())
+        if stale:
+            raise TargetUnavailable(f"{stale}; needs p4c")
         if table_sizes:
             raise TargetUnavailable("bmv2 table sizes are fixed by the compiled P4 program")
         self.exe = exe

@@ -364,3 +364,27 @@ def _pair(value, _unused, what: str, shape: str):
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return value[0], value[1]
     raise P4InfoError(f"{what}: expected {shape}, got {value!r}")
+
+
+def bmv2_json_mismatch(json_path: str | Path, schema: "P4Schema") -> str | None:
+    """Why a bmv2 JSON was not compiled from the program this P4Info describes (a table,
+    counter or register missing, or a table with other keys), or None. The two are committed
+    side by side (p4src/build); they disagree when one was regenerated without the other."""
+    import json
+
+    prog = json.loads(Path(json_path).read_text())
+    tables = {t["name"]: t for p in prog.get("pipelines", []) for t in p.get("tables", [])}
+    have = {"counter": {c["name"] for c in prog.get("counter_arrays", [])},
+            "register": {r["name"] for r in prog.get("register_arrays", [])}}
+    for t in schema.tables.values():
+        jt = tables.get(t.name)
+        if jt is None:
+            return f"{Path(json_path).name} has no table {t.name}: it is older than the P4Info (run `make p4`)"
+        if len(jt.get("key", [])) != len(t.fields):
+            return (f"{Path(json_path).name}: table {t.name} has {len(jt.get('key', []))} keys, the P4Info "
+                    f"{len(t.fields)} (run `make p4`)")
+    for kind, items in (("counter", schema.counters), ("register", schema.registers)):
+        for name in items:
+            if name not in have[kind]:
+                return f"{Path(json_path).name} has no {kind} {name}: it is older than the P4Info (run `make p4`)"
+    return None

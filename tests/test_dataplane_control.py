@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from finsy.proto import p4r
 
+from mfs.p4info import P4Schema, bmv2_json_mismatch
 from mfs.tools import find_tool, missing_reason
 from tests.dataplane import packets
 
@@ -52,6 +53,9 @@ def target(request):
             pytest.skip(missing_reason("simple_switch_grpc"))
         if not BMV2_JSON.exists():
             pytest.skip(f"{BMV2_JSON.relative_to(ROOT)} is absent: run `make p4` with p4c installed")
+        stale = bmv2_json_mismatch(BMV2_JSON, P4Schema.load(P4INFO))
+        if stale:
+            pytest.skip(f"{stale}; needs p4c")
         from tests.dataplane.bmv2_target import Bmv2Target
         t = Bmv2Target(BMV2_JSON, P4INFO)
     t.kind = request.param
