@@ -8,8 +8,8 @@ host stands for one GPU and its NIC. For every request (from
 * **routing** (the simulator's functions, :mod:`mfs.sim.plan`): prefix blocks already
   held by an instance (:class:`mfs.sim.workload.PrefixCache`, KV kept at its owner) are
   reused; the request goes to the prefill instance with the least queued compute plus
-  prefix-fetch time; the decode instance with the least outstanding Stage-3 bytes
-  receives its KV;
+  prefix-fetch time (unless ``pin`` names its instance: :func:`run_workload`); the decode
+  instance with the least outstanding Stage-3 bytes receives its KV;
 * **Stage 1** when the request's batch starts: for every layer ``j`` and every host
   ``i`` of the computing instance, the holder instance's host ``i mod n`` sends that
   layer's reused KV (per-GPU share) with ``target_layer = j``, all posted at once;
@@ -52,7 +52,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from mfs import header as H
 from mfs.sim import plan
@@ -188,11 +188,29 @@ def ideal_ttft(cost, link_Bps: float, new: int, reused: int, hw: Hardware | None
     return plan.ideal_ttft(cost, link_Bps, new, reused)
 
 
-def warm_cache(cache: PrefixCache, warm: Iterable[Request], instances: int) -> None:
+def warm_cache(cache: PrefixCache, warm: Iterable[Request], instances: int,
+               pin: Mapping[int, int] | None = None) -> None:
     """Make ``cache`` look like a cluster that has served ``warm`` (earlier trace lines): their prefix
-    blocks are held, owners spread round robin over the ``instances`` prefill instances."""
+    blocks are held, owners spread round robin over the ``instances`` prefill instances, except a
+    request whose id ``pin`` maps to an instance: that one owns its blocks (see :func:`check_pin`)."""
+    pin = pin or {}
     for i, r in enumerate(warm):
-        cache.store(r.hash_ids, i % instances, keep_owner=True)
+        cache.store(r.hash_ids, pin.get(r.request_id, i % instances), keep_owner=True)
+
+
+def check_pin(pin: Mapping[int, int] | None, instances: int) -> dict[int, int]:
+    """``pin`` (request id → prefill instance index) as a dict, or ValueError naming a bad entry.
+
+    A pinned request is prefilled on that instance whatever the router would choose, and a pinned
+    warm request owns its prefix blocks there: for scenarios (tests, hand-checked runs) that depend
+    on where requests run rather than on the routing heuristic; everything else is routed as usual."""
+    out = {}
+    for rid, idx in (pin or {}).items():
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < instances:
+            raise ValueError(f"pin: request {rid!r} -> {idx!r} is not a prefill instance index "
+                             f"(0..{instances - 1})")
+        out[rid] = idx
+    return out
 
 
 def token_counts(requests: Iterable[Request], warm: Iterable[Request] = ()) -> list[tuple[int, int]]:
@@ -273,9 +291,10 @@ class _Instance:
 class Driver:
     def __init__(self, handles: dict[str, AgentHandle], cluster: EmuCluster, config: EmuConfig,
                  cost=None, on_record: Callable[[RequestRecord], None] | None = None,
-                 warm: Iterable[Request] = ()):
+                 warm: Iterable[Request] = (), pin: Mapping[int, int] | None = None):
         cluster.validate(handles)
         config.validate()
+        self.pin = check_pin(pin, len(cluster.prefill))
         self.h, self.cl, self.cfg = handles, cluster, config
         self.cost = cost if cost is not None else config.cost_model()
         self.L = self.cost.model.num_layers
@@ -287,7 +306,7 @@ class Driver:
             inst.gbacklog = [0.0] * self.groups
         self.dec_load = [0.0] * len(cluster.decode)
         self.cache = PrefixCache()
-        warm_cache(self.cache, warm, len(self.inst))
+        warm_cache(self.cache, warm, len(self.inst), self.pin)
         self.lock = threading.Lock()
         self.reqs: dict[int, _Req] = {}
         self.records: list[RequestRecord] = []
@@ -340,7 +359,8 @@ class Driver:
         est = ideal_ttft(self.cost, self.link_Bps, q.new, reused, self.cfg.hw)
         q.deadline = now + self.cfg.slo_scale * self.cfg.lowload_ratio * est
         kv_blk = plan.block_fetch_s(self.cost, prof, r.block_tokens, self.link_Bps)
-        inst = self.inst[plan.route([i.backlog for i in self.inst], holders, kv_blk)]
+        idx = self.pin.get(q.rid)
+        inst = self.inst[plan.route([i.backlog for i in self.inst], holders, kv_blk) if idx is None else idx]
         q.inst = inst
         q.dec = min(range(len(self.dec_load)), key=self.dec_load.__getitem__)
         self.dec_load[q.dec] += prof.stage3_bytes * self.L
@@ -611,7 +631,8 @@ class Driver:
 def run_workload(handles: dict[str, AgentHandle], cluster: EmuCluster, requests: Iterable[Request],
                  config: EmuConfig | None = None, *, scheduler: str = "unknown", rate: float = 0.0,
                  out: str | None = None, cost=None, command: str = "", warm: Iterable[Request] = (),
-                 on_record: Callable[[RequestRecord], None] | None = None, **meta) -> Run:
+                 on_record: Callable[[RequestRecord], None] | None = None,
+                 pin: Mapping[int, int] | None = None, **meta) -> Run:
     """Run ``requests`` on the emulated cluster; return (and with ``out`` write) a results Run.
 
     ``handles`` maps host name → agent handle (``control.ControlClient`` for agents in
@@ -619,18 +640,21 @@ def run_workload(handles: dict[str, AgentHandle], cluster: EmuCluster, requests:
     ``rate`` label the run (the scheduler itself runs in the controller). ``cost``
     replaces the cost model (anything with ``model.num_layers``, ``model.gpus``,
     ``request_profile``, ``layer_compute_s``, ``stage1_bytes``, ``stage2_bytes``). ``warm``:
-    earlier requests whose prefix blocks the cluster already holds (:func:`warm_cache`).
+    earlier requests whose prefix blocks the cluster already holds (:func:`warm_cache`). ``pin``:
+    request id → prefill instance index for requests (and warm requests: their blocks' owner) that
+    must run there instead of where the router sends them (:func:`check_pin`); the run's meta
+    counts them (``pinned``).
     """
     config = config or EmuConfig()
     warm = list(warm)
-    d = Driver(handles, cluster, config, cost=cost, warm=warm, on_record=on_record)
+    d = Driver(handles, cluster, config, cost=cost, warm=warm, on_record=on_record, pin=pin)
     t = time.perf_counter()
     recs = d.run(requests)
     run = make_run(scheduler, rate, recs, model=config.model if cost is None else "custom", emulated=True,
                    link_bps=config.link_bps, time_scale=config.time_scale, slo_scale=config.slo_scale,
                    lowload_ratio=config.lowload_ratio, warmup=config.warmup, measured=len(recs) - config.warmup,
                    max_batch_tokens=config.max_batch_tokens, flows=d.flows, unfinished=d.unfinished,
-                   prefill=cluster.prefill, decode=cluster.decode, warm=len(warm),
+                   prefill=cluster.prefill, decode=cluster.decode, warm=len(warm), pinned=len(d.pin),
                    wall_s=round(time.perf_counter() - t, 3), **meta)
     if out:
         write_results(out, [run], command=command)

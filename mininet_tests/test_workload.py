@@ -1,10 +1,15 @@
 """On the emulated workload, MFS beats fair sharing where the paper says it should.
 
 Scenario (large effect, hand-sized with a fixed cost model so it does not depend on trace
-slices): pairs of requests arrive together. F (fresh prompt) takes prefill instance 0; R
-reuses a long prefix whose KV instance 0 holds, so it runs on instance 1 and, when its
-batch starts, fetches every layer's KV (Stage 1, one transfer per layer, posted together)
-from instance 0's hosts, while its own Stage-2 collectives use the same switch ports.
+slices): pairs of requests arrive together. F (fresh prompt, its first block held by instance 0)
+runs on prefill instance 0: no Stage 1; R reuses a long prefix whose KV instance 0 holds, runs on
+instance 1 and, when its batch starts, fetches every layer's KV (Stage 1, one transfer per layer,
+posted together) from instance 0's hosts, while its own Stage-2 collectives use the same switch ports.
+
+Where everything runs is pinned, not left to the router (whose load/prefix heuristic may put R
+beside its prefix, and then there is no Stage 1 to schedule): ``run_workload(pin=...)`` places
+F on 0 and R on 1 and makes instance 0 the owner of the warm blocks; ``kv_placement="spread"``
+(every host of an instance carries its per-GPU share), the mode the figures below were sized for.
 
 * fair sharing: the 8 per-layer fetches share the port, so layer 0's KV lands only when
   nearly all of them have: R stalls ~7 layers' worth of Stage 1 before layer 0;
@@ -40,35 +45,41 @@ def _scenario():
     cost = FixedCost(num_layers=L, compute_s=C, stage1_per_token=per_token, stage2=2 * 40_000, stage3=2 * 20_000,
                      gpus=gpus)
     prefix = tuple(range(1, NBLK + 1))
-    # warm owners go round robin: instance 0 holds R's prefix and F's first block (F stays there)
-    warm = [Request(10_000, 0.0, BLOCK * NBLK, 1, prefix, BLOCK), Request(10_001, 0.0, BLOCK, 1, (900,), BLOCK),
-            Request(10_002, 0.0, BLOCK, 1, (999,), BLOCK)]
+    # instance 0 holds R's prefix and F's first block (pinned owners)
+    warm = [Request(10_000, 0.0, BLOCK * NBLK, 1, prefix, BLOCK), Request(10_001, 0.0, BLOCK, 1, (999,), BLOCK)]
+    pin = {10_000: 0, 10_001: 0}
     reqs, t = [], 0.0
     for k in range(4):
-        reqs.append(Request(2 * k, t, 1024, 1, (999, 2000 + k), BLOCK))  # F -> instance 0 (local prefix)
+        reqs.append(Request(2 * k, t, 1024, 1, (999, 2000 + k), BLOCK))  # F: local prefix
         reqs.append(Request(2 * k + 1, t + 0.01, BLOCK * NBLK + 256, 1, prefix + (3000 + k,), BLOCK))  # R
+        pin |= {2 * k: 0, 2 * k + 1: 1}  # F beside its block, R on the other instance: Stage 1 from 0
         t += 1.6
-    return cost, warm, reqs
+    return cost, warm, reqs, pin
 
 
 def test_mfs_beats_fair_on_emulated_workload(tmp_path):
     pytest.importorskip("hostagent.workload", reason="the workload driver is not available")
     from hostagent.workload import EmuConfig, run_workload
-    cost, warm, reqs = _scenario()
+    cost, warm, reqs, pin = _scenario()
     topo = demo.load_topology("demo", LINK / 1e6, queue_buffer=128)
     cluster = demo.cluster_of(topo, 2)
-    cfg = EmuConfig(link_bps=LINK, time_scale=1.0, timeout=30.0)
+    cfg = EmuConfig(link_bps=LINK, time_scale=1.0, timeout=30.0, kv_placement="spread")
     res = {}
     for pol in ("mfs", "fair"):
         with demo.network(topo, pol, LINK, tag=unique_tag(), logdir=tmp_path / pol) as net:
             handles = demo._handles(net, cluster)
             try:
-                run = run_workload(handles, cluster, reqs, cfg, cost=cost, warm=warm, scheduler=pol)
+                run = run_workload(handles, cluster, reqs, cfg, cost=cost, warm=warm, scheduler=pol, pin=pin)
             finally:
                 demo._close(handles)
             assert not net.check_processes()
         assert run.meta["unfinished"] == 0 and len(run.requests) == len(reqs)
+        assert len(cluster.prefill) == 2 and run.meta["pinned"] == len(pin)
+        f_side = [q for q in run.requests if not q.request_id % 2]
         r_side = [q for q in run.requests if q.request_id % 2]
+        # F local (its one block at its own instance: nothing fetched), R fetched its whole prefix
+        assert all(q.reused_tokens == BLOCK and q.stage1_done is None for q in f_side), \
+            [(q.request_id, q.reused_tokens, q.stage1_done) for q in run.requests]
         assert all(q.reused_tokens == BLOCK * NBLK and q.stage1_done is not None for q in r_side), \
             [(q.request_id, q.reused_tokens, q.stage1_done) for q in run.requests]
         res[pol] = (sum(q.stage1_stall for q in r_side) / len(r_side), sum(q.ttft for q in r_side) / len(r_side),

@@ -152,3 +152,22 @@ def test_bad_cluster_and_config_are_named(cluster):
         run_workload(handles, EmuCluster([["p0"]], [["d0"]], addrs), [], EmuConfig(link_bps=0), cost=COST)
     with pytest.raises(ValueError, match="unknown model"):
         EmuConfig(model="gpt-9").cost_model()
+
+
+def test_pin_places_requests_and_warm_owners_instead_of_the_router(cluster):
+    agents, _ = cluster
+    handles = {n: LocalHandle(a) for n, a in agents.items()}
+    cl = EmuCluster(prefill=[["p0", "p1"], ["p2", "p3"]], decode=[["d0"]],
+                    addresses={n: h.address for n, h in handles.items()})
+    # unpinned, the warm prefix would be instance 0's (round robin) and both requests would run beside it
+    # (no Stage 1); pinned, instance 1 owns it and both run on instance 0, fetching it (Stage 1)
+    warm = [Request(100, 0.0, 2048, 1, (11, 12, 13, 14), 512)]
+    run = run_workload(handles, cl, _requests(), EmuConfig(link_bps=LINK), cost=COST, warm=warm,
+                       pin={100: 1, 0: 0, 1: 0})
+    a, b = run.requests
+    assert (a.reused_tokens, b.reused_tokens) == (2047, 2048) and run.meta["pinned"] == 3
+    assert a.stage1_done is not None and b.stage1_done is not None
+    with pytest.raises(ValueError, match=r"pin: request 1 -> 2 is not a prefill instance index \(0..1\)"):
+        run_workload(handles, cl, [], cost=COST, pin={0: 0, 1: 2})
+    with pytest.raises(ValueError, match="pin: request 0 -> '1' is not"):
+        run_workload(handles, cl, [], cost=COST, pin={0: "1"})
