@@ -74,6 +74,54 @@ class FlowRec:
     started: float
     level: int
     req: "ReqRec | None" = None
+    batch_id: int = 0  # the batch id the host reported (in the namespace of its request's owner)
+
+
+class HostIds:
+    """Ids that hosts choose (request ids, batch ids), namespaced by host as flow ids are: host
+    A's id 7 and host B's id 7 are different records (``recs[(host, id)]``), each known to the
+    policy by an internal id ``iid`` unique across hosts. An owner may share a record with
+    *peers* (``peers[(peer, id)]`` -> the owners' keys sharing it, with how many times each):
+    a peer's event on the id reaches the owner's record. Used for requests (peers named in
+    ``request_start``) and batches (shared with the peers of their member requests)."""
+
+    def __init__(self, iids=None):
+        self.recs: dict[tuple[str, int], object] = {}
+        self.peers: dict[tuple[str, int], dict[tuple[str, int], int]] = {}
+        self.iids = iids or itertools.count(1)
+
+    def resolve(self, host: str, xid: int, started, own: bool = False):
+        """The record ``host`` means by ``xid``: its own record of that id if ``started(rec)`` (or
+        ``own``); else, unless ``own``, the started record of that id whose owner shares it with
+        ``host`` (the one shared last); else its own record of that id if any, else None."""
+        rec = self.recs.get((host, xid))
+        if rec is not None and (own or started(rec)):
+            return rec
+        if not own:
+            for okey in reversed(self.peers.get((host, xid), {})):
+                o = self.recs.get(okey)
+                if o is not None and started(o):
+                    return o
+        return rec
+
+    def owner_of(self, host: str, xid: int) -> str | None:
+        """The owner that shares ``xid`` with ``host`` (the last one), if any."""
+        owners = self.peers.get((host, xid))
+        return next(reversed(owners))[0] if owners else None
+
+    def share(self, key: tuple[str, int], peer: str) -> None:
+        owners = self.peers.setdefault((peer, key[1]), {})
+        owners[key] = owners.pop(key, 0) + 1  # re-inserted: shared last
+
+    def unshare(self, key: tuple[str, int], peer: str) -> None:
+        owners = self.peers.get((peer, key[1]))
+        if owners is None or key not in owners:
+            return
+        owners[key] -= 1
+        if owners[key] <= 0:
+            del owners[key]
+            if not owners:
+                del self.peers[(peer, key[1])]
 
 
 @dataclass
@@ -91,6 +139,25 @@ class ReqRec:
     layer: tuple[int, bool] | None = None  # last layer boundary (current layer, prefill done), for replay
     since: float = 0.0  # alive clock when created
     flows: set = field(default_factory=set)  # live flow ids linked to it
+    batch: "BatchRec | None" = None  # its batch (started requests only)
+
+
+@dataclass(eq=False)
+class BatchRec:
+    """A batch in the engine: ``owner``'s batch ``bid`` (batch ids are per host, as request ids
+    are), known to the policy as ``iid``. Its members are started requests of its owner (their
+    ``request_start.batch_id``); it is shared with their peers. ``active`` between its arrival
+    and its departure."""
+
+    owner: str
+    bid: int
+    iid: int
+    members: set = field(default_factory=set)  # member requests' iids
+    active: bool = False
+
+
+def batch_started(b: BatchRec) -> bool:
+    return b.active or bool(b.members)
 
 
 @dataclass
@@ -150,10 +217,15 @@ class Engine:
         self.where: dict[FlowKey, frozenset[str]] = {}
         self._moved: set[FlowKey] = set()  # keys whose placement changed since their last push
         self.flows: dict[int, FlowRec] = {}
-        # (host, request id) -> ReqRec; peers[(peer host, request id)] -> the owner's key
-        self.requests: dict[tuple[str, int], ReqRec] = {}
-        self.peers: dict[tuple[str, int], tuple[str, int]] = {}
+        # requests and batches, namespaced per host (HostIds): (host, id) -> ReqRec / BatchRec;
+        # peers[(peer host, id)] -> the owners' keys that share it. Internal ids (the policy's) are
+        # unique across both; 0 is never a batch's (a flow whose batch is unknown names it)
         self._iids = itertools.count(1)
+        self.reqs = HostIds(self._iids)
+        self.requests: dict[tuple[str, int], ReqRec] = self.reqs.recs
+        self.peers = self.reqs.peers
+        self.batches = HostIds(self._iids)
+        self.live_batches: dict[str, int] = {}  # host -> batches (with members, or announced)
         self.live_flows: dict[str, int] = {}  # host -> live flows (its flow-table entries)
         self.live_requests: dict[str, int] = {}  # host -> started requests
         self.placeholders: dict[str, int] = {}  # host -> placeholders carrying layer state
@@ -425,7 +497,7 @@ class Engine:
             req = self._resolve(host, fs.request_id, create=True)
             info = FlowInfo(flow_id=fs.flow_id, stage=fs.stage, request_id=req.iid, size_bytes=fs.size_bytes,
                             deadline=fs.deadline or None, target_layer=fs.target_layer,
-                            current_layer=fs.current_layer, batch_id=fs.batch_id, src=host,
+                            current_layer=fs.current_layer, batch_id=self._flow_batch(req, fs.batch_id), src=host,
                             dst=self.host_by_address.get(fs.dst, fs.dst),  # the policy names links by host
                             start_time=now)
             try:
@@ -436,7 +508,7 @@ class Engine:
             adopted = self.adopted.pop(key, None)
             if adopted is not None and adopted.level < lvl:
                 lvl = adopted.level  # keep the promotion the switch already had (controller restart)
-            rec = self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl, req)
+            rec = self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl, req, fs.batch_id)
             req.flows.add(fs.flow_id)
             self.live_flows[host] = self.live_flows.get(host, 0) + 1
             if self.where.get(key) != self.placement.switches_of(host):
@@ -494,8 +566,13 @@ class Engine:
                 if self.live_requests.get(host, 0) >= cap:
                     raise Reject("host_cap", f"host {host} already has {cap} live requests "
                                              f"(limits.max_requests_per_host); end some first")
+            batch = self.batches.recs.get((host, rs.batch_id))
+            if batch is None:
+                self._batch_room(host)
             req = self._resolve(host, rs.request_id, create=True, own=True)
-            info = RequestInfo(request_id=req.iid, batch_id=rs.batch_id, deadline=rs.deadline,
+            if batch is None:
+                batch = self._new_batch(host, rs.batch_id)
+            info = RequestInfo(request_id=req.iid, batch_id=batch.iid, deadline=rs.deadline,
                                arrival=rs.arrival or now, num_layers=rs.num_layers,
                                remaining_compute=rs.remaining_compute, remaining_bytes=rs.remaining_bytes)
             try:
@@ -503,26 +580,40 @@ class Engine:
             except (ValueError, TypeError) as e:
                 if old is None:
                     self._drop_req(now, req)
+                self._drop_batch(batch)  # if it was created for this request
                 raise Reject("policy", str(e)) from None
             if req.info is None:
                 self.live_requests[host] = self.live_requests.get(host, 0) + 1
                 if req.layer is not None:
                     self.placeholders[host] -= 1
             req.info = info
-            self._set_peers(now, req, [p for p in rs.peers if p != host], changes)
+            self._set_peers(now, req, [p for p in rs.peers if p != host], changes, batch)
         elif kind == "request_end":
             rid = ev.request_end.request_id
             req = self.requests.get((host, rid))
             if req is None or req.info is None:
-                owner = self.peers.get((host, rid))
+                owner = self.reqs.owner_of(host, rid)
                 if owner is not None:
-                    raise Reject("not_owner", f"request {rid} belongs to host {owner[0]!r} (a peer may report "
+                    raise Reject("not_owner", f"request {rid} belongs to host {owner!r} (a peer may report "
                                               f"layer boundaries and flows of it, not end it)")
                 raise Reject("unknown_request", f"request {rid} was never started")
             changes.update(pol.request_end(now, req.iid))
             self._drop_req(now, req)
         elif kind == "batch":
-            changes.update(pol.batch_event(now, ev.batch.batch_id, ev.batch.kind))
+            bid, arrival = ev.batch.batch_id, ev.batch.kind == "arrival"
+            b = self.batches.resolve(host, bid, batch_started)
+            if b is not None and b.owner != host:
+                raise Reject("not_owner", f"batch {bid} belongs to host {b.owner!r} (its requests are host "
+                                          f"{b.owner!r}'s; a peer of them may not announce the batch's arrival or "
+                                          f"departure)")
+            if b is None:
+                if not arrival:
+                    return  # the departure of a batch this host has no record of: nothing to undo
+                self._batch_room(host)
+                b = self._new_batch(host, bid)
+            changes.update(pol.batch_event(now, b.iid, ev.batch.kind))
+            b.active = arrival
+            self._drop_batch(b)  # departed and without members: forgotten
         else:  # hostapi already refuses these; keep the engine safe on its own
             raise Reject("no_kind", "event has no kind")
 
@@ -542,31 +633,68 @@ class Engine:
         the request of that id whose owner named ``host`` a peer; else (``create``) a
         placeholder in ``host``'s own namespace. Another host's request is never reached
         without being named its peer."""
-        req = self.requests.get((host, rid))
-        if req is not None and (own or req.info is not None):
-            return req
-        if not own:
-            okey = self.peers.get((host, rid))
-            if okey is not None and okey in self.requests:
-                return self.requests[okey]
+        req = self.reqs.resolve(host, rid, lambda r: r.info is not None, own)
         if req is None and create:
             req = self.requests[(host, rid)] = ReqRec(host, rid, next(self._iids), since=self.alive)
         return req
+
+    # ------------------------------------------------------------------ batches (per host)
+    def _flow_batch(self, req: ReqRec, bid: int) -> int:
+        """The policy's id of batch ``bid`` named by a flow of ``req``: the batch of that id of the
+        request's owner (0, no batch, if it has none): a flow cannot name another host's batch."""
+        b = self.batches.recs.get((req.owner, bid))
+        return b.iid if b is not None else 0
+
+    def _batch_room(self, host: str) -> None:
+        cap = self.cfg.limits.max_requests_per_host
+        if self.live_batches.get(host, 0) >= cap:
+            raise Reject("host_cap", f"host {host} already has {cap} batches (limits.max_requests_per_host); "
+                                     f"let some depart or end their requests first")
+
+    def _new_batch(self, host: str, bid: int) -> BatchRec:
+        b = self.batches.recs[(host, bid)] = BatchRec(host, bid, next(self._iids))
+        self.live_batches[host] = self.live_batches.get(host, 0) + 1
+        return b
+
+    def _drop_batch(self, b: BatchRec) -> None:
+        """Forget ``b`` if it has no member and is not active (its owner's id is then free)."""
+        if b.members or b.active or self.batches.recs.get((b.owner, b.bid)) is not b:
+            return
+        del self.batches.recs[(b.owner, b.bid)]
+        self.live_batches[b.owner] -= 1
+
+    def _unlink_batch(self, req: ReqRec, keep: BatchRec | None = None) -> None:
+        """Take ``req`` out of its batch (and the batch's sharing with ``req``'s peers)."""
+        b, req.batch = req.batch, None
+        if b is None:
+            return
+        for p in req.peers:
+            self.batches.unshare((b.owner, b.bid), p)
+        b.members.discard(req.iid)
+        if b is not keep:
+            self._drop_batch(b)
 
     def _layer(self, now: float, req: ReqRec, layer: int, done: bool, changes: dict[int, float]) -> None:
         changes.update(self.policy.layer_boundary(now, req.iid, layer, done))
         prev = req.layer or (0, False)
         req.layer = (max(prev[0], layer), prev[1] or done)
 
-    def _set_peers(self, now: float, req: ReqRec, peers: list[str], changes: dict[int, float]) -> None:
-        """``req``'s owner names the hosts that may report its layer boundaries and flows. What a
-        peer reported under this id before (a placeholder: its flows, its layer state) joins."""
+    def _set_peers(self, now: float, req: ReqRec, peers: list[str], changes: dict[int, float],
+                   batch: BatchRec) -> None:
+        """``req``'s owner names the hosts that may report its layer boundaries and flows, and puts it
+        in ``batch`` (shared with the peers of its members). What a peer reported under this id
+        before (a placeholder: its flows, its layer state) joins."""
+        self._unlink_batch(req, keep=batch)
         for p in req.peers - set(peers):
-            if self.peers.get((p, req.rid)) == (req.owner, req.rid):
-                del self.peers[(p, req.rid)]
+            self.reqs.unshare((req.owner, req.rid), p)
+        for p in set(peers) - req.peers:
+            self.reqs.share((req.owner, req.rid), p)
         req.peers = frozenset(peers)
+        req.batch = batch
+        batch.members.add(req.iid)
         for p in req.peers:
-            self.peers[(p, req.rid)] = (req.owner, req.rid)
+            self.batches.share((batch.owner, batch.bid), p)
+        for p in req.peers:
             ph = self.requests.get((p, req.rid))
             if ph is None or ph.info is not None:
                 continue  # the peer's own started request of the same id stays its own
@@ -583,7 +711,7 @@ class Engine:
             self.policy.flow_end(now, rec.info.flow_id)
         if rec.req is not None:
             rec.req.flows.discard(rec.info.flow_id)
-        rec.info = replace(rec.info, request_id=req.iid)
+        rec.info = replace(rec.info, request_id=req.iid, batch_id=self._flow_batch(req, rec.batch_id))
         rec.req = req
         req.flows.add(rec.info.flow_id)
         changes[rec.info.flow_id] = self.policy.flow_start(now, rec.info)
@@ -596,6 +724,7 @@ class Engine:
         if self.requests.get((req.owner, req.rid)) is not req:
             return
         del self.requests[(req.owner, req.rid)]
+        self._unlink_batch(req)
         if req.info is not None:
             self.live_requests[req.owner] -= 1
         elif req.layer is not None:
@@ -603,8 +732,7 @@ class Engine:
             with contextlib.suppress(KeyError, ValueError):
                 self.policy.request_end(now, req.iid)  # the policy's layer state of it
         for p in req.peers:
-            if self.peers.get((p, req.rid)) == (req.owner, req.rid):
-                del self.peers[(p, req.rid)]
+            self.reqs.unshare((req.owner, req.rid), p)
         if req.flows:  # flows outlive their request: they keep its policy id, in a placeholder
             self.requests[(req.owner, req.rid)] = ReqRec(req.owner, req.rid, req.iid, since=self.alive,
                                                          flows=req.flows)
@@ -748,7 +876,7 @@ class Engine:
                 self.policy.link_load(now, min(0.999, sum(per_level[lv] for lv in levels)), link_name(host, "rx"))
 
     async def gc(self, alive: float | None = None) -> int:
-        """End every flow, and forget every request and layer state, of hosts silent for
+        """End every flow, and forget every request, batch and layer state, of hosts silent for
         gc_timeout_s; forget layer state of requests never started after gc_timeout_s; drop
         expired adopted entries. Silence is measured on the controller-alive clock
         (:meth:`alive_now`): a period in which the controller was not running does not count."""
@@ -770,6 +898,12 @@ class Engine:
                     self.policy.request_end(now, req.iid)
             self._drop_req(now, req)
             self.metrics.count("gc_requests")
+        for b in [b for b in self.batches.recs.values() if b.owner in silent]:
+            if b.active:  # a silent host's batch departs (its requests are gone: nothing left to rank)
+                with contextlib.suppress(KeyError, ValueError):
+                    self.policy.batch_event(now, b.iid, "departure")
+                b.active = False
+            self._drop_batch(b)
         for key, a in list(self.adopted.items()):
             seen = self.last_seen.get(a.owner, a.since) if a.owner and not a.from_miss else a.since
             if alive - max(seen, a.since) > timeout:
@@ -814,6 +948,9 @@ class Engine:
         for req in self.requests.values():
             if req.layer is not None:
                 changes.update(new_pol.layer_boundary(now, req.iid, *req.layer))
+        for b in self.batches.recs.values():
+            if b.active:
+                changes.update(new_pol.batch_event(now, b.iid, "arrival"))
         self.policy, self.cfg.policy = new_pol, new_cfg
         for fid, lvl in changes.items():
             rec = self.flows.get(fid)

@@ -304,3 +304,91 @@ def test_a_hosts_concurrent_batches_are_applied_in_arrival_order():
             assert not a.rejected and not b.rejected, b.rejected
             assert r1.flow_id_base not in e.c.engine.flows and len(e.c.engine.flows) == 3999
     run(go())
+
+
+def test_another_hosts_batch_cannot_be_touched():
+    """Batch ids are per host, as request ids are: h1 (its own valid token) announces the departure
+    of h2's batch 2, the arrival of h2's never-announced batch 3 and puts a request with a past
+    deadline into h2's batch 1 — h2's Stage-1/2 coflow ranking (RED order of its batches) stays
+    as it was. A peer of a batch's requests may not announce its arrival or departure either
+    (``not_owner``: in hostagent/workload.py only the owner, the instance's first host, does)."""
+    async def go():
+        async with Env() as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            b2 = r2.flow_id_base
+            pol = e.c.engine.policy
+            # h2: batch 1 (request 1, loose deadline), batch 2 (request 2, tight), batch 3 (request 3,
+            # tighter, not announced yet); a Stage-1 fetch of each
+            ack = await e.report(r2, [ev(1, request_start=req(1, deadline_in=60)),
+                                      ev(2, request_start=req(2, deadline_in=20)),
+                                      ev(3, request_start=req(3, deadline_in=10)),
+                                      *[ev(3 + i, flow_start=fs(b2 + i, stage=1, request_id=i, batch_id=i,
+                                                               target_layer=4, size_bytes=400_000))
+                                        for i in (1, 2, 3)],
+                                      ev(7, batch=pb.BatchEvent(batch_id=1, kind="arrival")),
+                                      ev(8, batch=pb.BatchEvent(batch_id=2, kind="arrival"))])
+            assert not ack.rejected
+            ranks = {i: pol.rank(b2 + i) for i in (1, 2, 3)}
+            assert ranks == {1: 1.0, 2: 0.0, 3: float("inf")}  # batch 2 first; batch 3 not ranked
+            past = time.time() - 30
+            ack = await e.report(r1, [
+                ev(1, batch=pb.BatchEvent(batch_id=2, kind="departure")),
+                ev(2, batch=pb.BatchEvent(batch_id=3, kind="arrival")),
+                ev(3, request_start=pb.RequestStart(request_id=9, batch_id=1, deadline=past, arrival=past - 1,
+                                                    num_layers=8, remaining_compute=0.1)),
+                ev(4, flow_start=fs(r1.flow_id_base + 1, stage=1, request_id=40, batch_id=2, target_layer=4,
+                                    size_bytes=400_000)),
+                ev(5, batch=pb.BatchEvent(batch_id=1, kind="arrival"))])
+            assert not ack.rejected  # all about h1's own batches: nothing to refuse, nothing reaches h2's
+            ack = await e.report(r1, [ev(6, batch=pb.BatchEvent(batch_id=1, kind="departure"))])
+            assert not ack.rejected
+            assert {i: pol.rank(b2 + i) for i in (1, 2, 3)} == ranks
+            # h1's flow naming "batch 2" (h2's id) does not take h2's batch's rank
+            assert pol.rank(r1.flow_id_base + 1) == float("inf")
+            # h2's own events still move its own batches
+            ack = await e.report(r2, [ev(9, batch=pb.BatchEvent(batch_id=3, kind="arrival"))])
+            assert not ack.rejected and {i: pol.rank(b2 + i) for i in (1, 2, 3)} == {1: 2.0, 2: 1.0, 3: 0.0}
+            # a peer of the requests of h2's batch 5 may report their flows but not announce the batch
+            ack = await e.report(r2, [ev(10, request_start=req(5, deadline_in=30, peers=["h1"]))])
+            assert not ack.rejected
+            n = e.rejected("not_owner")
+            ack = await e.report(r1, [ev(7, batch=pb.BatchEvent(batch_id=5, kind="arrival")),
+                                      ev(8, batch=pb.BatchEvent(batch_id=5, kind="departure"))])
+            assert reasons(ack) == ["not_owner"] * 2 and "belongs to host 'h2'" in ack.rejected[0].reason
+            assert e.rejected("not_owner") == n + 2
+            ack = await e.report(r2, [ev(11, batch=pb.BatchEvent(batch_id=5, kind="arrival"))])
+            assert not ack.rejected and ("h2", 5) in e.c.engine.batches.recs
+            # the owner ends the request and the batch departs: its id is forgotten
+            ack = await e.report(r2, [ev(12, request_end=pb.RequestEnd(request_id=5)),
+                                      ev(13, batch=pb.BatchEvent(batch_id=5, kind="departure"))])
+            assert not ack.rejected and ("h2", 5) not in e.c.engine.batches.recs
+            assert ("h1", 5) not in e.c.engine.batches.peers
+            # a live policy change (mfsctl policy set) replays the active batches: the ranking stays
+            e.c.engine.set_policy({"K": 6})
+            pol = e.c.engine.policy
+            assert {i: pol.rank(b2 + i) for i in (1, 2, 3)} == {1: 2.0, 2: 1.0, 3: 0.0}
+    run(go())
+
+
+def test_batches_per_host_are_capped_and_freed_by_gc():
+    """A host's batches (with requests, or announced) count against limits.max_requests_per_host;
+    GC ends a silent host's batches (the policy sees them depart) and forgets them."""
+    async def go():
+        async with Env(gc_timeout_s=0.6, limits={"max_requests_per_host": 3}) as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            ack = await e.report(r1, [ev(i + 1, batch=pb.BatchEvent(batch_id=100 + i, kind="arrival"))
+                                      for i in range(5)])
+            assert reasons(ack) == ["host_cap"] * 2 and "batches" in ack.rejected[0].reason
+            ack = await e.report(r2, [ev(1, batch=pb.BatchEvent(batch_id=100, kind="arrival"))])
+            assert not ack.rejected  # the other host's share is untouched
+            ack = await e.report(r1, [ev(6, batch=pb.BatchEvent(batch_id=100, kind="departure")),
+                                      ev(7, request_start=req(1))])
+            assert not ack.rejected  # a departure makes room (the request's batch 1 is new)
+            pol = e.c.engine.policy
+            assert len(pol._active_batches) == 3
+            for _ in range(10):  # h2 keeps reporting, h1 is silent
+                await e.report(r2, [])
+                await asyncio.sleep(0.2)
+            assert [k for k in e.c.engine.batches.recs] == [("h2", 100)]
+            assert e.c.engine.live_batches["h1"] == 0 and len(pol._active_batches) == 1
+    run(go())
