@@ -28,7 +28,7 @@ HOSTS = 16
 def _arrivals(pol: MfsPolicy, n: int, rnd: random.Random) -> float:
     t0 = time.perf_counter()
     for i in range(n):
-        now = i * 1e-4
+        now = i * 1e-6  # a burst: no deadline comes near during the run (see "overload")
         pol.request_start(now, RequestInfo(i, i, deadline=now + rnd.uniform(0.5, 3.0), arrival=now, num_layers=8,
                                            remaining_compute=0.1))
         pol.flow_start(now, FlowInfo(i, STAGE_KV_REUSE, i, 1 << 20, target_layer=rnd.randrange(8), batch_id=i,
@@ -40,13 +40,13 @@ def _arrivals(pol: MfsPolicy, n: int, rnd: random.Random) -> float:
 
 
 def _steady(pol: MfsPolicy, n: int, rnd: random.Random, events: int) -> float:
-    now = n * 1e-4
+    now = n * 1e-6
     fid, rid = 10**7, n
     live3: list[int] = []
     oldest = 0
     t0 = time.perf_counter()
     for e in range(events):
-        now += 1e-5
+        now += 1e-6
         k = e % 6
         if k == 0:
             pol.layer_boundary(now, rnd.randrange(oldest, rid), rnd.randrange(8))

@@ -77,10 +77,17 @@ class MfsPolicy(BasePolicy):
         self._active_batches: set[int] = set()
         self._order: list[tuple[float, int]] = []  # (RED, batch) as of the last batch event
         self._rank_key: dict[int, tuple[float, int]] = {}  # ranked batch -> its key in _order
-        self._placed: dict[int, tuple] = {}  # batch -> (order key, slack key, D_lo) while in _order
-        self._slack: list[tuple[float, int]] = []  # (D_lo - compute, batch), sorted
-        self._slack_err = 0.0  # float error bound of the slack keys (see _walk_needed)
+        self._placed: dict[int, tuple] = {}  # batch -> (order key, D_lo) while in _order
+        # the feasibility bound (see _walk_needed): per placed batch [slack s = D_lo - compute,
+        # V: bound of its walk value (S + L_i)[u*] when A was A_rec, A_rec, its key in _kappa or None]
+        self._feas: dict[int, list] = {}
+        self._kappa: list[tuple[float, int]] = []  # (s - (V - A_rec)/B, batch), sorted; batches not late
+        self._late: list[tuple[float, int]] = []  # heap of (s, batch): drops batches late by compute alone
+        self._added = 0  # A: bytes that could have raised any batch's walk value, ever (monotone)
+        self._kappa_bps = None  # the B the keys of _kappa were computed with
+        self._kerr = 0.0  # float error bound of those keys
         self._dirty: set[int] = set()  # batches to re-key at the next batch event
+        self._cdirty: set[int] = set()  # batches whose remaining compute changed
         self._fixed: dict[int, dict[str, int]] = {}  # request -> port -> Stage-1/2 bytes left
         self._prunable: dict[int, dict[str, int]] = {}  # request -> port -> Stage-3 bytes left
         self._port_total: dict[str, int] = {}  # port -> bytes left of every live flow + remaining_bytes
@@ -269,6 +276,7 @@ class MfsPolicy(BasePolicy):
         ports = tuple({link_name(i.src, "tx") if i.src else "*", link_name(i.dst, "rx") if i.dst else "*"})
         self._ports[fid] = ports
         self._load(rid, i.stage, ports, st.bytes_left)
+        self._added += st.bytes_left
         if i.stage != STAGE_P2D:
             self._early_by_req.setdefault(rid, set()).add(fid)
             return
@@ -326,6 +334,7 @@ class MfsPolicy(BasePolicy):
         self._batch_members.setdefault(bid, set()).add(rid)
         self._mark(bid)
         self._port_add("*", req.remaining_bytes - self._rb.get(rid, 0))
+        self._added += max(0, req.remaining_bytes - self._rb.get(rid, 0))
         self._rb[rid] = req.remaining_bytes
         self._update_can_prune(rid)
         return {}
@@ -363,8 +372,8 @@ class MfsPolicy(BasePolicy):
         if request_id in self._prefill_done and request_id in self._p2d_by_req:
             self._watch.add(request_id)
         bid = self._req_batch.get(request_id)
-        if bid is not None:
-            self._mark(bid)  # its remaining compute changed
+        if bid is not None and (self.cfg.red or self.cfg.pruning):
+            self._cdirty.add(bid)  # its remaining compute changed
         changes: Changes = {}
         self._recheck_request(now, request_id, changes)
         return changes
@@ -435,13 +444,13 @@ class MfsPolicy(BasePolicy):
             g.buckets.clear()
 
     def _rekey(self) -> None:
-        """Re-place the batches that changed since the last batch event in the RED order
-        (and the slack order of the feasibility bound): O(changed batches × (members + log n))."""
+        """Re-place the batches that changed since the last batch event in the RED order and
+        the feasibility bound: O(changed batches × (members · ports + log n))."""
         for bid in self._dirty:
             placed = self._placed.pop(bid, None)
             if placed is not None:
                 _remove(self._order, placed[0])
-                _remove(self._slack, placed[1])
+                self._drop_feas(bid)
             self._rank_key.pop(bid, None)
             if bid not in self._active_batches:
                 continue
@@ -450,27 +459,93 @@ class MfsPolicy(BasePolicy):
             if not live:
                 continue
             red, d_lo = red_split(live)
-            compute = max(self.remaining_compute(self._requests[r]) for r in members)
-            key, skey = (red, bid), (d_lo - compute, bid)
+            key = (red, bid)
             insort(self._order, key)
-            insort(self._slack, skey)
             self._rank_key[bid] = key
-            self._placed[bid] = (key, skey, d_lo)
-            self._slack_err = max(self._slack_err, 8 * math.ulp(abs(d_lo) + compute + 1.0))
+            self._placed[bid] = (key, d_lo)
+            # it may now come before others: their walk values may grow by its largest port load
+            self._added += self._batch_peak(bid)
+            # its own walk value: at most the largest per-port total of all loads
+            self._feas[bid] = [self._slack_of(bid, d_lo), self._max_port_total(), self._added, None]
+            self._place_feas(bid)
+        for bid in self._cdirty - self._dirty:  # compute only: same place, same loads
+            e = self._feas.get(bid)
+            if e is not None:
+                if e[3] is not None:
+                    _remove(self._kappa, e[3])
+                    e[3] = None
+                e[0] = self._slack_of(bid, self._placed[bid][1])
+                self._place_feas(bid)
         self._dirty.clear()
+        self._cdirty.clear()
         if not self._order:
-            self._slack_err = 0.0
+            self._kerr = 0.0
+
+    def _slack_of(self, bid: int, d_lo: float) -> float:
+        return d_lo - max(self.remaining_compute(self._requests[r]) for r in self._batch_members[bid])
+
+    def _batch_peak(self, bid: int) -> int:
+        """The largest per-port load the batch's requests carry (all of it, pruned or not)."""
+        per: dict[str, int] = {}
+        for rid in self._batch_members.get(bid, ()):
+            rb = self._requests[rid].remaining_bytes
+            for loads in ((({"*": rb}),) if rb > 0 else (self._fixed.get(rid, {}), self._prunable.get(rid, {}))):
+                for p, b in loads.items():
+                    per[p] = per.get(p, 0) + b
+        return max(per.values(), default=0)
+
+    def _place_feas(self, bid: int) -> None:
+        e = self._feas[bid]
+        if self._kappa_bps is None:
+            return  # keys are made with the first B, when the bound is first used
+        e[3] = (e[0] - (e[1] - e[2]) / self._kappa_bps, bid)
+        insort(self._kappa, e[3])
+        heapq.heappush(self._late, (e[0], bid))
+        self._kerr = max(self._kerr, 8 * math.ulp(abs(e[0]) + (e[1] + e[2]) / self._kappa_bps + 1.0))
+
+    def _drop_feas(self, bid: int) -> None:
+        e = self._feas.pop(bid, None)
+        if e is not None and e[3] is not None:
+            _remove(self._kappa, e[3])
 
     def _walk_needed(self, now: float, bytes_per_s: float) -> bool:
-        """False when no batch can be found infeasible-but-not-compute-late, so Algorithm 1
-        prunes nothing: exact, not a heuristic. In the walk a batch's communication term is
-        (S + L_i)[u*] ≤ M, the largest per-port total of all live loads; it can prune only if
-        now + C_i ≤ D_lo < now + C_i + M/B, i.e. if its slack D_lo − C_i lies in
-        [now, now + M/B) (widened by a bound on the float rounding)."""
-        m = self._max_port_total() / bytes_per_s
-        tol = self._slack_err + 8 * math.ulp(abs(now) + m + 1.0)
-        i = bisect_left(self._slack, (now - tol, -math.inf))
-        return i < len(self._slack) and self._slack[i][0] <= now + m + tol
+        """False when Algorithm 1 would find no batch infeasible (while not late by compute
+        alone), so it would prune nobody: exact, not a heuristic.
+
+        A batch can prune only if now + C_i ≤ D_lo < now + C_i + V_i/B, V_i = (S + L_i)[u*] its
+        walk value, i.e. only if its slack s_i = D_lo − C_i is ≥ now and s_i − V_i/B < now.
+        V_i is bounded by the value a previous walk found for it (or, for a batch re-keyed since,
+        by the largest per-port total M of all loads) plus every byte added since (A − A_rec):
+        new flows, larger remaining_bytes, a batch placed before it. So with κ_i = s_i −
+        (V − A_rec)/B kept sorted (and batches already late dropped), no batch can prune if
+        min κ_i ≥ now + A/B. Bounds are widened by the float rounding error."""
+        if bytes_per_s != self._kappa_bps:  # B changed (a global load): re-make every key
+            self._kappa_bps = bytes_per_s
+            self._kappa.clear()
+            self._late.clear()
+            for bid, e in self._feas.items():
+                e[3] = None
+                self._place_feas(bid)
+        tol = self._kerr + 8 * math.ulp(abs(now) + (self._added + self._max_port_total()) / bytes_per_s + 1.0)
+        late = self._late
+        while late and late[0][0] < now - tol:
+            s_i, bid = heapq.heappop(late)
+            e = self._feas.get(bid)
+            if e is not None and e[0] == s_i and e[3] is not None:
+                _remove(self._kappa, e[3])
+                e[3] = None
+        if len(late) > 64 + 4 * len(self._feas):  # drop stale entries
+            self._late = [(e[0], b) for b, e in self._feas.items() if e[3] is not None]
+            heapq.heapify(self._late)
+        return bool(self._kappa) and self._kappa[0][0] < now + self._added / bytes_per_s + tol
+
+    def _tighten(self, bid: int, value: int) -> None:
+        """A walk found the batch's walk value: the bound restarts from it."""
+        e = self._feas[bid]
+        if e[3] is not None:
+            _remove(self._kappa, e[3])
+        e[1], e[2], e[3] = value, self._added, None
+        self._place_feas(bid)
 
     def _walk(self, now: float, bytes_per_s: float, budget: int) -> list[int]:
         """Algorithm 1's feasibility walk over the RED order (the semantics of
@@ -504,7 +579,7 @@ class MfsPolicy(BasePolicy):
         for _, bid in self._order:
             if len(pruned) >= budget or not (ahead or victims):
                 break
-            d_lo = self._placed[bid][2]
+            d_lo = self._placed[bid][1]
             load: dict[str, int] = {}
             compute = 0.0
             for rid in self._batch_members[bid]:
@@ -526,6 +601,8 @@ class MfsPolicy(BasePolicy):
                         load[port] = load.get(port, 0) + b
                         heapq.heappush(by_port.setdefault(port, []), (-b, rid))
             if now + compute <= d_lo:  # else compute alone is late: pruning cannot help
+                first = bottleneck(load)
+                self._tighten(bid, first[0] if first is not None else 0)
                 while len(pruned) < budget and pool:
                     neck = bottleneck(load)
                     if neck is None or now + compute + neck[0] / bytes_per_s <= d_lo:
