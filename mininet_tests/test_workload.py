@@ -1,4 +1,4 @@
-"""On the emulated workload, MFS beats fair sharing where the paper says it should.
+"""On the emulated workload, MFS beats fair sharing where the paper says it should: R's Stage-1 stall.
 
 Scenario (large effect, hand-sized with a fixed cost model so it does not depend on trace
 slices): pairs of requests arrive together. F (fresh prompt, its first block held by instance 0)
@@ -18,10 +18,14 @@ F on 0 and R on 1 and makes instance 0 the owner of the warm blocks; ``kv_placem
 
 Hosts are shaped to their line rate and every agent holds deferred data in its priority send
 queue, ranked by the controller's levels (topo.demo.network: the demo's settings; for fair all flows share
-one level, so its hosts send round robin as before). Asserted: R's Stage-1 stall and TTFT, and the
-mean TTFT (with margins several times the run-to-run noise; TTFT SLOs are not asserted because
-the emulation's fixed costs are only calibrated in the demo). Same requests, fresh cluster per
-policy, one switch (topologies/demo.yaml at 40 Mb/s).
+one level, so its hosts send round robin as before). Asserted: where requests ran (F nothing fetched, R its
+whole prefix), R's wait for Stage 1 before layer 0 (MFS under half of fair's: the mechanism) and R's whole
+Stage-1 stall (MFS below fair). Not asserted: TTFT. On a busy 2-core box its run-to-run noise (Stage-2 rounds
+through the agents and the Python switch: 0.25-1 s for 8 x 8 ms) exceeds the ~0.2-0.3 s MFS saves here —
+measured R TTFT MFS 1.02-1.84 s vs fair 1.30-3.13 s, one of six runs with MFS behind; TTFT is asserted with
+a confidence interval over 40 paired requests in test_demo.py. Same requests, fresh cluster per
+policy, one switch (topologies/demo.yaml at 20 Mb/s: every figure is in seconds on the link, so the rate
+only sets the packet rate; at 40 Mb/s a busy 2-core box's Python switch fell ~2.5x behind line rate).
 """
 
 import pytest
@@ -33,16 +37,18 @@ from topo.net import unique_tag
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 L, C = 8, 0.06  # layers, compute seconds per layer
-LINK = 40e6
+LINK = 20e6
 BLOCK, NBLK = 512, 8
 S1_LAYER = 0.8 * C  # per-host Stage-1 seconds per layer on the link
+S2_LAYER, S3_LAYER = 0.008, 0.004  # per-host Stage-2 / Stage-3 seconds per layer on the link
 
 
 def _scenario():
     from hostagent.workload import FixedCost
     gpus = 2
     per_token = S1_LAYER * LINK / 8 * gpus / (BLOCK * NBLK)  # bytes per reused token per layer (instance total)
-    cost = FixedCost(num_layers=L, compute_s=C, stage1_per_token=per_token, stage2=2 * 40_000, stage3=2 * 20_000,
+    cost = FixedCost(num_layers=L, compute_s=C, stage1_per_token=per_token, stage2=round(S2_LAYER * LINK / 8 * gpus),
+                     stage3=round(S3_LAYER * LINK / 8 * gpus),
                      gpus=gpus)
     prefix = tuple(range(1, NBLK + 1))
     # instance 0 holds R's prefix and F's first block (pinned owners)
@@ -55,6 +61,16 @@ def _scenario():
         pin |= {2 * k: 0, 2 * k + 1: 1}  # F beside its block, R on the other instance: Stage 1 from 0
         t += 1.6
     return cost, warm, reqs, pin
+
+
+def _first_wait(r_side):
+    """Each R's wait for Stage 1 before its layer 0: from its batch's start (its arrival, or the previous R's
+    prefill end: instance 1 runs only R, one at a time) to its layer 0."""
+    out, prev_end = [], 0.0
+    for q in sorted(r_side, key=lambda q: q.arrival):
+        out.append(q.prefill_start - max(q.arrival, prev_end))
+        prev_end = q.prefill_end
+    return out
 
 
 def test_mfs_beats_fair_on_emulated_workload(tmp_path):
@@ -82,9 +98,13 @@ def test_mfs_beats_fair_on_emulated_workload(tmp_path):
             [(q.request_id, q.reused_tokens, q.stage1_done) for q in run.requests]
         assert all(q.reused_tokens == BLOCK * NBLK and q.stage1_done is not None for q in r_side), \
             [(q.request_id, q.reused_tokens, q.stage1_done) for q in run.requests]
-        res[pol] = (sum(q.stage1_stall for q in r_side) / len(r_side), sum(q.ttft for q in r_side) / len(r_side),
-                    sum(q.ttft for q in run.requests) / len(run.requests))
-    (stall_m, ttft_m, all_m), (stall_f, ttft_f, all_f) = res["mfs"], res["fair"]
-    # fair stalls ~7 layers of Stage 1 (~340 ms), MFS ~1 (~50 ms); measured 0.04 vs 0.37 s
-    assert stall_m < 0.5 * stall_f and stall_f - stall_m > 0.15, res
-    assert ttft_m < ttft_f - 0.1 and all_m < all_f, res  # measured R: 0.88 vs 1.14 s
+        res[pol] = {"first_wait": sum(_first_wait(r_side)) / len(r_side),
+                    "stall": sum(q.stage1_stall for q in r_side) / len(r_side),
+                    "r_ttft": sum(q.ttft for q in r_side) / len(r_side)}  # reported with a failure, not asserted
+    m, f = res["mfs"], res["fair"]
+    # before layer 0 fair waits ~7 layers of Stage 1 (~340 ms), MFS ~1 (~50 ms). Measured (means of R, load ~12 on
+    # 2 cores): MFS 0.09-0.16 s vs fair 0.50-1.02 s; fair in both runs (MFS broken): 0.49/0.55, 0.54/0.52 s
+    assert f["first_wait"] - m["first_wait"] > 0.15 and m["first_wait"] < 0.5 * f["first_wait"], res
+    # the whole stall (later layers too: MFS promotes a layer's fetch at the previous boundary, which a loaded box's
+    # control latency delays): 0.04 vs 0.37 s on a quiet box (at 40 Mb/s); loaded, MFS 0.26-0.55 vs fair 0.54-1.08
+    assert m["stall"] < f["stall"], res
