@@ -53,6 +53,9 @@ def cluster():
         a.close()
 
 
+PIN = {0: 0, 1: 1}  # where the router sends A and B (below), pinned: the hand checks depend on it, not on its heuristic
+
+
 def _requests():
     # A: 2048 fresh tokens -> instance 0. B: shares A's 4 prefix blocks (2048 tokens) and arrives while
     # instance 0 computes A, so it runs on instance 1 and fetches the prefix from instance 0 (Stage 1).
@@ -66,8 +69,8 @@ def test_hand_checked_ttft_and_dependencies(cluster, tmp_path):
     handles = {n: Recorder(LocalHandle(a), log) for n, a in agents.items()}
     cl = EmuCluster(prefill=[["p0", "p1"], ["p2", "p3"]], decode=[["d0"]],
                     addresses={n: h.address for n, h in handles.items()})
-    run = run_workload(handles, cl, _requests(), EmuConfig(link_bps=LINK, slo_scale=3.0), cost=COST,
-                       scheduler="none", rate=1.0, out=str(tmp_path / "emu"))
+    run = run_workload(handles, cl, _requests(), EmuConfig(link_bps=LINK, slo_scale=3.0, kv_placement="spread"),
+                       cost=COST, pin=PIN, scheduler="none", rate=1.0, out=str(tmp_path / "emu"))
     a, b = run.requests
     # hand-checked ideal TTFT (the simulator's formula): s1 + L*(compute + s2) + s3, per-GPU bytes / link
     Bps = LINK / 8
