@@ -331,3 +331,29 @@ def test_batch_event_touches_only_changed_batches(monkeypatch):
     assert pol.batch_event(1, 5000, "arrival") == {}
     assert len(splits) == 1 and walks == []
     assert pol.rank(5000) == 1 and pol.rank(0) == 0 and pol.rank(1) == 2
+
+
+def test_sorted_keys_matches_a_sorted_list(monkeypatch):
+    from bisect import bisect_left
+
+    from mfs.policy.rmlq import SortedKeys
+
+    monkeypatch.setattr(SortedKeys, "LOAD", 4)  # many bucket splits and removals
+    rnd = random.Random(7)
+    sk, ref = SortedKeys(), []
+    for _ in range(3000):
+        k = (rnd.randrange(60), rnd.randrange(5))
+        if rnd.random() < 0.55:
+            if k not in ref:
+                sk.add(k)
+                ref.append(k)
+                ref.sort()
+        else:
+            sk.remove(k)
+            if k in ref:
+                ref.remove(k)
+        assert list(sk) == ref and len(sk) == len(ref)
+        probe = (rnd.randrange(60), rnd.randrange(5))
+        assert sk.index(probe) == bisect_left(ref, probe)
+        if ref:
+            assert sk.first() == ref[0]

@@ -75,13 +75,13 @@ class MfsPolicy(BasePolicy):
         self._batch_members: dict[int, set[int]] = {}  # batch id -> registered request ids
         self._req_batch: dict[int, int] = {}  # registered request id -> its batch
         self._active_batches: set[int] = set()
-        self._order: list[tuple[float, int]] = []  # (RED, batch) as of the last batch event
+        self._order = SortedKeys()  # (RED, batch) as of the last batch event
         self._rank_key: dict[int, tuple[float, int]] = {}  # ranked batch -> its key in _order
         self._placed: dict[int, tuple] = {}  # batch -> (order key, D_lo) while in _order
         # the feasibility bound (see _walk_needed): per placed batch [slack s = D_lo - compute,
         # V: bound of its walk value (S + L_i)[u*] when A was A_rec, A_rec, its key in _kappa or None]
         self._feas: dict[int, list] = {}
-        self._kappa: list[tuple[float, int]] = []  # (s - (V - A_rec)/B, batch), sorted; batches not late
+        self._kappa = SortedKeys()  # (s - (V - A_rec)/B, batch) of the batches not late
         self._late: list[tuple[float, int]] = []  # heap of (s, batch): drops batches late by compute alone
         self._added = 0  # A: bytes that could have raised any batch's walk value, ever (monotone)
         self._kappa_bps = None  # the B the keys of _kappa were computed with
@@ -449,7 +449,7 @@ class MfsPolicy(BasePolicy):
         for bid in self._dirty:
             placed = self._placed.pop(bid, None)
             if placed is not None:
-                _remove(self._order, placed[0])
+                self._order.remove(placed[0])
                 self._drop_feas(bid)
             self._rank_key.pop(bid, None)
             if bid not in self._active_batches:
@@ -460,7 +460,7 @@ class MfsPolicy(BasePolicy):
                 continue
             red, d_lo = red_split(live)
             key = (red, bid)
-            insort(self._order, key)
+            self._order.add(key)
             self._rank_key[bid] = key
             self._placed[bid] = (key, d_lo)
             # it may now come before others: their walk values may grow by its largest port load
@@ -472,7 +472,7 @@ class MfsPolicy(BasePolicy):
             e = self._feas.get(bid)
             if e is not None:
                 if e[3] is not None:
-                    _remove(self._kappa, e[3])
+                    self._kappa.remove(e[3])
                     e[3] = None
                 e[0] = self._slack_of(bid, self._placed[bid][1])
                 self._place_feas(bid)
@@ -499,14 +499,14 @@ class MfsPolicy(BasePolicy):
         if self._kappa_bps is None:
             return  # keys are made with the first B, when the bound is first used
         e[3] = (e[0] - (e[1] - e[2]) / self._kappa_bps, bid)
-        insort(self._kappa, e[3])
+        self._kappa.add(e[3])
         heapq.heappush(self._late, (e[0], bid))
         self._kerr = max(self._kerr, 8 * math.ulp(abs(e[0]) + (e[1] + e[2]) / self._kappa_bps + 1.0))
 
     def _drop_feas(self, bid: int) -> None:
         e = self._feas.pop(bid, None)
         if e is not None and e[3] is not None:
-            _remove(self._kappa, e[3])
+            self._kappa.remove(e[3])
 
     def _walk_needed(self, now: float, bytes_per_s: float) -> bool:
         """False when Algorithm 1 would find no batch infeasible (while not late by compute
@@ -532,18 +532,18 @@ class MfsPolicy(BasePolicy):
             s_i, bid = heapq.heappop(late)
             e = self._feas.get(bid)
             if e is not None and e[0] == s_i and e[3] is not None:
-                _remove(self._kappa, e[3])
+                self._kappa.remove(e[3])
                 e[3] = None
         if len(late) > 64 + 4 * len(self._feas):  # drop stale entries
             self._late = [(e[0], b) for b, e in self._feas.items() if e[3] is not None]
             heapq.heapify(self._late)
-        return bool(self._kappa) and self._kappa[0][0] < now + self._added / bytes_per_s + tol
+        return bool(self._kappa) and self._kappa.first()[0] < now + self._added / bytes_per_s + tol
 
     def _tighten(self, bid: int, value: int) -> None:
         """A walk found the batch's walk value: the bound restarts from it."""
         e = self._feas[bid]
         if e[3] is not None:
-            _remove(self._kappa, e[3])
+            self._kappa.remove(e[3])
         e[1], e[2], e[3] = value, self._added, None
         self._place_feas(bid)
 
@@ -650,7 +650,7 @@ class MfsPolicy(BasePolicy):
             return math.inf
         bid = self._req_batch.get(st.info.request_id, st.info.batch_id)
         key = self._rank_key.get(bid)
-        return math.inf if key is None else float(bisect_left(self._order, key))
+        return math.inf if key is None else float(self._order.index(key))
 
     def is_pruned(self, request_id: int) -> bool:
         return request_id in self._pruned
@@ -690,7 +690,73 @@ def _discard(index: dict, key, value) -> bool:
     return True
 
 
-def _remove(sorted_list: list, item) -> None:
-    i = bisect_left(sorted_list, item)
-    if i < len(sorted_list) and sorted_list[i] == item:
-        del sorted_list[i]
+class SortedKeys:
+    """A sorted list of distinct keys in buckets of ~LOAD (a simple sortedcontainers.SortedList):
+    add/remove move at most 2·LOAD entries and index() sums the bucket sizes, so each costs
+    O(log n + n/LOAD + LOAD) with small constants instead of a memmove of all n."""
+
+    LOAD = 256
+
+    def __init__(self):
+        self._lists: list[list] = []
+        self._maxes: list = []
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self):
+        for lst in self._lists:
+            yield from lst
+
+    def clear(self) -> None:
+        self._lists, self._maxes, self._len = [], [], 0
+
+    def first(self):
+        return self._lists[0][0]
+
+    def add(self, key) -> None:
+        lists, maxes = self._lists, self._maxes
+        self._len += 1
+        if not lists:
+            lists.append([key])
+            maxes.append(key)
+            return
+        i = bisect_left(maxes, key)
+        if i == len(maxes):
+            i -= 1
+            lists[i].append(key)
+            maxes[i] = key
+        else:
+            insort(lists[i], key)
+        lst = lists[i]
+        if len(lst) > 2 * self.LOAD:
+            half = lst[self.LOAD:]
+            del lst[self.LOAD:]
+            lists.insert(i + 1, half)
+            maxes[i] = lst[-1]
+            maxes.insert(i + 1, half[-1])
+
+    def remove(self, key) -> None:
+        """Remove ``key`` if present."""
+        lists, maxes = self._lists, self._maxes
+        i = bisect_left(maxes, key)
+        if i == len(maxes):
+            return
+        lst = lists[i]
+        j = bisect_left(lst, key)
+        if j == len(lst) or lst[j] != key:
+            return
+        del lst[j]
+        self._len -= 1
+        if not lst:
+            del lists[i]
+            del maxes[i]
+        else:
+            maxes[i] = lst[-1]
+
+    def index(self, key) -> int:
+        """Position ``key`` has (or would have) in the order."""
+        i = bisect_left(self._maxes, key)
+        before = sum(len(lst) for lst in self._lists[:i])
+        return before + (bisect_left(self._lists[i], key) if i < len(self._lists) else 0)
