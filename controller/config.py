@@ -107,6 +107,9 @@ class Limits:
     max_requests_per_host: int = 4096  # started, not ended
     max_unknown_requests: int = 1024  # requests with layer state but never started
     max_connections: int = 256  # host API connections, all hosts together
+    # ... from one peer (source address; uid on a unix socket): default max_connections // 4, so
+    # one peer holding all it may still leaves room for the others
+    max_connections_per_peer: int = 64
     idle_timeout_s: float = 60.0  # a host API connection without RPCs for this long is closed
     handshake_timeout_s: float = 5.0  # a connection must complete its HTTP/2 preface within this
 
@@ -364,6 +367,7 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
     uf.done()
     lim = top.section("limits")
     L = Limits()
+    max_conn = lim.integer("max_connections", L.max_connections, lo=1, hi=1 << 20)
     cfg.limits = Limits(
         reports_per_s=lim.number("reports_per_s", L.reports_per_s, lo=0, lo_open=True),
         burst=lim.number("burst", L.burst, lo=1),
@@ -377,7 +381,8 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
         max_flows_per_host=lim.integer("max_flows_per_host", L.max_flows_per_host, lo=1, hi=1 << 24),
         max_requests_per_host=lim.integer("max_requests_per_host", L.max_requests_per_host, lo=1, hi=1 << 24),
         max_unknown_requests=lim.integer("max_unknown_requests", L.max_unknown_requests, lo=0, hi=1 << 24),
-        max_connections=lim.integer("max_connections", L.max_connections, lo=1, hi=1 << 20),
+        max_connections=max_conn,
+        max_connections_per_peer=lim.integer("max_connections_per_peer", max(1, max_conn // 4), lo=1, hi=max_conn),
         idle_timeout_s=lim.number("idle_timeout_s", L.idle_timeout_s, lo=0, lo_open=True),
         handshake_timeout_s=lim.number("handshake_timeout_s", L.handshake_timeout_s, lo=0, lo_open=True),
     )

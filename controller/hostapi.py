@@ -20,7 +20,9 @@ Semantics are documented in docs/report-api.md. In short:
 * Transport: bytes that do not parse as the RPC's message answer INVALID_ARGUMENT with one
   log line (repeats rate-limited); a connection must finish its HTTP/2 preface within
   ``limits.handshake_timeout_s`` and is closed after ``limits.idle_timeout_s`` without RPCs;
-  at most ``limits.max_connections`` connections are held (the rest are refused at once).
+  at most ``limits.max_connections`` connections are held, at most
+  ``limits.max_connections_per_peer`` of them from one peer (controller/connguard.py; the rest
+  are refused at once).
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from controller.config import ControllerConfig, HostConfig
+from controller.connguard import ConnGuard
 from controller.engine import Engine
 from controller.engine import Reject as Bad
 from controller.metrics import Metrics
@@ -100,7 +102,9 @@ class LogLimiter:
 def server_options(lim) -> list[tuple[str, int]]:
     """gRPC server options bounding what a connection may hold (limits.*)."""
     return [("grpc.so_reuseport", 0),
-            ("grpc.max_allowed_incoming_connections", lim.max_connections),
+            # the guard in front (controller/connguard.py) holds at most max_connections; gRPC may see
+            # a closed one a moment after the guard has freed its slot
+            ("grpc.max_allowed_incoming_connections", 2 * lim.max_connections),
             ("grpc.server_handshake_timeout_ms", int(lim.handshake_timeout_s * 1000)),
             ("grpc.http2.settings_timeout", int(lim.handshake_timeout_s * 1000)),
             ("grpc.max_connection_idle_ms", int(lim.idle_timeout_s * 1000))]
@@ -114,28 +118,41 @@ class HostApi(pbg.HostReportsServicer):
         self.by_host: dict[str, HostSession] = {}
         self.host_locks: dict[str, asyncio.Lock] = {}
         self.server: grpc.aio.Server | None = None
+        self.guard: ConnGuard | None = None
         self.port = 0
         self.limited = LogLimiter(log)
 
     # ------------------------------------------------------------------ server
     async def start(self, address: str | None = None) -> int:
-        self.server = grpc.aio.server(options=server_options(self.cfg.limits))
+        """Serve on ``address`` (or ``api.listen``): the connection guard listens there and relays
+        to the gRPC server on a private unix socket. Returns the TCP port (0 for a unix socket)."""
+        lim = self.cfg.limits
+        self.server = grpc.aio.server(options=server_options(lim))
         self.server.add_generic_rpc_handlers((self._handlers(),))
-        addr = address or self.cfg.api_listen
-        if addr.startswith("unix:"):
-            sock = Path(addr[len("unix:"):])
-            sock.parent.mkdir(parents=True, exist_ok=True)
-            sock.unlink(missing_ok=True)  # a stale socket from a crashed controller
-        self.port = self.server.add_insecure_port(addr)
-        if self.port == 0:
-            raise OSError(f"host API cannot listen on {addr} (address in use or invalid)")
+        guard = ConnGuard(address or self.cfg.api_listen, lim.max_connections, lim.max_connections_per_peer,
+                          self.metrics, self.limited)
+        if self.server.add_insecure_port(guard.backend) == 0:
+            guard.remove()
+            raise OSError(f"host API: gRPC cannot listen on {guard.backend}")
         await self.server.start()
+        try:
+            self.port = await guard.start()
+        except BaseException:
+            await self.server.stop(0)
+            guard.remove()
+            raise
+        self.guard = guard
         return self.port
 
     async def stop(self) -> None:
+        if self.guard is not None:
+            await self.guard.stop()  # no new connections
         if self.server is not None:
-            await self.server.stop(0.5)
+            await self.server.stop(0.5)  # closes the relayed ones
             self.server = None
+        if self.guard is not None:
+            self.guard.remove()
+            self.guard = None
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         """The HostReports methods, each parsing its own request: bytes that are not the message

@@ -66,6 +66,8 @@ BAD = [
     ("policy", {"K": 12}, "policy.K", "2..8"),
     ("gc_timeout_s", 0, "gc_timeout_s", "out of range"),
     ("limits", {"flow_id_bits": 31}, "limits.flow_id_bits", "4..28"),
+    ("limits", {"max_connections": 16, "max_connections_per_peer": 17}, "limits.max_connections_per_peer",
+     "1..16"),
     ("api", {"listen": "1.2.3.4:99999"}, "api.listen", "host:port"),
     ("api", {"listen": "unix:relative.sock"}, "api.listen", "absolute path"),
     ("admin", {"listen": "unix:/run/mfs/admin.sock"}, "admin.listen", "host:port"),

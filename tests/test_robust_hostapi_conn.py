@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
+from pathlib import Path
 
 import grpc
+import pytest
 
 from mfs.proto import report_pb2 as pb
+from mfs.proto import report_pb2_grpc as pbg
 from tests.test_hostapi import Env, ev, fs, run
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -102,3 +111,99 @@ def test_slow_preface_is_closed_and_connections_are_capped():
                 for s in socks:
                     s.close()
     run(go())
+
+
+def hold(port: int, source: str, n: int) -> list[socket.socket]:
+    """``n`` connections from ``source`` that never send their HTTP/2 preface (those refused are closed)."""
+    socks = []
+    for _ in range(n):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", port), source_address=(source, 0)))
+        except OSError:
+            pass
+    return socks
+
+
+def test_a_hostile_peer_cannot_take_every_connection_slot():
+    """A hostile peer (127.0.0.2) opens 40 connections that never finish their handshake (the
+    timeout is long: it holds its slots for the whole test): it holds at most
+    max_connections_per_peer of them, the rest are refused at once and counted, and a
+    legitimate host (127.0.0.1) that must reconnect registers and reports meanwhile (with the
+    global cap alone, the hostile peer held all 8 slots and locked it out)."""
+    limits = {"max_connections": 8, "max_connections_per_peer": 3, "handshake_timeout_s": 30.0}
+
+    async def go():
+        async with Env(limits=limits) as e:
+            loop = asyncio.get_running_loop()
+            socks = await loop.run_in_executor(None, hold, e.c.api_port, "127.0.0.2", 40)
+            try:
+                await asyncio.sleep(0.5)
+                held = await loop.run_in_executor(None, lambda: sum(not closed(s) for s in socks))
+                assert held == 3, f"the hostile peer holds {held} connections (limit 3)"
+                assert e.c.hostapi.guard.held == {"ip:127.0.0.2": 3}
+                assert e.c.metrics.total("rejected_connections", reason="per_peer") == 37
+                for _ in range(2):  # a fresh channel each time: the host reconnects
+                    ch = grpc.aio.insecure_channel(f"127.0.0.1:{e.c.api_port}")
+                    try:
+                        stub = pbg.HostReportsStub(ch)
+                        reg = await stub.Register(pb.RegisterRequest(host="h1", token="token-of-h1",
+                                                                     address="10.0.0.1"), timeout=5)
+                        ack = await stub.Report(pb.ReportBatch(session=reg.session, events=[]), timeout=5)
+                        assert ack.acked_seq == 0 and not ack.rejected
+                    finally:
+                        await ch.close()
+            finally:
+                for s in socks:
+                    s.close()
+    run(go())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to open connections as another uid (setuid)")
+def test_on_a_unix_socket_peers_are_told_apart_by_uid():
+    """On a unix socket the peer is the uid (SO_PEERCRED): a process of uid 65534 holding its
+    maximum does not lock out the host agent's uid."""
+    d = Path(tempfile.mkdtemp(prefix="mfs-conn-"))
+    d.chmod(0o755)
+    path = d / "api.sock"
+    limits = {"max_connections": 8, "max_connections_per_peer": 3, "handshake_timeout_s": 30.0}
+    child = textwrap.dedent(f"""
+        import os, socket, sys
+        os.setgid(65534); os.setuid(65534)
+        socks = []
+        for _ in range(40):
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect({str(path)!r})
+                socks.append(s)
+            except OSError:
+                pass
+        print(len(socks), flush=True)
+        sys.stdin.read()  # hold them until the test is done
+    """)
+
+    async def go():
+        async with Env(limits=limits, api={"listen": f"unix:{path}"}) as e:
+            path.chmod(0o777)
+            loop = asyncio.get_running_loop()
+            p = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+            try:
+                assert (await loop.run_in_executor(None, p.stdout.readline)).strip()
+                await asyncio.sleep(0.5)
+                assert e.c.hostapi.guard.held == {"uid:65534": 3}
+                assert e.c.metrics.total("rejected_connections", reason="per_peer") >= 37
+                ch = grpc.aio.insecure_channel(f"unix:{path}")
+                try:
+                    reg = await pbg.HostReportsStub(ch).Register(
+                        pb.RegisterRequest(host="h1", token="token-of-h1", address="10.0.0.1"), timeout=5)
+                    assert reg.session
+                    assert e.c.hostapi.guard.held == {"uid:65534": 3, f"uid:{os.getuid()}": 1}
+                finally:
+                    await ch.close()
+            finally:
+                p.stdin.close()
+                p.wait(10)
+    try:
+        run(go())
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
