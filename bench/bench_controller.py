@@ -8,6 +8,9 @@ Goals (issue 4): >= 10,000 entry updates/s batched; report->installed p99 <= 5 m
 Beside a hostile host (issue 10): a legitimate host's report->installed p50/p99 alone, then
 with a hostile host (controller/hostile.py, its own process) attacking the same controller,
 in the same run. Goal: p99 beside the hostile host <= 2x alone.
+
+The connection guard (controller/connguard.py, per-peer connection caps): an empty Report's
+round trip through it vs straight to the gRPC server's private socket, interleaved, same run.
 """
 
 from __future__ import annotations
@@ -69,6 +72,38 @@ def _legit_vs_hostile(address: str) -> dict:
             out[name] = {"n": arr.size, "p50": float(np.quantile(arr, 0.5)), "p99": float(np.quantile(arr, 0.99)),
                          "rejected": len(r["rejected"])}
         return out
+    return asyncio.run(go())
+
+
+GUARD_REPORTS = 1000
+
+
+def _guard_overhead() -> dict:
+    """Round trip of an empty Report (a keep-alive: no engine work) through the connection guard
+    and, alternately, straight to the gRPC server behind it (baseline), on one controller."""
+    cfg = config_mod.parse(config_data(["127.0.0.1:1"], api={"listen": "127.0.0.1:0"}), "bench-guard")
+
+    async def go() -> dict:
+        c = Controller(cfg)
+        await c.start(admin="")
+        chans = {"guard": grpc.aio.insecure_channel(f"127.0.0.1:{c.api_port}"),
+                 "direct": grpc.aio.insecure_channel(c.hostapi.guard.backend)}
+        try:
+            stubs = {k: pbg.HostReportsStub(ch) for k, ch in chans.items()}
+            reg = await stubs["guard"].Register(pb.RegisterRequest(host="h1", token="token-of-h1", address="10.0.0.1"))
+            batch = pb.ReportBatch(session=reg.session)
+            lat: dict[str, list[float]] = {k: [] for k in stubs}
+            for i in range(GUARD_REPORTS + 50):
+                for k in (("guard", "direct") if i % 2 else ("direct", "guard")):
+                    t0 = time.perf_counter()
+                    await stubs[k].Report(batch)
+                    if i >= 50:  # after the warm-up
+                        lat[k].append((time.perf_counter() - t0) * 1e3)
+        finally:
+            for ch in chans.values():
+                await ch.close()
+            await c.stop()
+        return {k: (float(np.quantile(v, 0.5)), float(np.quantile(v, 0.99))) for k, v in lat.items()}
     return asyncio.run(go())
 
 
@@ -176,6 +211,11 @@ def main() -> int:
               f"({b['n']} reports, {b['rejected']} rejected); p99 ratio {b['p99'] / a['p99']:.1f}x "
               f"(goal <= {GOAL_HOSTILE_RATIO:g}x: {'met' if b['p99'] <= GOAL_HOSTILE_RATIO * a['p99'] else 'NOT met'})")
         print(f"[{kind}] the hostile host's answers: {h['attack']}")
+    g = _guard_overhead()
+    print(f"[guard] empty Report round trip through the connection guard: p50 {g['guard'][0]:.3f} ms, "
+          f"p99 {g['guard'][1]:.3f} ms; straight to gRPC (baseline, same run): p50 {g['direct'][0]:.3f} ms, "
+          f"p99 {g['direct'][1]:.3f} ms; the guard adds p50 {g['guard'][0] - g['direct'][0]:+.3f} ms "
+          f"({GUARD_REPORTS} each, interleaved)")
     placement_main()
     return 0  # figures, not a gate: a loaded machine must not fail `make bench`
 
