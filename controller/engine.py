@@ -885,6 +885,7 @@ class Engine:
         timeout = self.cfg.gc_timeout_s
         silent = {h for h, t in self.last_seen.items() if alive - t > timeout}
         n = 0
+        changes: dict[int, float] = {}  # what ending them changes for the others (e.g. no longer pruned)
         for rec in [r for r in self.flows.values() if r.host in silent]:
             self._end_flow(now, rec)
             n += 1
@@ -895,13 +896,13 @@ class Engine:
             # placeholder for them, without layer state: it goes when they end)
             if req.info is not None:
                 with contextlib.suppress(KeyError, ValueError):
-                    self.policy.request_end(now, req.iid)
+                    changes.update(self.policy.request_end(now, req.iid))
             self._drop_req(now, req)
             self.metrics.count("gc_requests")
         for b in [b for b in self.batches.recs.values() if b.owner in silent]:
             if b.active:  # a silent host's batch departs (its requests are gone: nothing left to rank)
                 with contextlib.suppress(KeyError, ValueError):
-                    self.policy.batch_event(now, b.iid, "departure")
+                    changes.update(self.policy.batch_event(now, b.iid, "departure"))
                 b.active = False
             self._drop_batch(b)
         for key, a in list(self.adopted.items()):
@@ -911,6 +912,10 @@ class Engine:
                 if self.desired.pop(key, None) is not None:
                     self._dirty.add(key)
                 n += 1
+        keys = self._commit(changes)
+        if keys:
+            self._dirty |= keys
+            self._wake.set()
         if n:
             self.metrics.count("gc_entries", n)
             self._wake.set()

@@ -392,3 +392,43 @@ def test_batches_per_host_are_capped_and_freed_by_gc():
             assert [k for k in e.c.engine.batches.recs] == [("h2", 100)]
             assert e.c.engine.live_batches["h1"] == 0 and len(pol._active_batches) == 1
     run(go())
+
+
+def test_gc_writes_the_level_changes_the_policy_returns_for_a_silent_hosts_request_and_batch(monkeypatch):
+    """GC ends a silent host's requests and makes its batches depart; the level changes the
+    policy returns for that (e.g. another host's request no longer pruned) reach the desired
+    state and the switches, as they do for the same events from a host (they were dropped)."""
+    async def go():
+        async with Env(gc_timeout_s=0.6) as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            ack = await e.report(r1, [ev(1, request_start=req(1)),
+                                      ev(2, batch=pb.BatchEvent(batch_id=1, kind="arrival"))])
+            assert not ack.rejected
+            f3, f1 = r2.flow_id_base + 1, r2.flow_id_base + 2
+            ack = await e.report(r2, [ev(1, request_start=req(1, deadline_in=60)),
+                                      ev(2, flow_start=fs(f3, stage=3, request_id=1, size_bytes=10**6)),
+                                      ev(3, flow_start=fs(f1, stage=1, request_id=1, batch_id=1, target_layer=4,
+                                                          size_bytes=400_000))])
+            assert not ack.rejected
+            pol = e.c.engine.policy
+            new3, new1 = level(e, f3, 3) - 1, level(e, f1, 1) - 1
+            real_end, real_batch = pol.request_end, pol.batch_event
+
+            def request_end(now, rid):  # say: ending h1's request promotes h2's Stage-3 flow
+                out = real_end(now, rid)
+                return {**out, f3: new3}
+
+            def batch_event(now, bid, kind):  # and its batch's departure h2's Stage-1 fetch
+                out = real_batch(now, bid, kind)
+                return {**out, f1: new1} if kind == "departure" else out
+            monkeypatch.setattr(pol, "request_end", request_end)
+            monkeypatch.setattr(pol, "batch_event", batch_event)
+            for _ in range(10):  # h2 keeps reporting, h1 is silent
+                await e.report(r2, [])
+                await asyncio.sleep(0.2)
+            assert e.c.metrics.total("gc_requests") >= 1
+            assert (level(e, f3, 3), level(e, f1, 1)) == (new3, new1)
+            # and the host hears of it in its acks, as of any level change
+            ack = await e.report(r2, [])
+            assert not ack.rejected
+    run(go())
