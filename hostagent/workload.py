@@ -111,11 +111,14 @@ class EmuConfig:
     timeout: float = 600.0  # emulated seconds to wait for the last request after the last arrival
     layers_per_step: int = 1  # emulate this many consecutive layers as one step (:class:`LayerGroups`)
     kv_placement: str = "spread"  # "group": attention-DP, a request's KV on one host (:class:`Driver`)
+    kv_size: str = "load"  # with "group": "load" (per-NIC bytes × hosts/groups) or "flow" (per-NIC bytes)
 
     def validate(self) -> None:
         for k in ("link_bps", "time_scale", "slo_scale", "lowload_ratio", "timeout"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"{k} must be > 0, got {getattr(self, k)!r}")
+        if self.kv_size not in ("load", "flow"):
+            raise ValueError(f"kv_size must be load or flow, got {self.kv_size!r}")
         if self.kv_placement not in ("spread", "group"):
             raise ValueError(f"kv_placement must be spread or group, got {self.kv_placement!r}")
         n = get_model(self.model).num_layers
@@ -425,11 +428,15 @@ class Driver:
     def kv_bytes(self, q: _Req, nbytes: int) -> int:
         """Stage-1/3 bytes of one of the request's transfers. ``spread``: every host of the instance
         carries its per-GPU share (the instance-averaged figure). ``group`` (attention DP, the
-        simulator's model): only the request's host, with its group's per-NIC bytes × hosts ÷ groups —
-        an emulated instance has fewer hosts than the real one has groups, and this keeps each emulated
-        NIC's load (bytes/s) that of a real NIC; a single transfer is hosts ÷ groups of the real one."""
+        simulator's model): only the request's host. An emulated instance has fewer hosts than the real
+        one has groups, so one of two figures is kept: ``kv_size="flow"``: the group's per-NIC bytes (each
+        transfer as large as the real one; an emulated NIC carries the KV of groups ÷ hosts real NICs);
+        ``"load"``: × hosts ÷ groups (each emulated NIC carries a real NIC's KV bytes/s; each transfer is
+        hosts ÷ groups of the real one)."""
         if not self.grouped:
             return q.prof.per_gpu(nbytes)
+        if self.cfg.kv_size == "flow":
+            return q.prof.per_nic(nbytes)
         return -(-q.prof.per_nic(nbytes) * len(q.inst.hosts) // self.groups)
 
     def _s1_done(self, q: _Req, layer: int, fut: Future) -> None:

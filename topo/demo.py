@@ -103,6 +103,10 @@ def parser() -> argparse.ArgumentParser:
                     help="group: attention data parallelism as the simulator models it, a request's KV on one host "
                          "of its instance (per-NIC bytes, scaled so each emulated NIC carries a real NIC's load); "
                          "spread: every host carries its per-GPU share (the earlier model) (default %(default)s)")
+    ap.add_argument("--kv-size", choices=("flow", "load"), default="load",
+                    help="with --kv-placement group: flow = each Stage-1/3 transfer of the model's per-NIC size (an "
+                         "emulated NIC then carries the KV of groups/hosts real NICs); load = scaled by hosts/groups "
+                         "so each emulated NIC carries one real NIC's KV bytes/s (default %(default)s)")
     ap.add_argument("--bandwidth", type=float, default=40.0,
                     help="emulated link rate in Mb/s for every link, 0 = the topology's (default %(default)s: "
                          "keeps the Python switch and agents within two shared cores; ratios do not depend on it)")
@@ -278,7 +282,8 @@ class Plan:
         return EmuConfig(model=self.model, link_bps=self.link_bps, time_scale=self.time_scale,
                          slo_scale=args.slo_scale, lowload_ratio=lowload_ratio or self.lowload_ratio or 1.0,
                          timeout=args.time_limit, hw=self.hw, max_batch_tokens=self.max_batch_tokens,
-                         layers_per_step=args.layers_per_step, kv_placement=args.kv_placement)
+                         layers_per_step=args.layers_per_step, kv_placement=args.kv_placement,
+                         kv_size=args.kv_size)
 
 
 def request_set(args, seed: int, index: int) -> tuple[list, list]:
@@ -652,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         "topology": topo.name, "link_bps": plan.link_bps, "time_scale": plan.time_scale, "capacity": plan.capacity,
         "load": args.load if args.rate is None else None, "policies": policies,
         "pin": pins, "layer_ms": args.layer_ms, "layers_per_step": args.layers_per_step,
-        "kv_placement": args.kv_placement}}
+        "kv_placement": args.kv_placement, "kv_size": args.kv_size}}
     emu_runs: list = []
     with ExitStack() as stack:
         clusters = Clusters(topo, plan, args, stack)
