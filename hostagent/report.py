@@ -25,13 +25,16 @@ ordered backlog until the controller acknowledges them. One thread:
 
 4. A controller that lost its state (restarted — and maybe the switch too, so it adopted
    nothing): Register answers a ``last_seq`` *below* what this host had seen acknowledged.
-   Resending the backlog is not enough then — the flows and requests started and acknowledged
-   before are unknown to it (their events would be refused as ``unknown_flow``, their flows
-   left without entries). So the reporter, which keeps the host's live state from the events
-   it emits (live requests, live flows with their progress, the current layer of those
-   requests), **re-announces** it: ``request_start``, ``flow_start`` (+ ``progress``) and
-   ``layer`` events, ahead of the backlog (the backlog is renumbered after them; nothing of it
-   was applied by the new controller). What the backlog itself starts is not re-announced.
+   Resending the backlog is not enough then — the flows, requests and batches started and
+   acknowledged before are unknown to it (their events would be refused as ``unknown_flow``,
+   their flows left without entries, their batches unranked). So the reporter keeps the host's
+   state **as the controller acknowledged it** (live requests, live flows with their progress,
+   the current layer of those requests, active batches — built from acknowledged events, not
+   rejected ones; a flow whose ``flow_end`` is still in the backlog is live to the controller)
+   and **re-announces** it: ``request_start``, ``batch`` arrival, ``flow_start`` (+ ``progress``)
+   and ``layer`` events, ahead of the backlog (the backlog is renumbered after them; nothing of
+   it was applied by the new controller), which then applies on top of it. A re-announcement
+   still unacknowledged at a further reset is replaced by a fresh one.
 
 The backlog is bounded (``max_backlog``); beyond it the oldest Progress events are
 dropped first (they are superseded by later progress or FlowEnd), then the call fails.
@@ -117,12 +120,15 @@ class Reporter:
         self.stats = {"batches": 0, "events_sent": 0, "events_acked": 0, "rejected": 0, "registers": 0,
                       "rpc_errors": 0, "dropped_progress": 0, "resent": 0, "keepalives": 0, "levels": 0,
                       "controller_resets": 0, "reannounced": 0}
-        # the host's live state, from the events emitted (re-announced to a controller that lost it)
-        self._live_reqs: dict[int, dict] = {}  # request id -> request_start fields
-        self._live_flows: dict[int, dict] = {}  # flow id -> flow_start fields
+        # the host's live state as the controller acknowledged it (re-announced to a controller
+        # that lost it), from acknowledged events that were not rejected
+        self._live_reqs: dict[int, report_pb2.RequestStart] = {}  # request id -> its request_start
+        self._live_flows: dict[int, report_pb2.FlowStart] = {}  # flow id -> its flow_start
         self._flow_bytes: dict[int, int] = {}  # flow id -> last progress
         self._req_flows: dict[int, set[int]] = {}  # request id -> live flow ids
         self._req_layer: dict[int, tuple[int, bool]] = {}  # request id -> (layer, prefill done), live ones only
+        self._active_batches: set[int] = set()  # batch ids whose arrival (and no departure) was acked
+        self._reann_upto = 0  # seq of the last re-announced event (those at the backlog's head up to it)
         self.last_error: str = ""
         self.registered = threading.Event()
 
@@ -138,58 +144,69 @@ class Reporter:
             ev.seq = self._next_seq
             self._next_seq += 1
             self._backlog.append(ev)
-            self._track(event, fields)
             self._cv.notify()
             return ev.seq
 
-    def _track(self, event: str, f: dict) -> None:
-        """Keep the live state (caller holds the lock)."""
-        if event == "flow_start":
-            self._live_flows[f["flow_id"]] = dict(f)
-            self._req_flows.setdefault(f.get("request_id", 0), set()).add(f["flow_id"])
-        elif event == "progress":
-            if f["flow_id"] in self._live_flows:
-                self._flow_bytes[f["flow_id"]] = f.get("bytes_sent", 0)
-        elif event == "flow_end":
-            fs = self._live_flows.pop(f["flow_id"], None)
-            self._flow_bytes.pop(f["flow_id"], None)
+    def _acked(self, ev: report_pb2.Event) -> None:
+        """``ev`` is acknowledged (applied, not rejected): keep the live state (caller holds the lock)."""
+        kind = ev.WhichOneof("kind")
+        if kind == "flow_start":
+            f = self._live_flows[ev.flow_start.flow_id] = report_pb2.FlowStart()
+            f.CopyFrom(ev.flow_start)
+            self._req_flows.setdefault(f.request_id, set()).add(f.flow_id)
+            self._flow_bytes.pop(f.flow_id, None)
+        elif kind == "progress":
+            if ev.progress.flow_id in self._live_flows:
+                self._flow_bytes[ev.progress.flow_id] = ev.progress.bytes_sent
+        elif kind == "flow_end":
+            fid = ev.flow_end.flow_id
+            fs = self._live_flows.pop(fid, None)
+            self._flow_bytes.pop(fid, None)
             if fs is not None:
-                rid = fs.get("request_id", 0)
+                rid = fs.request_id
                 s = self._req_flows.get(rid)
                 if s is not None:
-                    s.discard(f["flow_id"])
+                    s.discard(fid)
                     if not s:
                         del self._req_flows[rid]
                         if rid not in self._live_reqs:
                             self._req_layer.pop(rid, None)
-        elif event == "request_start":
-            self._live_reqs[f["request_id"]] = dict(f)
-        elif event == "request_end":
-            self._live_reqs.pop(f["request_id"], None)
-            if f["request_id"] not in self._req_flows:
-                self._req_layer.pop(f["request_id"], None)
-        elif event == "layer":
-            rid = f["request_id"]
+        elif kind == "request_start":
+            f = self._live_reqs[ev.request_start.request_id] = report_pb2.RequestStart()
+            f.CopyFrom(ev.request_start)
+        elif kind == "request_end":
+            rid = ev.request_end.request_id
+            self._live_reqs.pop(rid, None)
+            if rid not in self._req_flows:
+                self._req_layer.pop(rid, None)
+        elif kind == "layer":
+            rid = ev.layer.request_id
             if rid in self._live_reqs or rid in self._req_flows:
                 layer, done = self._req_layer.get(rid, (0, False))
-                self._req_layer[rid] = (max(layer, f.get("current_layer", 0)), done or bool(f.get("prefill_done")))
+                self._req_layer[rid] = (max(layer, ev.layer.current_layer), done or ev.layer.prefill_done)
+        elif kind == "batch":
+            if ev.batch.kind == "arrival":
+                self._active_batches.add(ev.batch.batch_id)
+            elif ev.batch.kind == "departure":
+                self._active_batches.discard(ev.batch.batch_id)
 
     def live_state(self) -> dict[str, int]:
+        """The host's live requests, flows and active batches as the controller acknowledged them."""
         with self._cv:
-            return {"requests": len(self._live_reqs), "flows": len(self._live_flows)}
+            return {"requests": len(self._live_reqs), "flows": len(self._live_flows),
+                    "batches": len(self._active_batches)}
 
     def _reannounce(self, last_seq: int) -> None:
-        """The controller lost this host's state: put its live requests and flows (minus what the
-        backlog starts itself) ahead of the backlog, renumbering everything from ``last_seq + 1``
-        (caller holds the lock; no Report is in flight: this runs on the reporting thread)."""
-        started = {(e.WhichOneof("kind"), e.flow_start.flow_id if e.HasField("flow_start") else e.request_start.request_id)
-                   for e in self._backlog if e.HasField("flow_start") or e.HasField("request_start")}
+        """The controller lost this host's state: put the live state it had acknowledged ahead of
+        the backlog (in place of an earlier re-announcement still in it), renumbering everything
+        from ``last_seq + 1`` (caller holds the lock; no Report is in flight: this runs on the
+        reporting thread)."""
+        while self._backlog and self._backlog[0].seq <= self._reann_upto:
+            self._backlog.popleft()  # an unacknowledged re-announcement: made again below
         now = time.time()
-        out = [report_pb2.Event(time=now, request_start=f) for rid, f in self._live_reqs.items()
-               if ("request_start", rid) not in started]
+        out = [report_pb2.Event(time=now, request_start=f) for f in self._live_reqs.values()]
+        out += [report_pb2.Event(time=now, batch={"batch_id": bid, "kind": "arrival"}) for bid in self._active_batches]
         for fid, f in self._live_flows.items():
-            if ("flow_start", fid) in started:
-                continue
             out.append(report_pb2.Event(time=now, flow_start=f))
             if self._flow_bytes.get(fid):
                 out.append(report_pb2.Event(time=now, progress={"flow_id": fid, "bytes_sent": self._flow_bytes[fid]}))
@@ -201,12 +218,13 @@ class Reporter:
             seq += 1
             e.seq = seq
         self._backlog = deque(out + list(self._backlog))
+        self._reann_upto = last_seq + len(out)
         self._next_seq = seq + 1
         self._reset_last_seq = seq
         self.stats["controller_resets"] += 1
         self.stats["reannounced"] += len(out)
-        log.warning("%s: the controller lost this host's state (last_seq %d < acked %d): re-announcing %d live "
-                    "requests and flows", self.host, last_seq, self.acked_seq, len(out))
+        log.warning("%s: the controller lost this host's state (last_seq %d < acked %d): re-announcing %d events "
+                    "(its live requests, batches and flows)", self.host, last_seq, self.acked_seq, len(out))
 
     def _shed(self) -> None:
         for i, e in enumerate(self._backlog):
@@ -286,7 +304,7 @@ class Reporter:
                 self._reannounce(reg.last_seq)
                 self.acked_seq = reg.last_seq
             while self._backlog and self._backlog[0].seq <= reg.last_seq:
-                self._backlog.popleft()
+                self._acked(self._backlog.popleft())  # applied (its ack was lost)
             self.stats["resent"] += len(self._backlog) if self.stats["registers"] else 0
             self.acked_seq = max(self.acked_seq, reg.last_seq)
             self._session = reg.session
@@ -347,12 +365,16 @@ class Reporter:
             self.stats["batches"] += 1
             self.stats["events_sent"] += len(events)
             with self._cv:
+                rejected = set()
                 for rej in ack.rejected:
+                    rejected.add(rej.seq)
                     self.rejections.append((rej.seq, rej.reason))
                     self.stats["rejected"] += 1
                     log.warning("%s: controller rejected event seq=%d: %s", self.host, rej.seq, rej.reason)
                 while self._backlog and self._backlog[0].seq <= ack.acked_seq:
-                    self._backlog.popleft()
+                    ev = self._backlog.popleft()
+                    if ev.seq not in rejected:
+                        self._acked(ev)
                     self.stats["events_acked"] += 1
                 self.acked_seq = max(self.acked_seq, ack.acked_seq)
                 self.stats["levels"] += len(ack.levels)

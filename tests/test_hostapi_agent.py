@@ -115,3 +115,50 @@ def test_double_restart_controller_and_switch_loses_no_entry():
         rep.close(flush_timeout=0)
         lc.stop()
         t.cm.__exit__(None, None, None)
+
+
+def test_double_restart_with_events_sent_while_the_controller_was_down():
+    """Controller AND switch restart while the host keeps reporting (issue 10, item 3, in
+    flight): a flow and a request acknowledged before the outage and ended during it are
+    re-announced (their end events, resent after the restart, are applied, not refused as
+    unknown_flow / unknown_request), and the batch whose arrival was acknowledged before is
+    announced again, so the policy ranks its flows (MFS ranks only active batches)."""
+    t, cfg, lc, rep = setup()
+    try:
+        now = time.time()
+        rep.emit("request_start", request_id=1, batch_id=7, deadline=now + 30, arrival=now, num_layers=8)
+        rep.emit("request_start", request_id=2, batch_id=7, deadline=now + 40, arrival=now, num_layers=8)
+        rep.emit("batch", batch_id=7, kind="arrival")
+        rep.emit("flow_start", flow_id=1, stage=3, request_id=1, size_bytes=5_000_000, target_layer=7)
+        rep.emit("flow_start", flow_id=2, stage=1, request_id=1, batch_id=7, size_bytes=100_000, target_layer=3)
+        rep.emit("flow_start", flow_id=3, stage=1, request_id=1, batch_id=7, size_bytes=100_000, target_layer=6)
+        rep.emit("flow_start", flow_id=4, stage=1, request_id=2, batch_id=7, size_bytes=100_000, target_layer=2)
+        assert rep.flush(10) and not rep.rejections
+        eng = lc.c.engine
+        assert eng.policy.rank(2) < float("inf")  # ranked: its batch is active
+        flows = lambda: {(e["stage"], e["flow_id"]): e["installed"]["s1"] for e in lc.call(lc.c.flows())}  # noqa: E731
+
+        lc.stop()
+        t.restart()
+        # sent while the controller is down: ends of flows and a request it had acknowledged
+        rep.emit("flow_end", flow_id=3)
+        rep.emit("flow_end", flow_id=4)
+        rep.emit("request_end", request_id=2)
+        assert not rep.flush(0.3)  # nobody acknowledges them
+        lc = LiveController(cfg())
+        assert not lc.c.engine.adopted
+        wait(lambda: rep.stats["controller_resets"] >= 1 and rep.backlog() == 0, what="the re-announce")
+        assert not rep.rejections, rep.rejections
+        wait(lambda: set(flows()) == {(3, 1), (1, 2)} and all(v is not None for v in flows().values()),
+             what=f"the entries of the live flows ({flows()})")
+        eng = lc.c.engine
+        assert ("h1", 2) not in eng.requests and 3 not in eng.flows and 4 not in eng.flows
+        assert eng.batches.recs[("h1", 7)].active
+        assert eng.policy.rank(2) < float("inf")  # its batch is ranked again without a new batch event
+        rep.emit("flow_end", flow_id=2)
+        rep.emit("request_end", request_id=1)
+        assert rep.flush(10) and not rep.rejections, rep.rejections
+    finally:
+        rep.close(flush_timeout=0)
+        lc.stop()
+        t.cm.__exit__(None, None, None)
