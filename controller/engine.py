@@ -135,6 +135,10 @@ class ReqRec:
     rid: int
     iid: int
     info: RequestInfo | None = None
+    # a placeholder of a peer's events that named host ``claim`` the request's owner
+    # (FlowStart/LayerBoundary.owner): it joins only ``claim``'s request ``rid``, and only once
+    # ``claim`` names ``owner`` a peer ("" = the host's own request id)
+    claim: str = ""
     peers: frozenset = frozenset()
     layer: tuple[int, bool] | None = None  # last layer boundary (current layer, prefill done), for replay
     since: float = 0.0  # alive clock when created
@@ -494,7 +498,7 @@ class Engine:
             if self.live_flows.get(host, 0) >= cap:
                 raise Reject("host_cap", f"host {host} already has {cap} live flows (limits.max_flows_per_host); "
                                          f"end some first")
-            req = self._resolve(host, fs.request_id, create=True)
+            req = self._resolve(host, fs.request_id, fs.owner)
             info = FlowInfo(flow_id=fs.flow_id, stage=fs.stage, request_id=req.iid, size_bytes=fs.size_bytes,
                             deadline=fs.deadline or None, target_layer=fs.target_layer,
                             current_layer=fs.current_layer, batch_id=self._flow_batch(req, fs.batch_id), src=host,
@@ -544,23 +548,29 @@ class Engine:
             self._end_flow(now, rec)
         elif kind == "layer":
             lb = ev.layer
-            req = self._resolve(host, lb.request_id)
+            req = self._resolve(host, lb.request_id, lb.owner, create=False)
             if req is not None and req.info is not None and lb.current_layer > req.info.num_layers:
                 raise Reject("bad_layer", f"request {lb.request_id}: current_layer={lb.current_layer} > "
                                           f"num_layers={req.info.num_layers}")
-            if req is None:  # layer state of a request not started (yet): bounded per host
+            if req is None or (req.info is None and req.layer is None):
+                # layer state of a request not started (yet): bounded per host (checked where counted)
                 cap = self.cfg.limits.max_unknown_requests
                 if self.placeholders.get(host, 0) >= cap:
                     raise Reject("host_cap", f"host {host} already has layer state for {cap} requests that were "
                                              f"never started (limits.max_unknown_requests)")
-                req = self._resolve(host, lb.request_id, create=True)
-            if req.info is None and req.layer is None:
+                if req is None:
+                    req = self._resolve(host, lb.request_id, lb.owner)
                 self.placeholders[req.owner] = self.placeholders.get(req.owner, 0) + 1
             self._layer(now, req, lb.current_layer, lb.prefill_done, changes)
         elif kind == "request_start":
             rs = ev.request_start
             key = (host, rs.request_id)
             old = self.requests.get(key)
+            if old is not None and old.claim:
+                raise Reject("request_conflict", f"request {rs.request_id}: this host reported layer boundaries or "
+                                                 f"flows of host {old.claim!r}'s request {rs.request_id} (as its "
+                                                 f"peer) that host {old.claim!r} has not started yet; use another id "
+                                                 f"or end those flows first")
             if old is None or old.info is None:
                 cap = self.cfg.limits.max_requests_per_host
                 if self.live_requests.get(host, 0) >= cap:
@@ -569,7 +579,7 @@ class Engine:
             batch = self.batches.recs.get((host, rs.batch_id))
             if batch is None:
                 self._batch_room(host)
-            req = self._resolve(host, rs.request_id, create=True, own=True)
+            req = self._resolve(host, rs.request_id)
             if batch is None:
                 batch = self._new_batch(host, rs.batch_id)
             info = RequestInfo(request_id=req.iid, batch_id=batch.iid, deadline=rs.deadline,
@@ -628,14 +638,32 @@ class Engine:
         return h.name if h is not None else None
 
     # ------------------------------------------------------------------ requests (per host)
-    def _resolve(self, host: str, rid: int, create: bool = False, own: bool = False) -> ReqRec | None:
-        """The request ``host`` means by ``rid``: its own request of that id; else, unless ``own``,
-        the request of that id whose owner named ``host`` a peer; else (``create``) a
-        placeholder in ``host``'s own namespace. Another host's request is never reached
-        without being named its peer."""
-        req = self.reqs.resolve(host, rid, lambda r: r.info is not None, own)
-        if req is None and create:
-            req = self.requests[(host, rid)] = ReqRec(host, rid, next(self._iids), since=self.alive)
+    def _resolve(self, host: str, rid: int, owner: str = "", create: bool = True) -> ReqRec | None:
+        """The request ``host`` means by ``rid`` on behalf of ``owner`` (the event's ``owner`` field;
+        "" or ``host`` = its own): ``owner``'s started request ``rid`` if it names ``host`` a peer
+        (both sides confirm the link); else ``host``'s own record of ``rid`` — for ``owner``'s
+        request a placeholder claimed for ``owner`` (it joins ``owner``'s request when that names
+        ``host`` a peer), created if ``create``. An event without ``owner`` never leaves the
+        sender's namespace; a placeholder never joins another host's request than the one it
+        claims. Refused (``request_conflict``) if ``host``'s record of ``rid`` is for another owner."""
+        owner = "" if owner == host else owner
+        if owner:
+            o = self.requests.get((owner, rid))
+            if o is not None and o.info is not None and host in o.peers:
+                return o
+        req = self.requests.get((host, rid))
+        if req is None:
+            if create:
+                req = self.requests[(host, rid)] = ReqRec(host, rid, next(self._iids), since=self.alive, claim=owner)
+            return req
+        if req.claim != owner:
+            raise Reject("request_conflict",
+                         f"request {rid}: " + (f"host {owner!r} has not named this host a peer of its request {rid}, "
+                                               f"and this host's id {rid} is already in use"
+                                               if owner and not req.claim else
+                                               f"this host's id {rid} holds events for host {req.claim!r}'s "
+                                               f"request {rid}" + (f", not {owner!r}'s" if owner else
+                                                                   " (name its owner)")))
         return req
 
     # ------------------------------------------------------------------ batches (per host)
@@ -696,8 +724,8 @@ class Engine:
             self.batches.share((batch.owner, batch.bid), p)
         for p in req.peers:
             ph = self.requests.get((p, req.rid))
-            if ph is None or ph.info is not None:
-                continue  # the peer's own started request of the same id stays its own
+            if ph is None or ph.info is not None or ph.claim != req.owner:
+                continue  # the peer's own request of the same id (or one it claims for another) stays its own
             for fid in list(ph.flows):
                 self._relink(now, self.flows[fid], req, changes)
             if ph.layer is not None:
@@ -735,7 +763,7 @@ class Engine:
             self.reqs.unshare((req.owner, req.rid), p)
         if req.flows:  # flows outlive their request: they keep its policy id, in a placeholder
             self.requests[(req.owner, req.rid)] = ReqRec(req.owner, req.rid, req.iid, since=self.alive,
-                                                         flows=req.flows)
+                                                         flows=req.flows, claim=req.claim)
             for fid in req.flows:
                 self.flows[fid].req = self.requests[(req.owner, req.rid)]
 

@@ -304,6 +304,7 @@ class HostApi(pbg.HostReportsServicer):
                     raise Bad("bad_layer", f"flow_start.{name}={v} is out of range (allowed: 0..{lim.max_layers})")
             if len(f.dst) > MAX_DST_LEN:
                 raise Bad("bad_dst", f"flow_start.dst is {len(f.dst)} characters (limit {MAX_DST_LEN})")
+            self._owner("flow_start", f.owner)
         elif kind == "progress":
             self._own(s, ev.progress.flow_id)
             if ev.progress.bytes_sent > lim.max_flow_bytes:
@@ -314,6 +315,7 @@ class HostApi(pbg.HostReportsServicer):
             if not 0 <= ev.layer.current_layer <= lim.max_layers:
                 raise Bad("bad_layer", f"layer.current_layer={ev.layer.current_layer} is out of range "
                                        f"(allowed: 0..{lim.max_layers})")
+            self._owner("layer", ev.layer.owner)
         elif kind == "request_start":
             r = ev.request_start
             self._deadline("request_start.deadline", r.deadline, now)
@@ -336,6 +338,10 @@ class HostApi(pbg.HostReportsServicer):
         elif kind == "batch":
             if ev.batch.kind not in BATCH_KINDS:
                 raise Bad("bad_kind", f"batch.kind={ev.batch.kind!r} is not allowed (allowed: {', '.join(BATCH_KINDS)})")
+
+    def _owner(self, what: str, owner: str) -> None:
+        if owner and self.cfg.host(owner) is None:
+            raise Bad("bad_peer", f"{what}.owner: {owner[:64]!r} is not a configured host")
 
     def _own(self, s: HostSession, flow_id: int) -> None:
         base, bits = s.flow_base, self.cfg.limits.flow_id_bits

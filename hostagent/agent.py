@@ -234,8 +234,10 @@ class HostAgent:
     # ---- the runtime API -------------------------------------------------
     def submit(self, stage: int, peer: str, nbytes: int, request_id: int, *, batch_id: int = 0,
                deadline: float | None = None, target_layer: int = 0, current_layer: int | None = None,
-               level: int | None = None, on_done: Callable[[Transfer], None] | None = None) -> Transfer:
-        """Start a transfer of ``nbytes`` to ``peer`` ("ip" or "ip:port"); returns its handle."""
+               level: int | None = None, on_done: Callable[[Transfer], None] | None = None,
+               owner: str = "") -> Transfer:
+        """Start a transfer of ``nbytes`` to ``peer`` ("ip" or "ip:port"); returns its handle.
+        ``owner``: the host that owns ``request_id`` if not this one (this host is its peer)."""
         if stage not in H.VALID_STAGES:
             raise ValueError(f"stage={stage!r} is not one of {H.VALID_STAGES}")
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
@@ -271,7 +273,7 @@ class HostAgent:
         if tr.reported:
             self._emit("flow_start", flow_id=fid, stage=stage, request_id=request_id, batch_id=batch_id,
                        size_bytes=nbytes, deadline=deadline or 0.0, target_layer=target_layer,
-                       current_layer=cur if cur is not None else 0, dst=addr[0])
+                       current_layer=cur if cur is not None else 0, dst=addr[0], owner=owner)
         hdr = H.MfsHeader(stage=stage, flow_id=fid, request_id=request_id & 0xFFFFFFFF,
                           target_layer=target_layer, rli=H.RLI_UNKNOWN if rli is None else rli, proposed=level)
         steps = self.config.progress_steps
@@ -327,15 +329,18 @@ class HostAgent:
             except Exception:
                 log.exception("completion listener failed")
 
-    def layer_boundary(self, request_id: int, current_layer: int, prefill_done: bool = False) -> None:
-        """The request now computes (or waits to compute) ``current_layer``."""
+    def layer_boundary(self, request_id: int, current_layer: int, prefill_done: bool = False,
+                       owner: str = "") -> None:
+        """The request now computes (or waits to compute) ``current_layer``. ``owner``: the host
+        that owns the request if not this one."""
         if current_layer < 0:
             raise ValueError(f"current_layer={current_layer} must be >= 0")
         with self._lock:
             self._layers[request_id] = current_layer
             live = [self._live[f] for f in self._by_request.get(request_id, ()) if f in self._live]
             ctl = {tr.flow_id: self._ctl_level.get(tr.flow_id) for tr in live}
-        self._emit("layer", request_id=request_id, current_layer=current_layer, prefill_done=prefill_done)
+        self._emit("layer", request_id=request_id, current_layer=current_layer, prefill_done=prefill_done,
+                   owner=owner)
         for tr in live:
             if tr.stage == H.STAGE_KV_REUSE and tr._tx is not None and tr._tx.stamper is not None:
                 rli = self._rli(tr.stage, tr.target_layer, current_layer)

@@ -203,10 +203,11 @@ class _Conn:
                               deadline=_opt_num(req, "deadline"), target_layer=_int(req, "target_layer", 0),
                               current_layer=None if cur is None else _int(req, "current_layer"),
                               level=None if lvl is None else _int(req, "level"),
-                              on_done=lambda t: self.send(transfer_event(t)))
+                              on_done=lambda t: self.send(transfer_event(t)), owner=str(req.get("owner") or ""))
             return {"ok": True, "flow_id": tr.flow_id}
         if op == "layer":
-            agent.layer_boundary(_int(req, "request_id"), _int(req, "current_layer"), bool(req.get("prefill_done")))
+            agent.layer_boundary(_int(req, "request_id"), _int(req, "current_layer"), bool(req.get("prefill_done")),
+                                 owner=str(req.get("owner") or ""))
         elif op == "request_start":
             agent.request_start(_int(req, "request_id"), _num(req, "deadline"), _num(req, "arrival"),
                                 _int(req, "num_layers"), batch_id=_int(req, "batch_id", 0),
@@ -397,9 +398,10 @@ class ControlClient:
     # ---- the runtime API (mirrors HostAgent) ----------------------------
     def submit(self, stage: int, peer: str, nbytes: int, request_id: int, *, batch_id: int = 0,
                deadline: float | None = None, target_layer: int = 0, current_layer: int | None = None,
-               level: int | None = None) -> Future:
+               level: int | None = None, owner: str = "") -> Future:
         fields = dict(stage=stage, peer=peer, bytes=nbytes, request_id=request_id, batch_id=batch_id,
-                      deadline=deadline, target_layer=target_layer, current_layer=current_layer, level=level)
+                      deadline=deadline, target_layer=target_layer, current_layer=current_layer, level=level,
+                      owner=owner)
         f: Future = Future()
         if not self.pipeline:
             self._flow_future(self.request("submit", **fields)["flow_id"], f)
@@ -419,8 +421,10 @@ class ControlClient:
         rf.add_done_callback(on_reply)
         return f
 
-    def layer_boundary(self, request_id: int, current_layer: int, prefill_done: bool = False) -> None:
-        self.notify("layer", request_id=request_id, current_layer=current_layer, prefill_done=prefill_done)
+    def layer_boundary(self, request_id: int, current_layer: int, prefill_done: bool = False,
+                       owner: str = "") -> None:
+        self.notify("layer", request_id=request_id, current_layer=current_layer, prefill_done=prefill_done,
+                    owner=owner)
 
     def request_start(self, request_id: int, deadline: float, arrival: float, num_layers: int, *, batch_id: int = 0,
                       remaining_compute: float = 0.0, remaining_bytes: int = 0, peers: list[str] = ()) -> None:

@@ -126,7 +126,8 @@ class Reporter:
         self._live_flows: dict[int, report_pb2.FlowStart] = {}  # flow id -> its flow_start
         self._flow_bytes: dict[int, int] = {}  # flow id -> last progress
         self._req_flows: dict[int, set[int]] = {}  # request id -> live flow ids
-        self._req_layer: dict[int, tuple[int, bool]] = {}  # request id -> (layer, prefill done), live ones only
+        # request id -> (layer, prefill done, owner: "" or the host owning it), live ones only
+        self._req_layer: dict[int, tuple[int, bool, str]] = {}
         self._active_batches: set[int] = set()  # batch ids whose arrival (and no departure) was acked
         self._reann_upto = 0  # seq of the last re-announced event (those at the backlog's head up to it)
         self.last_error: str = ""
@@ -182,8 +183,9 @@ class Reporter:
         elif kind == "layer":
             rid = ev.layer.request_id
             if rid in self._live_reqs or rid in self._req_flows:
-                layer, done = self._req_layer.get(rid, (0, False))
-                self._req_layer[rid] = (max(layer, ev.layer.current_layer), done or ev.layer.prefill_done)
+                layer, done, _ = self._req_layer.get(rid, (0, False, ""))
+                self._req_layer[rid] = (max(layer, ev.layer.current_layer), done or ev.layer.prefill_done,
+                                        ev.layer.owner)
         elif kind == "batch":
             if ev.batch.kind == "arrival":
                 self._active_batches.add(ev.batch.batch_id)
@@ -210,9 +212,9 @@ class Reporter:
             out.append(report_pb2.Event(time=now, flow_start=f))
             if self._flow_bytes.get(fid):
                 out.append(report_pb2.Event(time=now, progress={"flow_id": fid, "bytes_sent": self._flow_bytes[fid]}))
-        for rid, (layer, done) in self._req_layer.items():
+        for rid, (layer, done, owner) in self._req_layer.items():
             out.append(report_pb2.Event(time=now, layer={"request_id": rid, "current_layer": layer,
-                                                         "prefill_done": done}))
+                                                         "prefill_done": done, "owner": owner}))
         seq = last_seq
         for e in out + list(self._backlog):
             seq += 1

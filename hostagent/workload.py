@@ -68,7 +68,8 @@ class AgentHandle(Protocol):
     """What the driver needs from an agent: HostAgent via control.LocalHandle, or control.ControlClient."""
 
     def submit(self, stage: int, peer: str, nbytes: int, request_id: int, **kw) -> Future: ...
-    def layer_boundary(self, request_id: int, current_layer: int, prefill_done: bool = False) -> None: ...
+    def layer_boundary(self, request_id: int, current_layer: int, prefill_done: bool = False,
+                       owner: str = "") -> None: ...
     def request_start(self, request_id: int, deadline: float, arrival: float, num_layers: int, **kw) -> None: ...
     def request_end(self, request_id: int) -> None: ...
     def batch_event(self, batch_id: int, kind: str) -> None: ...
@@ -337,7 +338,14 @@ class Driver:
         self.flows += 1
         return self.h[src].submit(stage, self.addr(dst), nbytes, q.rid, batch_id=bid,
                                   deadline=self.t0 + q.deadline, target_layer=min(layer, 0xFFFF),
-                                  current_layer=current)
+                                  current_layer=current, owner=self.owner(q, src))
+
+    @staticmethod
+    def owner(q: _Req, host: str) -> str:
+        """The ``owner`` a host names in its events on ``q`` (docs/report-api.md): ``q``'s owner, the
+        first host of its prefill instance (which starts it and names the others its peers), or ""
+        for the owner itself."""
+        return "" if host == q.inst.hosts[0] else q.inst.hosts[0]
 
     def _fail(self, what: str, e: BaseException) -> None:
         msg = f"{what}: {type(e).__name__}: {e}"
@@ -508,7 +516,7 @@ class Driver:
                 # the senders of its pending Stage-1 data learn the layer too: their agents re-stamp the
                 # RLI (and re-rank, re-arm the retransmit timer) of the transfers it promotes
                 for hn in hosts + ([h for h in q.s1_src if h not in hosts] if q.s1_pending else []):
-                    self.h[hn].layer_boundary(q.rid, layer)
+                    self.h[hn].layer_boundary(q.rid, layer, owner=self.owner(q, hn))
             if self.grouped:
                 time.sleep(self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs], [q.grp for q in b.reqs]))
             else:
@@ -538,7 +546,7 @@ class Driver:
         ready = []
         for q in b.reqs:
             for hn in hosts:
-                self.h[hn].layer_boundary(q.rid, L, True)
+                self.h[hn].layer_boundary(q.rid, L, True, owner=self.owner(q, hn))
         first.batch_event(b.bid, "departure")
         with inst.cv:
             for q in b.reqs:

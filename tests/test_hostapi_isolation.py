@@ -13,6 +13,7 @@ import time
 import grpc
 import pytest
 
+from controller.testing import config_data
 from mfs.proto import report_pb2 as pb
 from mfs.proto import report_pb2_grpc as pbg
 from tests.test_hostapi import Env, ev, fs, run
@@ -88,7 +89,7 @@ def test_peers_named_by_the_owner_share_its_request():
             b2 = r2.flow_id_base
             # the race: h2's fetch for request 11 arrives before h1 starts request 11
             ack = await e.report(r2, [ev(1, flow_start=fs(b2 + 1, stage=1, request_id=11, target_layer=3,
-                                                          current_layer=0, size_bytes=400_000))])
+                                                          current_layer=0, size_bytes=400_000, owner="h1"))])
             assert not ack.rejected
             ack = await e.report(r1, [ev(1, request_start=req(11, peers=["h2"]))])
             assert not ack.rejected
@@ -100,9 +101,9 @@ def test_peers_named_by_the_owner_share_its_request():
             assert level(e, b2 + 1, 1) < lvl0
             # the peer's own layer boundary reaches the owner's request too
             ack = await e.report(r2, [ev(2, flow_start=fs(b2 + 2, stage=1, request_id=11, target_layer=6,
-                                                          current_layer=0, size_bytes=400_000))])
+                                                          current_layer=0, size_bytes=400_000, owner="h1"))])
             lvl1 = level(e, b2 + 2, 1)
-            ack = await e.report(r2, [ev(3, layer=pb.LayerBoundary(request_id=11, current_layer=6))])
+            ack = await e.report(r2, [ev(3, layer=pb.LayerBoundary(request_id=11, current_layer=6, owner="h1"))])
             assert not ack.rejected and level(e, b2 + 2, 1) < lvl1
             assert e.c.engine.requests[("h1", 11)].layer == (6, False)
             # ... but may not end it
@@ -113,6 +114,64 @@ def test_peers_named_by_the_owner_share_its_request():
             ack = await e.report(r1, [ev(4, request_end=pb.RequestEnd(request_id=11))])
             assert not ack.rejected and e.c.engine.requests[("h1", 11)].info is None  # ended (its flows live on)
             assert ("h2", 11) not in e.c.engine.peers
+    run(go())
+
+
+def test_naming_a_peer_does_not_take_over_its_own_requests():
+    """The link between a request and a peer's events takes both sides: the owner names the peer
+    (request_start.peers) and the peer names the owner (FlowStart/LayerBoundary.owner). h1 naming
+    h2 a peer of "its" request 7 (with a past deadline) neither moves h2's own flow on h2's id 7
+    onto h1's request nor lets it reach h2's later events on id 7; h2's events naming h1 join h1's
+    request, and a placeholder joins only the owner it names."""
+    hosts = config_data([])["hosts"] + [{"name": "h3", "address": "10.0.0.3", "token": "token-of-h3"}]
+
+    async def go():
+        async with Env(hosts=hosts) as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            b2 = r2.flow_id_base
+            eng = e.c.engine
+            ack = await e.report(r2, [ev(1, flow_start=fs(b2 + 1, stage=3, request_id=7, target_layer=0,
+                                                          size_bytes=400_000))])
+            assert not ack.rejected
+            before = level(e, b2 + 1, 3)
+            past = time.time() - 60
+            ack = await e.report(r1, [ev(1, request_start=pb.RequestStart(
+                request_id=7, batch_id=7, deadline=past, arrival=past - 1, num_layers=8, remaining_compute=0.1,
+                peers=["h2"]))])
+            assert not ack.rejected
+            await e.report(r2, [])  # a round of ticks
+            assert eng.flows[b2 + 1].req is eng.requests[("h2", 7)] and level(e, b2 + 1, 3) == before
+            # h2's later events on its id 7 without owner stay in h2's namespace
+            ack = await e.report(r2, [ev(2, layer=pb.LayerBoundary(request_id=7, current_layer=8, prefill_done=True)),
+                                      ev(3, flow_start=fs(b2 + 2, stage=1, request_id=7, target_layer=5,
+                                                          size_bytes=400_000))])
+            assert not ack.rejected
+            assert eng.requests[("h1", 7)].layer is None and eng.requests[("h2", 7)].layer == (8, True)
+            assert eng.flows[b2 + 2].req is eng.requests[("h2", 7)]
+            # naming an owner that has not named h2 a peer, on an id h2 uses itself: refused
+            ack = await e.report(r2, [ev(4, flow_start=fs(b2 + 3, stage=1, request_id=7, size_bytes=400_000,
+                                                          owner="h3"))])
+            assert reasons(ack) == ["request_conflict"]
+            ack = await e.report(r2, [ev(5, flow_start=fs(b2 + 3, stage=1, request_id=7, size_bytes=400_000,
+                                                          owner="nobody"))])
+            assert reasons(ack) == ["bad_peer"]
+            # h2 confirms the link to h1's request 7 on another id: its events reach h1's request
+            ack = await e.report(r1, [ev(2, request_start=req(8, peers=["h2"]))])
+            ack = await e.report(r2, [ev(6, flow_start=fs(b2 + 4, stage=1, request_id=8, target_layer=5,
+                                                          size_bytes=400_000, owner="h1")),
+                                      ev(7, layer=pb.LayerBoundary(request_id=8, current_layer=2, owner="h1"))])
+            assert not ack.rejected
+            assert eng.flows[b2 + 4].req is eng.requests[("h1", 8)] and eng.requests[("h1", 8)].layer == (2, False)
+            # a placeholder claimed for h3 does not join h1's request 9 naming h2 (h3's does)
+            ack = await e.report(r2, [ev(8, flow_start=fs(b2 + 5, stage=3, request_id=9, size_bytes=400_000,
+                                                          owner="h3"))])
+            assert not ack.rejected
+            await e.report(r1, [ev(3, request_start=req(9, peers=["h2"]))])
+            assert eng.flows[b2 + 5].req is eng.requests[("h2", 9)]
+            r3 = await e.register("h3", "token-of-h3", "10.0.0.3")
+            ack = await e.report(r3, [ev(1, request_start=req(9, peers=["h2"]))])
+            assert not ack.rejected and eng.flows[b2 + 5].req is eng.requests[("h3", 9)]
+            assert ("h2", 9) not in eng.requests
     run(go())
 
 

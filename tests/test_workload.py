@@ -22,15 +22,17 @@ NAMES = ["p0", "p1", "p2", "p3", "d0"]
 class Recorder:
     """Wraps a handle and timestamps the runtime calls (to check the dependencies)."""
 
-    def __init__(self, inner, log):
-        self.inner, self.log, self.address = inner, log, inner.address
+    def __init__(self, inner, log, name=""):
+        self.inner, self.log, self.address, self.name = inner, log, inner.address, name
 
     def submit(self, stage, peer, nbytes, request_id, **kw):
+        self.log.append(("owner", request_id, (self.name, kw.get("owner", "")), time.time()))
         return self.inner.submit(stage, peer, nbytes, request_id, **kw)
 
-    def layer_boundary(self, request_id, layer, prefill_done=False):
+    def layer_boundary(self, request_id, layer, prefill_done=False, owner=""):
         self.log.append(("layer", request_id, layer, time.time()))
-        self.inner.layer_boundary(request_id, layer, prefill_done)
+        self.log.append(("owner", request_id, (self.name, owner), time.time()))
+        self.inner.layer_boundary(request_id, layer, prefill_done, owner=owner)
 
     def request_start(self, *a, **kw):
         self.inner.request_start(*a, **kw)
@@ -66,7 +68,7 @@ def _requests():
 def test_hand_checked_ttft_and_dependencies(cluster, tmp_path):
     agents, received = cluster
     log = []
-    handles = {n: Recorder(LocalHandle(a), log) for n, a in agents.items()}
+    handles = {n: Recorder(LocalHandle(a), log, n) for n, a in agents.items()}
     cl = EmuCluster(prefill=[["p0", "p1"], ["p2", "p3"]], decode=[["d0"]],
                     addresses={n: h.address for n, h in handles.items()})
     run = run_workload(handles, cl, _requests(), EmuConfig(link_bps=LINK, slo_scale=3.0, kv_placement="spread"),
@@ -105,6 +107,11 @@ def test_hand_checked_ttft_and_dependencies(cluster, tmp_path):
             assert d.time <= nxt + 0.002, "layer started before its predecessor's Stage 2 landed"
         s3d = [d for d in received if d.stage == 3 and d.request_id == rid]
         assert len(s3d) == L * 2 and {d.target_layer for d in s3d} == set(range(L))
+    # a request's owner (its instance's first host) reports on it as its own; every other host (its
+    # instance's, the KV holders') names the owner (report.proto FlowStart/LayerBoundary.owner)
+    owners = {(rid, who) for kind, rid, who, _ in log if kind == "owner"}
+    assert owners == {(0, ("p0", "")), (0, ("p1", "p0")), (1, ("p2", "")), (1, ("p3", "p2")),
+                      (1, ("p0", "p2")), (1, ("p1", "p2"))}
     # results file: the simulator's schema
     runs, _ = read_results(tmp_path / "emu.json")
     assert runs[0].summary["requests"] == 2 and runs[0].meta["emulated"] is True

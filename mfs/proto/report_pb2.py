@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mfs/proto/report.proto\x12\rmfs.report.v1\"?\n\x0fRegisterRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\x87\x01\n\x10RegisterResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x14\n\x0c\x66low_id_base\x18\x03 \x01(\r\x12\x14\n\x0c\x66low_id_bits\x18\x04 \x01(\r\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\x12\x13\n\x0bserver_time\x18\x06 \x01(\x01\"\xb1\x01\n\tFlowStart\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\r\x12\r\n\x05stage\x18\x02 \x01(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\x04\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x10\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x01\x12\x14\n\x0ctarget_layer\x18\x07 \x01(\x05\x12\x15\n\rcurrent_layer\x18\x08 \x01(\x05\x12\x0b\n\x03\x64st\x18\t \x01(\t\"P\n\rLayerBoundary\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x15\n\rcurrent_layer\x18\x02 \x01(\x05\x12\x14\n\x0cprefill_done\x18\x03 \x01(\x08\"/\n\x08Progress\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\r\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\"\x1a\n\x07\x46lowEnd\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\r\"\xae\x01\n\x0cRequestStart\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\x10\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x01\x12\x0f\n\x07\x61rrival\x18\x04 \x01(\x01\x12\x12\n\nnum_layers\x18\x05 \x01(\r\x12\x19\n\x11remaining_compute\x18\x06 \x01(\x01\x12\x17\n\x0fremaining_bytes\x18\x07 \x01(\x04\x12\r\n\x05peers\x18\x08 \x03(\t\" \n\nRequestEnd\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\",\n\nBatchEvent\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\"\xf6\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12.\n\nflow_start\x18\n \x01(\x0b\x32\x18.mfs.report.v1.FlowStartH\x00\x12-\n\x05layer\x18\x0b \x01(\x0b\x32\x1c.mfs.report.v1.LayerBoundaryH\x00\x12+\n\x08progress\x18\x0c \x01(\x0b\x32\x17.mfs.report.v1.ProgressH\x00\x12*\n\x08\x66low_end\x18\r \x01(\x0b\x32\x16.mfs.report.v1.FlowEndH\x00\x12\x34\n\rrequest_start\x18\x0e \x01(\x0b\x32\x1b.mfs.report.v1.RequestStartH\x00\x12\x30\n\x0brequest_end\x18\x0f \x01(\x0b\x32\x19.mfs.report.v1.RequestEndH\x00\x12*\n\x05\x62\x61tch\x18\x10 \x01(\x0b\x32\x19.mfs.report.v1.BatchEventH\x00\x42\x06\n\x04kind\"D\n\x0bReportBatch\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.mfs.report.v1.Event\"(\n\tRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"+\n\tFlowLevel\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\r\x12\r\n\x05level\x18\x02 \x01(\r\"t\n\tReportAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12*\n\x08rejected\x18\x02 \x03(\x0b\x32\x18.mfs.report.v1.Rejection\x12(\n\x06levels\x18\x03 \x03(\x0b\x32\x18.mfs.report.v1.FlowLevel2\x9a\x01\n\x0bHostReports\x12K\n\x08Register\x12\x1e.mfs.report.v1.RegisterRequest\x1a\x1f.mfs.report.v1.RegisterResponse\x12>\n\x06Report\x12\x1a.mfs.report.v1.ReportBatch\x1a\x18.mfs.report.v1.ReportAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mfs/proto/report.proto\x12\rmfs.report.v1\"?\n\x0fRegisterRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\x87\x01\n\x10RegisterResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\r\x12\x14\n\x0c\x66low_id_base\x18\x03 \x01(\r\x12\x14\n\x0c\x66low_id_bits\x18\x04 \x01(\r\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\x12\x13\n\x0bserver_time\x18\x06 \x01(\x01\"\xc0\x01\n\tFlowStart\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\r\x12\r\n\x05stage\x18\x02 \x01(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\x04\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x10\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x01\x12\x14\n\x0ctarget_layer\x18\x07 \x01(\x05\x12\x15\n\rcurrent_layer\x18\x08 \x01(\x05\x12\x0b\n\x03\x64st\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\"_\n\rLayerBoundary\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x15\n\rcurrent_layer\x18\x02 \x01(\x05\x12\x14\n\x0cprefill_done\x18\x03 \x01(\x08\x12\r\n\x05owner\x18\x04 \x01(\t\"/\n\x08Progress\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\r\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\"\x1a\n\x07\x46lowEnd\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\r\"\xae\x01\n\x0cRequestStart\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\x10\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x01\x12\x0f\n\x07\x61rrival\x18\x04 \x01(\x01\x12\x12\n\nnum_layers\x18\x05 \x01(\r\x12\x19\n\x11remaining_compute\x18\x06 \x01(\x01\x12\x17\n\x0fremaining_bytes\x18\x07 \x01(\x04\x12\r\n\x05peers\x18\x08 \x03(\t\" \n\nRequestEnd\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\",\n\nBatchEvent\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\"\xf6\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12.\n\nflow_start\x18\n \x01(\x0b\x32\x18.mfs.report.v1.FlowStartH\x00\x12-\n\x05layer\x18\x0b \x01(\x0b\x32\x1c.mfs.report.v1.LayerBoundaryH\x00\x12+\n\x08progress\x18\x0c \x01(\x0b\x32\x17.mfs.report.v1.ProgressH\x00\x12*\n\x08\x66low_end\x18\r \x01(\x0b\x32\x16.mfs.report.v1.FlowEndH\x00\x12\x34\n\rrequest_start\x18\x0e \x01(\x0b\x32\x1b.mfs.report.v1.RequestStartH\x00\x12\x30\n\x0brequest_end\x18\x0f \x01(\x0b\x32\x19.mfs.report.v1.RequestEndH\x00\x12*\n\x05\x62\x61tch\x18\x10 \x01(\x0b\x32\x19.mfs.report.v1.BatchEventH\x00\x42\x06\n\x04kind\"D\n\x0bReportBatch\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.mfs.report.v1.Event\"(\n\tRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"+\n\tFlowLevel\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\r\x12\r\n\x05level\x18\x02 \x01(\r\"t\n\tReportAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12*\n\x08rejected\x18\x02 \x03(\x0b\x32\x18.mfs.report.v1.Rejection\x12(\n\x06levels\x18\x03 \x03(\x0b\x32\x18.mfs.report.v1.FlowLevel2\x9a\x01\n\x0bHostReports\x12K\n\x08Register\x12\x1e.mfs.report.v1.RegisterRequest\x1a\x1f.mfs.report.v1.RegisterResponse\x12>\n\x06Report\x12\x1a.mfs.report.v1.ReportBatch\x1a\x18.mfs.report.v1.ReportAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,29 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=107
   _globals['_REGISTERRESPONSE']._serialized_end=242
   _globals['_FLOWSTART']._serialized_start=245
-  _globals['_FLOWSTART']._serialized_end=422
-  _globals['_LAYERBOUNDARY']._serialized_start=424
-  _globals['_LAYERBOUNDARY']._serialized_end=504
-  _globals['_PROGRESS']._serialized_start=506
-  _globals['_PROGRESS']._serialized_end=553
-  _globals['_FLOWEND']._serialized_start=555
-  _globals['_FLOWEND']._serialized_end=581
-  _globals['_REQUESTSTART']._serialized_start=584
-  _globals['_REQUESTSTART']._serialized_end=758
-  _globals['_REQUESTEND']._serialized_start=760
-  _globals['_REQUESTEND']._serialized_end=792
-  _globals['_BATCHEVENT']._serialized_start=794
-  _globals['_BATCHEVENT']._serialized_end=838
-  _globals['_EVENT']._serialized_start=841
-  _globals['_EVENT']._serialized_end=1215
-  _globals['_REPORTBATCH']._serialized_start=1217
-  _globals['_REPORTBATCH']._serialized_end=1285
-  _globals['_REJECTION']._serialized_start=1287
-  _globals['_REJECTION']._serialized_end=1327
-  _globals['_FLOWLEVEL']._serialized_start=1329
-  _globals['_FLOWLEVEL']._serialized_end=1372
-  _globals['_REPORTACK']._serialized_start=1374
-  _globals['_REPORTACK']._serialized_end=1490
-  _globals['_HOSTREPORTS']._serialized_start=1493
-  _globals['_HOSTREPORTS']._serialized_end=1647
+  _globals['_FLOWSTART']._serialized_end=437
+  _globals['_LAYERBOUNDARY']._serialized_start=439
+  _globals['_LAYERBOUNDARY']._serialized_end=534
+  _globals['_PROGRESS']._serialized_start=536
+  _globals['_PROGRESS']._serialized_end=583
+  _globals['_FLOWEND']._serialized_start=585
+  _globals['_FLOWEND']._serialized_end=611
+  _globals['_REQUESTSTART']._serialized_start=614
+  _globals['_REQUESTSTART']._serialized_end=788
+  _globals['_REQUESTEND']._serialized_start=790
+  _globals['_REQUESTEND']._serialized_end=822
+  _globals['_BATCHEVENT']._serialized_start=824
+  _globals['_BATCHEVENT']._serialized_end=868
+  _globals['_EVENT']._serialized_start=871
+  _globals['_EVENT']._serialized_end=1245
+  _globals['_REPORTBATCH']._serialized_start=1247
+  _globals['_REPORTBATCH']._serialized_end=1315
+  _globals['_REJECTION']._serialized_start=1317
+  _globals['_REJECTION']._serialized_end=1357
+  _globals['_FLOWLEVEL']._serialized_start=1359
+  _globals['_FLOWLEVEL']._serialized_end=1402
+  _globals['_REPORTACK']._serialized_start=1404
+  _globals['_REPORTACK']._serialized_end=1520
+  _globals['_HOSTREPORTS']._serialized_start=1523
+  _globals['_HOSTREPORTS']._serialized_end=1677
 # @@protoc_insertion_point(module_scope)
