@@ -82,27 +82,14 @@ class HostIds:
     A's id 7 and host B's id 7 are different records (``recs[(host, id)]``), each known to the
     policy by an internal id ``iid`` unique across hosts. An owner may share a record with
     *peers* (``peers[(peer, id)]`` -> the owners' keys sharing it, with how many times each):
-    a peer's event on the id reaches the owner's record. Used for requests (peers named in
-    ``request_start``) and batches (shared with the peers of their member requests)."""
+    requests with the peers named in ``request_start`` (a peer's event reaches the owner's
+    request only if it names the owner too: Engine._resolve). Batches are not shared: a batch
+    event is always about the sender's own batch."""
 
     def __init__(self, iids=None):
         self.recs: dict[tuple[str, int], object] = {}
         self.peers: dict[tuple[str, int], dict[tuple[str, int], int]] = {}
         self.iids = iids or itertools.count(1)
-
-    def resolve(self, host: str, xid: int, started, own: bool = False):
-        """The record ``host`` means by ``xid``: its own record of that id if ``started(rec)`` (or
-        ``own``); else, unless ``own``, the started record of that id whose owner shares it with
-        ``host`` (the one shared last); else its own record of that id if any, else None."""
-        rec = self.recs.get((host, xid))
-        if rec is not None and (own or started(rec)):
-            return rec
-        if not own:
-            for okey in reversed(self.peers.get((host, xid), {})):
-                o = self.recs.get(okey)
-                if o is not None and started(o):
-                    return o
-        return rec
 
     def owner_of(self, host: str, xid: int) -> str | None:
         """The owner that shares ``xid`` with ``host`` (the last one), if any."""
@@ -150,18 +137,14 @@ class ReqRec:
 class BatchRec:
     """A batch in the engine: ``owner``'s batch ``bid`` (batch ids are per host, as request ids
     are), known to the policy as ``iid``. Its members are started requests of its owner (their
-    ``request_start.batch_id``); it is shared with their peers. ``active`` between its arrival
-    and its departure."""
+    ``request_start.batch_id``); only its owner's ``batch`` events reach it (a peer's flows of its
+    requests name it by its owner's id). ``active`` between its arrival and its departure."""
 
     owner: str
     bid: int
     iid: int
     members: set = field(default_factory=set)  # member requests' iids
     active: bool = False
-
-
-def batch_started(b: BatchRec) -> bool:
-    return b.active or bool(b.members)
 
 
 @dataclass
@@ -611,11 +594,7 @@ class Engine:
             self._drop_req(now, req)
         elif kind == "batch":
             bid, arrival = ev.batch.batch_id, ev.batch.kind == "arrival"
-            b = self.batches.resolve(host, bid, batch_started)
-            if b is not None and b.owner != host:
-                raise Reject("not_owner", f"batch {bid} belongs to host {b.owner!r} (its requests are host "
-                                          f"{b.owner!r}'s; a peer of them may not announce the batch's arrival or "
-                                          f"departure)")
+            b = self.batches.recs.get((host, bid))  # always the sender's own batch
             if b is None:
                 if not arrival:
                     return  # the departure of a batch this host has no record of: nothing to undo
@@ -692,12 +671,10 @@ class Engine:
         self.live_batches[b.owner] -= 1
 
     def _unlink_batch(self, req: ReqRec, keep: BatchRec | None = None) -> None:
-        """Take ``req`` out of its batch (and the batch's sharing with ``req``'s peers)."""
+        """Take ``req`` out of its batch."""
         b, req.batch = req.batch, None
         if b is None:
             return
-        for p in req.peers:
-            self.batches.unshare((b.owner, b.bid), p)
         b.members.discard(req.iid)
         if b is not keep:
             self._drop_batch(b)
@@ -710,8 +687,8 @@ class Engine:
     def _set_peers(self, now: float, req: ReqRec, peers: list[str], changes: dict[int, float],
                    batch: BatchRec) -> None:
         """``req``'s owner names the hosts that may report its layer boundaries and flows, and puts it
-        in ``batch`` (shared with the peers of its members). What a peer reported under this id
-        before (a placeholder: its flows, its layer state) joins."""
+        in ``batch``. What a peer reported under this id before, naming this owner (a placeholder:
+        its flows, its layer state), joins."""
         self._unlink_batch(req, keep=batch)
         for p in req.peers - set(peers):
             self.reqs.unshare((req.owner, req.rid), p)
@@ -720,8 +697,6 @@ class Engine:
         req.peers = frozenset(peers)
         req.batch = batch
         batch.members.add(req.iid)
-        for p in req.peers:
-            self.batches.share((batch.owner, batch.bid), p)
         for p in req.peers:
             ph = self.requests.get((p, req.rid))
             if ph is None or ph.info is not None or ph.claim != req.owner:

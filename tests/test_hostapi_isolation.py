@@ -369,8 +369,8 @@ def test_another_hosts_batch_cannot_be_touched():
     """Batch ids are per host, as request ids are: h1 (its own valid token) announces the departure
     of h2's batch 2, the arrival of h2's never-announced batch 3 and puts a request with a past
     deadline into h2's batch 1 — h2's Stage-1/2 coflow ranking (RED order of its batches) stays
-    as it was. A peer of a batch's requests may not announce its arrival or departure either
-    (``not_owner``: in hostagent/workload.py only the owner, the instance's first host, does)."""
+    as it was. A peer of a batch's requests reaches only its own batch of that id with batch
+    events (in hostagent/workload.py only the owner, the instance's first host, sends them)."""
     async def go():
         async with Env() as e:
             r1, r2 = await e.register(), await e.register(*H2)
@@ -407,25 +407,41 @@ def test_another_hosts_batch_cannot_be_touched():
             # h2's own events still move its own batches
             ack = await e.report(r2, [ev(9, batch=pb.BatchEvent(batch_id=3, kind="arrival"))])
             assert not ack.rejected and {i: pol.rank(b2 + i) for i in (1, 2, 3)} == {1: 2.0, 2: 1.0, 3: 0.0}
-            # a peer of the requests of h2's batch 5 may report their flows but not announce the batch
+            # a peer of the requests of h2's batch 5 reaches only its own batch 5 with batch events
             ack = await e.report(r2, [ev(10, request_start=req(5, deadline_in=30, peers=["h1"]))])
             assert not ack.rejected
-            n = e.rejected("not_owner")
-            ack = await e.report(r1, [ev(7, batch=pb.BatchEvent(batch_id=5, kind="arrival")),
-                                      ev(8, batch=pb.BatchEvent(batch_id=5, kind="departure"))])
-            assert reasons(ack) == ["not_owner"] * 2 and "belongs to host 'h2'" in ack.rejected[0].reason
-            assert e.rejected("not_owner") == n + 2
+            ack = await e.report(r1, [ev(7, batch=pb.BatchEvent(batch_id=5, kind="arrival"))])
+            assert not ack.rejected and not e.c.engine.batches.recs[("h2", 5)].active
+            assert e.c.engine.batches.recs[("h1", 5)].active
+            ack = await e.report(r1, [ev(8, batch=pb.BatchEvent(batch_id=5, kind="departure"))])
+            assert not ack.rejected and ("h1", 5) not in e.c.engine.batches.recs
             ack = await e.report(r2, [ev(11, batch=pb.BatchEvent(batch_id=5, kind="arrival"))])
-            assert not ack.rejected and ("h2", 5) in e.c.engine.batches.recs
+            assert not ack.rejected and e.c.engine.batches.recs[("h2", 5)].active
             # the owner ends the request and the batch departs: its id is forgotten
             ack = await e.report(r2, [ev(12, request_end=pb.RequestEnd(request_id=5)),
                                       ev(13, batch=pb.BatchEvent(batch_id=5, kind="departure"))])
             assert not ack.rejected and ("h2", 5) not in e.c.engine.batches.recs
-            assert ("h1", 5) not in e.c.engine.batches.peers
             # a live policy change (mfsctl policy set) replays the active batches: the ranking stays
             e.c.engine.set_policy({"K": 6})
             pol = e.c.engine.policy
             assert {i: pol.rank(b2 + i) for i in (1, 2, 3)} == {1: 2.0, 2: 1.0, 3: 0.0}
+    run(go())
+
+
+def test_a_hosts_own_batch_ids_are_its_own_even_when_another_host_names_it_a_peer():
+    """h1 starts request 7 in its batch 7 naming h2 a peer: h2's own batch 7 (its arrival and
+    departure) is still h2's, not refused as h1's."""
+    async def go():
+        async with Env() as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            ack = await e.report(r1, [ev(1, request_start=req(7, peers=["h2"]))])
+            assert not ack.rejected
+            ack = await e.report(r2, [ev(1, batch=pb.BatchEvent(batch_id=7, kind="arrival"))])
+            assert not ack.rejected
+            eng = e.c.engine
+            assert eng.batches.recs[("h2", 7)].active and not eng.batches.recs[("h1", 7)].active
+            ack = await e.report(r2, [ev(2, batch=pb.BatchEvent(batch_id=7, kind="departure"))])
+            assert not ack.rejected and ("h2", 7) not in eng.batches.recs and ("h1", 7) in eng.batches.recs
     run(go())
 
 
