@@ -203,6 +203,28 @@ def test_per_host_caps_on_flows_requests_and_unknown_layer_state():
     run(go())
 
 
+def test_unknown_request_cap_counts_placeholders_a_flow_created():
+    """limits.max_unknown_requests holds for layer state given to a placeholder that a flow_start
+    created (no layer state yet) as for a new request id: a loop of flow_start(new id), layer(id),
+    flow_end keeps at most the cap of layer states."""
+    async def go():
+        async with Env(limits={"max_unknown_requests": 2}) as e:
+            r1 = await e.register()
+            b1 = r1.flow_id_base
+            pol = e.c.engine.policy
+            layers0 = len(pol._req_layer)
+            events = []
+            for i in range(12):
+                events += [ev(3 * i + 1, flow_start=fs(b1 + i, request_id=900 + i)),
+                           ev(3 * i + 2, layer=pb.LayerBoundary(request_id=900 + i, current_layer=1)),
+                           ev(3 * i + 3, flow_end=pb.FlowEnd(flow_id=b1 + i))]
+            ack = await e.report(r1, events)
+            assert reasons(ack) == ["host_cap"] * 10
+            assert len(pol._req_layer) == layers0 + 2 and e.c.engine.placeholders["h1"] == 2
+            assert sum(1 for k in e.c.engine.requests if k[0] == "h1") == 2
+    run(go())
+
+
 def test_gc_frees_requests_and_layer_state_of_silent_hosts():
     async def go():
         async with Env(gc_timeout_s=0.6) as e:
