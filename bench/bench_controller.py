@@ -402,12 +402,14 @@ class _CountingClient:
 async def _replay(mode: str, events, fab: Fabric) -> dict:
     """The real controller write path (Engine.push -> per-switch desired views ->
     SwitchSupervisor planning and P4Runtime update building) for ``events``, one round per
-    simulated instant, against counting clients: controller-side updates/s (CPU)."""
+    simulated instant, against counting clients: controller-side updates/s (CPU). ``all`` is a
+    fabric whose flow keys are not source-bound (revision 1: every hop classifies from the MFS
+    header); on source-bound switches ``all`` writes as ``edge`` does (controller/placement.py)."""
     from controller.config import ControllerConfig, SwitchConfig
     from controller.engine import Engine
     from mfs.policy import PolicyConfig
     cfg = ControllerConfig(source="bench", switches=[SwitchConfig(s, "127.0.0.1:1") for s in fab.switches],
-                           hosts=fab.hosts(), policy=PolicyConfig(), placement=mode)
+                           hosts=fab.hosts(), policy=PolicyConfig(), placement=mode, source_bound=frozenset())
     eng = Engine(cfg)
     clients = {}
     for n, sup in eng.supervisors.items():

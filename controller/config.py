@@ -7,6 +7,7 @@ Every error names the file, the key path and what is allowed; unknown keys are e
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any
 from mfs import levels
 from mfs.configutil import ConfigError, Section, load_yaml
 from mfs.header import VALID_STAGES
-from controller.placement import PLACEMENT_CHOICES, PORT_MODES, resolve_placement
+from controller.placement import PLACEMENT_CHOICES, PORT_MODES, resolve_placement, source_bound
 from mfs.p4info import DEFAULT_P4INFO, P4InfoError, P4Schema
+
+log = logging.getLogger("mfs.controller")
 
 DSCP_MODES = ("rewrite", "clear", "leave")
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +127,9 @@ class ControllerConfig:
     admin_listen: str = "127.0.0.1:9100"
     gc_timeout_s: float = 30.0
     placement: str = "all"  # "all" | "edge" (config "auto" resolved): which switches hold a flow's entry
+    # switches whose P4Info binds flow entries to the sender's port (controller/placement.py);
+    # None: not known yet (a config not made by parse: Placement.from_config reads the P4Infos)
+    source_bound: frozenset[str] | None = None
     flow_idle_timeout_s: float = 60.0  # idle timeout of a flow's edge entry (if the P4Info supports it); 0 = off
     counter_poll_s: float = 1.0
     reconnect_min_s: float = 0.2
@@ -342,8 +348,13 @@ def parse(data: Any, source: str = "<config>") -> ControllerConfig:
     cfg.admin_listen = _address(admin, "listen", cfg.admin_listen)
     admin.done()
     cfg.gc_timeout_s = top.number("gc_timeout_s", cfg.gc_timeout_s, lo=0, lo_open=True)
-    cfg.placement = resolve_placement(top.choice("placement", PLACEMENT_CHOICES, "auto"),
-                                      [P4Schema.load(s.p4info) for s in switches])
+    schemas = [P4Schema.load(s.p4info) for s in switches]
+    cfg.placement = resolve_placement(top.choice("placement", PLACEMENT_CHOICES, "auto"), schemas)
+    cfg.source_bound = frozenset(s.name for s, sc in zip(switches, schemas) if source_bound(sc))
+    if cfg.placement == "all" and cfg.source_bound:
+        log.warning("%s: placement all: switches %s bind flow entries to the sender's port (docs/p4-api.md "
+                    "revision 2): they hold only the entries of the hosts on their own edge ports, not every "
+                    "flow's (controller/placement.py)", source, ", ".join(sorted(cfg.source_bound)))
     cfg.flow_idle_timeout_s = top.number("flow_idle_timeout_s", cfg.flow_idle_timeout_s, lo=0, hi=1e7)
     poll = top.section("poll")
     cfg.counter_poll_s = poll.number("counters_s", cfg.counter_poll_s, lo=0, lo_open=True)

@@ -9,6 +9,15 @@ marks DSCP; the switches after it trust DSCP on their fabric ports (docs/p4-api.
 modes), so one entry per flow is enough. A flow of a host whose switch is unknown is written
 everywhere (it could enter anywhere).
 
+Source binding (docs/p4-api.md revision 2): a switch whose ``mfs_flow`` key has
+``ingress_port`` (exact, like ``src_addr``: no wildcard) matches an entry only on the owning
+host's own port. So, whatever the mode, such a switch holds a flow's entry only if it is the
+owner's edge switch and the owner's port is known (``hosts[].switch``/``.port``): a copy
+anywhere else could never match the owner's packets — only another host's packets arriving
+there on a port of the same number, spoofing the owner's address. ``placement: all`` then
+means "every switch without source binding, plus the owner's edge switch" (config load warns,
+naming the source-bound switches); a host without ``switch``/``port`` gets no entry on them.
+
 Port roles: a configured port is ``edge`` when a host hangs off it (``hosts[].switch/port``)
 and ``fabric`` otherwise, unless ``switches[].ports[N].mode`` says otherwise.
 
@@ -18,13 +27,14 @@ and ``fabric`` otherwise, unless ``switches[].ports[N].mode`` says otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from controller.config import ControllerConfig, HostConfig
 
 FlowKey = tuple[int, int]  # (stage, flow_id)
+FLOW_TABLE = "MfsIngress.mfs_flow"
 PLACEMENTS = ("all", "edge")
 PLACEMENT_CHOICES = ("auto", *PLACEMENTS)  # config; auto = edge where every switch trusts DSCP on fabric ports
 TRUST_TABLE = "MfsIngress.dscp_trust"  # docs/p4-api.md revision 2: fabric ports classify by DSCP
@@ -40,10 +50,17 @@ def resolve_placement(choice: str, schemas) -> str:
 PORT_MODES = ("edge", "fabric")
 
 
+def source_bound(schema) -> bool:
+    """Does this P4Info's flow table bind entries to their source port (revision 2)?"""
+    t = schema.tables.get(FLOW_TABLE)
+    return t is not None and "ingress_port" in t.fields
+
+
 class Placement:
     """Which switches hold the entries of a host's flows, and whose flow an id is."""
 
-    def __init__(self, mode: str, hosts: "list[HostConfig]", switches: list[str], flow_id_bits: int = 20):
+    def __init__(self, mode: str, hosts: "list[HostConfig]", switches: list[str], flow_id_bits: int = 20,
+                 source_bound: "Iterable[str]" = ()):
         if mode not in PLACEMENTS:
             raise ValueError(f"placement {mode!r} is not allowed (allowed: {', '.join(PLACEMENTS)})")
         self.mode = mode
@@ -51,10 +68,16 @@ class Placement:
         self.flow_id_bits = flow_id_bits
         self.hosts = {h.name: h for h in hosts}
         self._by_id = {h.host_id: h for h in hosts}
+        self.source_bound = frozenset(source_bound)  # switches whose flow key has ingress_port
+        self._of: dict[str | None, frozenset[str] | None] = {}  # switches_of, per configured host
 
     @classmethod
     def from_config(cls, cfg: "ControllerConfig") -> "Placement":
-        return cls(cfg.placement, cfg.hosts, [s.name for s in cfg.switches], cfg.limits.flow_id_bits)
+        bound = cfg.source_bound
+        if bound is None:  # a config not made by config.parse: read the P4Infos
+            from mfs.p4info import P4Schema
+            bound = frozenset(s.name for s in cfg.switches if source_bound(P4Schema.load(s.p4info)))
+        return cls(cfg.placement, cfg.hosts, [s.name for s in cfg.switches], cfg.limits.flow_id_bits, bound)
 
     def owner(self, flow_id: int) -> "HostConfig | None":
         """The host whose flow-id range holds ``flow_id`` (host i owns [i·2^bits, (i+1)·2^bits))."""
@@ -66,11 +89,23 @@ class Placement:
         return (h.switch or None) if h is not None else None
 
     def switches_of(self, host: str | None) -> frozenset[str] | None:
-        """Switches that hold the entries of ``host``'s flows; None = every switch."""
-        if self.mode == "all":
-            return None
-        sw = self.edge_switch(host)
-        return frozenset((sw,)) if sw is not None else None
+        """Switches that hold the entries of ``host``'s flows; None = every switch. The mode's
+        switches (``all``: every one; ``edge``: the host's edge switch, every one if unknown),
+        less the source-bound switches where the entry cannot match (all but the host's edge
+        switch, and that one too if the host's port is unknown)."""
+        try:
+            return self._of[host]
+        except KeyError:
+            pass
+        h = self.hosts.get(host) if host is not None else None
+        edge = (h.switch or None) if h is not None else None
+        base = (edge,) if self.mode == "edge" and edge is not None else self.switches
+        out = frozenset(s for s in base
+                        if s not in self.source_bound or (s == edge and h is not None and h.port is not None))
+        res = None if len(out) == len(self.switches) else out
+        if h is not None or host is None:
+            self._of[host] = res  # hosts are fixed: computed once
+        return res
 
 
 def port_roles(cfg: "ControllerConfig", switch: str) -> dict[int, str]:

@@ -39,7 +39,7 @@ from finsy.proto import p4i, p4r, rpc_code
 from controller.aio import cancel_all
 from controller.config import ControllerConfig, HostConfig, SwitchConfig
 from controller.p4rt.client import NotPrimary, P4RTError, SwitchClient, update
-from controller.placement import port_roles
+from controller.placement import FLOW_TABLE, port_roles
 from mfs.p4info import P4Schema, encode
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mfs.switch")
 
 FlowKey = tuple[int, int]  # (stage, flow_id)
-FLOW_TABLE = "MfsIngress.mfs_flow"
 SET_LEVEL = "MfsIngress.set_level"
 FLOOD_GROUP = 1
 MISS_FILTER = "MfsIngress.miss_filter"  # unknown-flow digest filter (docs/p4-api.md revision 2)
@@ -164,7 +163,8 @@ class SwitchSupervisor:
     def flow_entry(self, key: FlowKey, level: int | None) -> p4r.TableEntry:
         """The ``mfs_flow`` entry of ``key`` (level None: for a DELETE). A source-bound table
         (fields ``ingress_port``/``src_addr``, docs/p4-api.md) gets the owning host's port and
-        address; the entry on the owner's edge switch gets the idle timeout."""
+        address (such an entry is placed only on the owner's edge switch, controller/placement.py);
+        the entry on the owner's edge switch gets the idle timeout."""
         te = p4r.TableEntry(table_id=self.flow_table.id)
         fs = self.flow_table.fields
         te.match.add(field_id=fs["stage"].id).exact.value = encode(key[0], fs["stage"].bitwidth, "stage")

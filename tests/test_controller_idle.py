@@ -35,11 +35,17 @@ def save_p4info(info: p4i.P4Info, path) -> str:
     return str(path)
 
 
-def idle_p4info(path, behavior=p4i.Table.NOTIFY_CONTROL) -> str:
+def idle_p4info(path, behavior=p4i.Table.NOTIFY_CONTROL, source_bound=True) -> str:
+    """The committed P4Info with ``behavior`` on mfs_flow; ``source_bound=False``: its key is
+    only (stage, flow_id), as in revision 1 (a copy of every entry is useful on such a switch)."""
     info = p4info_copy()
     for t in info.tables:
         if t.preamble.name == "MfsIngress.mfs_flow":
             t.idle_timeout_behavior = behavior
+            if not source_bound:
+                keep = [m for m in t.match_fields if m.name in ("stage", "flow_id")]
+                del t.match_fields[:]
+                t.match_fields.extend(keep)
     return save_p4info(info, path)
 
 
@@ -69,12 +75,15 @@ def entry(handle, key):
 
 def test_idle_flow_is_ended_and_its_entries_deleted(tmp_path):
     p4 = idle_p4info(tmp_path / "idle.p4info.txtpb")
-    no_idle = idle_p4info(tmp_path / "no-idle.p4info.txtpb", p4i.Table.NO_TIMEOUT)
-    with switches([p4, p4, no_idle]) as (h1sw, h2sw, plain):
+    # s2, s3: flow keys not bound to the source (a source-bound switch holds only its own hosts'
+    # entries: docs/controller.md), so placement all writes copies there
+    unbound = idle_p4info(tmp_path / "idle-unbound.p4info.txtpb", source_bound=False)
+    no_idle = idle_p4info(tmp_path / "no-idle.p4info.txtpb", p4i.Table.NO_TIMEOUT, source_bound=False)
+    with switches([p4, unbound, no_idle]) as (h1sw, h2sw, plain):
         async def go():
             data = config_data([h1sw.address, h2sw.address, plain.address], flow_idle_timeout_s=IDLE_S,
                                placement="all")
-            for sw, path in zip(data["switches"], (p4, p4, no_idle)):
+            for sw, path in zip(data["switches"], (p4, unbound, no_idle)):
                 sw["p4info"] = path
             c = await started(config_mod.parse(data, "idle.yaml"))
             h = Host(c.api_port)

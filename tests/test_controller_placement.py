@@ -46,17 +46,19 @@ def test_edge_placement_writes_each_flow_only_on_its_edge_switch(target_kind):
                 f1, f2 = await switch_flows(t1.address), await switch_flows(t2.address)
                 assert {k[1] - h1.reg.flow_id_base for k in f1} == set(range(5))
                 assert {k[1] - h2.reg.flow_id_base for k in f2} == set(range(3))
-                # a host whose switch is unknown: its flows could enter anywhere, so every switch
+                # a host whose switch is unknown: its flows could enter anywhere, but a source-bound
+                # entry (revision 2) matches only on its host's port: none is written
                 await h3.report(h3.start(0))
                 key = (1, h3.reg.flow_id_base)
-                assert key in await switch_flows(t1.address) and key in await switch_flows(t2.address)
+                assert key not in await switch_flows(t1.address) and key not in await switch_flows(t2.address)
+                assert key in c.engine.desired and c.engine.where[key] == frozenset()
                 sts = {s["name"]: s for s in await c.switches()}
-                assert (sts["s1"]["flow_entries"], sts["s2"]["flow_entries"]) == (6, 4)
+                assert (sts["s1"]["flow_entries"], sts["s2"]["flow_entries"]) == (5, 3)
                 assert sts["s1"]["placement"] == "edge"
                 assert sts["s1"]["ports"] == "edge 1 fabric 3"
                 assert sts["s2"]["ports"] == "edge 1 fabric 3"
                 await h1.report(*[h1.end(i) for i in range(5)])
-                assert len(await switch_flows(t1.address)) == 1 and len(await switch_flows(t2.address)) == 4
+                assert len(await switch_flows(t1.address)) == 0 and len(await switch_flows(t2.address)) == 3
                 assert not c.engine.where.get((1, h1.reg.flow_id_base))  # forgotten with the flow
             finally:
                 for h in (h1, h2, h3):
@@ -65,28 +67,61 @@ def test_edge_placement_writes_each_flow_only_on_its_edge_switch(target_kind):
         run(go())
 
 
-def test_switching_to_edge_placement_deletes_the_copies_off_the_edge(target_kind):
-    """A controller restarted with placement: edge adopts h1's entries on s1 and deletes the
-    copies an all-switches controller had left on s2."""
+def test_placement_all_on_source_bound_switches_writes_each_flow_on_its_edge_only(target_kind, caplog):
+    """Revision 2 binds an entry to its host's port (exact ``ingress_port``, no wildcard): a copy
+    on another switch could never match the owner's packets, so ``placement: all`` writes none
+    there, and says so at config load, naming the switches."""
     with _target(target_kind) as t1, _target(target_kind) as t2:
         async def go():
-            c = await started(two_racks([t1.address, t2.address], placement="all"))
+            with caplog.at_level("WARNING", logger="mfs.controller"):
+                cfg = two_racks([t1.address, t2.address], placement="all")
+            assert "placement all: switches s1, s2 bind flow entries to the sender's port" in caplog.text
+            c = await started(cfg)
+            h1, h3 = Host(c.api_port), Host(c.api_port, "h3", "token-of-h3", "10.0.0.3")
+            try:
+                await h1.register()
+                await h3.register()
+                await h1.report(*[h1.start(i, stage=2) for i in range(4)])
+                assert len(await switch_flows(t1.address)) == 4  # h1's edge switch
+                assert await switch_flows(t2.address) == {}  # no copies where they cannot match
+                assert c.engine.where[(2, h1.reg.flow_id_base)] == {"s1"}
+                await h3.report(h3.start(0))
+                assert (1, h3.reg.flow_id_base) not in await switch_flows(t1.address)
+            finally:
+                for h in (h1, h3):
+                    await h.close()
+                await c.stop()
+        run(go())
+
+
+def test_restart_deletes_entries_off_their_hosts_edge_switch(target_kind):
+    """Entries a previous controller left on a switch where they no longer belong (copies of
+    placement all from before source binding, or a host moved to another switch): a restarted
+    controller adopts them, writes them on their host's edge switch and deletes them elsewhere."""
+    with _target(target_kind) as t1, _target(target_kind) as t2:
+        async def go():
+            moved = config_data([t1.address, t2.address], placement="edge")
+            for sw in moved["switches"]:
+                sw["ports"] = {1: {"rate_bps": 1e9}, 3: {"rate_bps": 1e9}}
+            moved["hosts"][0].update(switch="s2", port=1)  # h1 hung off s2 then
+            moved["hosts"][1].update(switch="s1", port=1)
+            c = await started(config_mod.parse(moved, "test.yaml"))
             h1 = Host(c.api_port)
             try:
                 await h1.register()
                 await h1.report(*[h1.start(i, stage=2) for i in range(4)])
-                assert len(await switch_flows(t2.address)) == 4
+                assert len(await switch_flows(t2.address)) == 4 and not await switch_flows(t1.address)
             finally:
                 await h1.close()
                 await c.stop()
-            c = await started(two_racks([t1.address, t2.address], placement="edge"))
+            c = await started(two_racks([t1.address, t2.address], placement="edge"))  # h1 on s1 now
             try:
-                assert len(await switch_flows(t1.address)) == 4
-                for _ in range(200):  # the adopted keys' deletion on s2 is written at the next round
-                    if not await switch_flows(t2.address):
+                for _ in range(200):  # the adopted keys are moved at the next round
+                    if not await switch_flows(t2.address) and len(await switch_flows(t1.address)) == 4:
                         break
                     await asyncio.sleep(0.02)
                 assert await switch_flows(t2.address) == {}
+                assert len(await switch_flows(t1.address)) == 4
                 assert len(c.engine.adopted) == 4
             finally:
                 await c.stop()
@@ -98,6 +133,14 @@ def test_switch_view_and_placement_rules():
     p = Placement("edge", hosts, ["s1", "s2"], flow_id_bits=20)
     assert p.switches_of("a") == {"s1"} and p.switches_of("b") is None and p.switches_of(None) is None
     assert Placement("all", hosts, ["s1", "s2"]).switches_of("a") is None
+    # source-bound switches hold an entry only as its host's edge switch, with the host's port known
+    hosts.append(HostConfig("c", "10.0.0.3", "x" * 8, 2, switch="s2"))  # port unknown
+    for mode in ("all", "edge"):
+        b = Placement(mode, hosts, ["s1", "s2", "s3"], source_bound={"s1", "s2"})
+        assert b.switches_of("a") == ({"s1", "s3"} if mode == "all" else {"s1"})
+        assert b.switches_of("b") == {"s3"} and b.switches_of(None) == {"s3"}  # anywhere it can match
+        assert b.switches_of("c") == ({"s3"} if mode == "all" else frozenset())
+    assert Placement("all", hosts, ["s1"], source_bound={"s1"}).switches_of("b") == frozenset()
     assert p.owner(5).name == "a" and p.owner((1 << 20) + 5).name == "b" and p.owner(2 << 20) is None
     desired = {(1, 1): 3, (1, 2): 4}
     where = {(1, 1): frozenset({"s1"})}
@@ -174,20 +217,24 @@ def test_each_switch_is_programmed_with_its_own_p4info(tmp_path):
         async def go():
             data = config_data([h1.address, h2.address], placement="all")
             data["switches"][1]["p4info"] = other
+            data["hosts"][1].update(switch="s2", port=1)  # (source-bound entries: each on its edge switch)
             c = await started(config_mod.parse(data, "p4info.yaml"))
-            h = Host(c.api_port)
+            h, hb = Host(c.api_port), Host(c.api_port, "h2", "token-of-h2", "10.0.0.2")
             try:
-                await h.register()
-                await h.report(h.start(0, stage=3), h.start(1))
+                for x in (h, hb):
+                    await x.register()
+                    await x.report(x.start(0, stage=3), x.start(1))
                 a, b = await flows_of(h1.address, P4Schema.load()), await flows_of(h2.address, s_other)
-                for tab in ("MfsIngress.mfs_flow", "MfsIngress.mfs_stage_default",
-                            "MfsEgress.level_dscp", "MfsEgress.dscp_rewrite"):
+                for tab in ("MfsIngress.mfs_stage_default", "MfsEgress.level_dscp", "MfsEgress.dscp_rewrite"):
                     assert sorted(map(repr, a[tab])) == sorted(map(repr, b[tab])), tab
-                assert len(b["MfsIngress.mfs_flow"]) == 2
+                mine = lambda d, x: {(e.match["stage"], e.match["flow_id"] - x.reg.flow_id_base, e.match["ingress_port"])  # noqa: E731
+                                     for e in d["MfsIngress.mfs_flow"]}
+                assert mine(a, h) == mine(b, hb) == {(3, 0, 1), (1, 1, 1)}
                 # and the counters are read by name on each switch too
                 assert (await c.engine.supervisors["s2"].read_queues())[0]["switch"] == "s2"
             finally:
-                await h.close()
+                for x in (h, hb):
+                    await x.close()
                 await c.stop()
         run(go())
     finally:
