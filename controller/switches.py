@@ -552,9 +552,15 @@ class SwitchSupervisor:
         return freed
 
     async def _retry_overflow(self, client: SwitchClient, probe: bool = False) -> None:
+        """Insert up to ``room`` overflowed keys: O(keys looked at), not O(desired state) — keys
+        no longer desired are dropped as they are met (O(1) lookups in the switch's view)."""
         room = max(self.room(), 1 if probe else 0)
-        self.overflow &= set(self.desired)
-        keys = list(self.overflow)[:room]
+        keys, gone = [], []
+        for k in self.overflow:
+            if len(keys) >= room:
+                break
+            (keys if k in self.desired else gone).append(k)
+        self.overflow.difference_update(gone)
         if keys:  # still in overflow until inserted (so a failed retry is not counted again)
             await self._write_flows(client, keys, probe=probe)
 

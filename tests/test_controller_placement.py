@@ -240,3 +240,36 @@ def test_each_switch_is_programmed_with_its_own_p4info(tmp_path):
     finally:
         h1.stop()
         h2.stop()
+
+
+def test_overflow_retry_looks_only_at_overflowed_keys():
+    """A table-full retry picks up to ``room`` overflowed keys and drops the ended ones it meets,
+    without walking the whole desired state (it used to build a set of every desired key)."""
+    from controller.engine import Engine
+
+    class Client:  # a switch session that accepts every update
+        writes = 0
+
+        async def write(self, ups, timeout=None):
+            self.writes += 1
+            return []
+
+    class NoWalk(SwitchDesired):
+        def __iter__(self):
+            raise AssertionError("walked the whole desired state")
+
+    async def go():
+        eng = Engine(config_mod.parse(config_data(["127.0.0.1:1"]), "t.yaml"))
+        sup = eng.supervisors["s1"]
+        sup.client, sup.capacity = Client(), 2
+        eng.desired.update({(1, i): 3 for i in range(5000)})
+        sup.desired = NoWalk(eng.desired, eng.where, "s1")
+        waiting = {(1, 5), (1, 6), (1, 7)}
+        sup.overflow = waiting | {(2, 99)}  # (2, 99) ended meanwhile
+        await sup._retry_overflow(sup.client)
+        assert len(sup.installed) == 2 and set(sup.installed) <= waiting
+        assert sup.overflow - {(2, 99)} == waiting - set(sup.installed)
+        sup.capacity = 10
+        await sup._retry_overflow(sup.client)
+        assert set(sup.installed) == waiting and not sup.overflow
+    asyncio.run(go())
