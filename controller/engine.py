@@ -42,7 +42,8 @@ log = logging.getLogger("mfs.engine")
 ROUND_EVENTS = 256
 # ... and at most about this much time (an event costs what the policy makes it cost: a round
 # stops after the event that crosses the budget, so a host's expensive events delay the others
-# by one budget, not by the whole of them)
+# by one budget, not by the whole of them; past the budget, each other host with queued events
+# still applies one event, so none is starved)
 ROUND_BUDGET_S = 0.02
 # flow groups the policy's periodic re-check may visit per round (mfs.policy tick budget)
 TICK_BUDGET = 64
@@ -326,34 +327,41 @@ class Engine:
                 self._rr = (self._rr + 1) % len(hosts)
                 hosts = hosts[self._rr:] + hosts[:self._rr]
                 # hosts whose events have been cheap first; a host whose next slice would overrun
-                # the round's budget waits for a round that starts with it (its own, then)
+                # the round's budget applies one event only (every host with queued events applies
+                # at least one per round: none waits on the others' load, and its cost is measured)
                 hosts.sort(key=lambda h: self._cost.get(h, 0.0))
             budget = ROUND_EVENTS
             t_start = time.perf_counter()
             deadline = t_start + ROUND_BUDGET_S
             applied = 0
-            while hosts and budget > 0:
-                for host in list(hosts):
+            served: set[str] = set()
+            while hosts:
+                over = budget <= 0 or time.perf_counter() > deadline
+                todo = [h for h in hosts if h not in served] if over else list(hosts)
+                progressed = False
+                for host in todo:
                     q = self.queues[host]
                     b = q[0]
                     n = min(len(b.events) - b.pos, max(1, budget // len(hosts)))
                     t0 = time.perf_counter()
-                    if applied and t0 + n * self._cost.get(host, 0.0) > deadline:
-                        budget = 0
-                        break
+                    if applied and (budget <= 0 or t0 + n * self._cost.get(host, 0.0) > deadline):
+                        if host in served:
+                            continue
+                        n = 1  # its one event of this round
                     n = self._apply_batch(now, b, changes, b.pos, b.pos + n, deadline)
                     t1 = time.perf_counter()
                     self._cost[host] = 0.7 * self._cost.get(host, 0.0) + 0.3 * (t1 - t0) / max(1, n)
                     applied += n
                     b.pos += n
                     budget -= n
+                    served.add(host)
+                    progressed = True
                     if b.pos >= len(b.events):
                         taken.append(q.popleft())  # applied whole: acked after this round's write
                     if not q:
                         hosts.remove(host)
-                    if budget <= 0 or t1 > deadline:
-                        budget = 0
-                        break
+                if not progressed:
+                    break
             if any(self.queues.values()):
                 self._wake.set()  # more next round
             pending = self.policy.pending_work()

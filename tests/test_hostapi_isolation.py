@@ -300,6 +300,42 @@ def test_a_slow_policy_under_one_hosts_big_batch_does_not_hold_back_another_host
     run(go())
 
 
+def test_a_host_with_a_high_cost_estimate_does_not_starve_while_another_keeps_its_queue_full():
+    """Every host with queued events applies at least one per round: h2's estimated cost per event
+    is high (5 ms: its 10-event slice would overrun the round's budget), h1 keeps its queue full
+    of cheap events; h2's report is still applied (before: h2 was skipped in every round in which
+    h1 applied something, and its estimate, never measured again, kept it skipped for good)."""
+    async def go():
+        async with Env() as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            eng = e.c.engine
+            seq = iter(range(1, 10**9))
+            stop, h2_costly = False, False
+
+            async def feed():  # h1's queue never empty (events straight into the engine: no rate limit)
+                while not stop:
+                    if h2_costly:  # the estimates pinned (a noisy measurement must not reorder them)
+                        eng._cost.update(h1=0.0, h2=0.005)
+                    while eng.pending("h1") < 3:
+                        eng.submit("h1", [ev(next(seq), progress=pb.Progress(flow_id=r1.flow_id_base + 1))
+                                          for _ in range(300)], time.perf_counter())
+                    await asyncio.sleep(0)
+            feeder = asyncio.create_task(feed())
+            try:
+                await asyncio.sleep(0.05)
+                rounds = eng.rounds
+                h2_costly = True
+                ack = await asyncio.wait_for(e.report(r2, [ev(i + 1, layer=pb.LayerBoundary(request_id=3,
+                                                                                             current_layer=i))
+                                                           for i in range(10)]), 10)
+                assert not ack.rejected and eng.requests[("h2", 3)].layer == (9, False)
+                assert eng.pending("h1") > 0 and eng.rounds > rounds  # h1 kept its queue full meanwhile
+            finally:
+                stop = True
+                await feeder
+    run(go())
+
+
 def test_no_host_is_silent_for_a_period_the_controller_was_not_running(monkeypatch):
     """The event loop blocked for 4 s (a long policy computation): h1, which kept reporting
     every 0.2 s as far as it could, must not be garbage collected (gc_timeout_s = 2)."""
