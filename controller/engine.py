@@ -938,10 +938,16 @@ class Engine:
         while True:
             await asyncio.sleep(period)
             self._wake.set()  # tick
-            alive = self.alive_now()
-            if alive - last_gc >= min(1.0, self.cfg.gc_timeout_s / 4):
-                last_gc = alive
-                await self.gc(alive)
+            try:
+                alive = self.alive_now()
+                if alive - last_gc >= min(1.0, self.cfg.gc_timeout_s / 4):
+                    last_gc = alive
+                    await self.gc(alive)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug in one GC pass must not stop ticks and GC for good
+                log.exception("engine timers (GC) failed")
+                self.metrics.count("engine_timer_errors")
 
     # ------------------------------------------------------------------ live policy change
     def set_policy(self, updates: dict) -> PolicyConfig:

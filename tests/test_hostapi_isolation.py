@@ -363,6 +363,28 @@ def test_no_host_is_silent_for_a_period_the_controller_was_not_running(monkeypat
     run(go())
 
 
+def test_an_exception_in_gc_does_not_stop_ticks_and_gc():
+    """A GC pass that raises is logged and counted (engine_timer_errors); the timers go on: later
+    GC passes run (before: the timer task died, and ticks and GC stopped for good)."""
+    async def go():
+        async with Env(gc_timeout_s=0.4) as e:
+            eng = e.c.engine
+            real, calls = eng.gc, []
+
+            async def flaky(alive=None):
+                calls.append(alive)
+                if len(calls) == 1:
+                    raise RuntimeError("a bug in GC")
+                return await real(alive)
+            eng.gc = flaky
+            for _ in range(200):  # GC runs every 0.1 s; wait for 2 more passes (at most 10 s)
+                if len(calls) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(calls) >= 3 and e.c.metrics.total("engine_timer_errors") == 1
+    run(go())
+
+
 def test_the_policy_recheck_is_spread_over_rounds(monkeypatch):
     """20k Stage-3 flows under prefill-done requests made every policy tick re-check them all
     in one round (another host's report p50 4 -> 252 ms). The engine gives the policy's tick a
