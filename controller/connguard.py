@@ -9,6 +9,9 @@ once (counted ``rejected_connections{reason="per_peer"|"total"}``, one rate-limi
 An accepted connection is relayed, bytes as they come, to the gRPC server listening on a unix
 socket in a private directory (mode 0700: nothing else can reach it); gRPC's handshake and idle
 timeouts close the backend side, and the guard then closes the client's (and frees its slot).
+Each relayed connection's backend socket is bound to a name of its own in the private directory
+(unlinked at once: the name stays the socket's), so gRPC's ``context.peer()`` (``unix:<name>``)
+maps back to the client's peer key (:meth:`ConnGuard.peer_of`): logs name the real peer.
 
 A peer is the source address for TCP, and the uid from ``SO_PEERCRED`` for a unix socket (the
 processes of one uid share its cap; where ``SO_PEERCRED`` is not available, every unix peer is
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -98,6 +102,8 @@ class ConnGuard:
         self.backend_path = str(Path(self._dir) / "api.sock")
         self.backend = f"unix:{self.backend_path}"
         self.server: asyncio.AbstractServer | None = None
+        self.peers: dict[str, str] = {}  # gRPC peer of a relayed connection ("unix:<name>") -> peer key
+        self._names = itertools.count(1)
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -143,6 +149,11 @@ class ConnGuard:
         self.total += 1
         return None
 
+    def peer_of(self, grpc_peer: str) -> str:
+        """The client's peer key for the gRPC peer of a relayed connection (``grpc_peer`` itself
+        if it is not one of them)."""
+        return self.peers.get(grpc_peer, grpc_peer)
+
     def release(self, key: str) -> None:
         self.total -= 1
         self.held[key] -= 1
@@ -167,20 +178,45 @@ class _Client(_Side):
             g.limited.warning(f"conn-{why}", "host API: refused a connection from %s: %s held", key, limit)
             transport.abort()
             return
+        self.key = key
         self.on_lost = lambda: g.release(key)
         transport.pause_reading()  # until the backend is connected
         asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
+        g = self.guard
+        name = f"{g._dir}/c{next(g._names)}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            _, backend = await loop.create_unix_connection(_Side, self.guard.backend_path)
+            try:
+                sock.bind(name)  # gRPC sees this name as the connection's peer
+            except OSError:
+                name = ""  # (a path too long for sun_path: the peer stays unnamed)
+            try:
+                await loop.sock_connect(sock, g.backend_path)
+            finally:
+                if name:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name)
+            _, backend = await loop.create_unix_connection(_Side, sock=sock)
         except OSError as e:
-            self.guard.limited.warning("conn-backend", "host API: cannot reach the gRPC server (%s)", e)
+            sock.close()
+            g.limited.warning("conn-backend", "host API: cannot reach the gRPC server (%s)", e)
             self.t.abort()
             return
         if self.t.is_closing():  # the client left meanwhile
             backend.t.close()
             return
+        if name:
+            grpc_peer, release = f"unix:{name}", self.on_lost
+            g.peers[grpc_peer] = self.key
+
+            def lost():
+                g.peers.pop(grpc_peer, None)
+                if release is not None:
+                    release()
+            self.on_lost = lost
         backend.other, self.other = self, backend
         self.t.resume_reading()

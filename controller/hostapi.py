@@ -164,8 +164,9 @@ class HostApi(pbg.HostReportsServicer):
                     request = req_type.FromString(raw)
                 except (DecodeError, ValueError) as e:
                     self._reject_rpc("decode")
+                    peer = self.guard.peer_of(context.peer()) if self.guard is not None else context.peer()
                     self.limited.warning("decode", "host API %s: %d bytes from %s are not a %s (%s)", name,
-                                         len(raw), context.peer(), req_type.DESCRIPTOR.name, e)
+                                         len(raw), peer, req_type.DESCRIPTOR.name, e)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         f"{name}: the request is not a valid {req_type.DESCRIPTOR.full_name}")
                 try:

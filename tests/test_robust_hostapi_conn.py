@@ -49,7 +49,8 @@ def test_garbage_and_truncated_protobufs_are_invalid_argument_with_one_log_line(
             reg = await e.register()
             good = pb.ReportBatch(session=reg.session, events=[ev(1, flow_start=fs(reg.flow_id_base + 1))])
             blob = good.SerializeToString()
-            ch = grpc.aio.insecure_channel(f"127.0.0.1:{e.c.api_port}")
+            ch = grpc.aio.insecure_channel(f"127.0.0.1:{e.c.api_port}",  # a connection of its own
+                                           options=[("grpc.use_local_subchannel_pool", 1)])
             calls = {m: ch.unary_unary(f"/mfs.report.v1.HostReports/{m}") for m in ("Report", "Register")}
             bad = [b"\xff" * 16, blob[:-3], blob[:7], b"\x0a\xff\xff\xff\xff\x0f", b"\x08"]
             for i in range(60):
@@ -60,7 +61,15 @@ def test_garbage_and_truncated_protobufs_are_invalid_argument_with_one_log_line(
                 except grpc.aio.AioRpcError as err:
                     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
                     assert "not a valid mfs.report.v1." in err.details()
+            guard = e.c.hostapi.guard
+            n = len(guard.peers)
+            assert n >= 2 and set(guard.peers.values()) == {"ip:127.0.0.1"}  # this channel and e's
             await ch.close()
+            for _ in range(250):  # the relayed connection's name is forgotten with it
+                if len(guard.peers) < n:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(guard.peers) == n - 1
             assert e.c.metrics.total("rejected_reports", reason="decode") == 60
             ack = await e.report(reg, list(good.events))  # the API still works
             assert not ack.rejected
@@ -68,6 +77,7 @@ def test_garbage_and_truncated_protobufs_are_invalid_argument_with_one_log_line(
     lines = [r for r in caplog.records if "not a" in r.getMessage() or r.exc_info or "Traceback" in r.getMessage()]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # rate limited: one line per 10 s
     assert all(r.exc_info is None and "\n" not in r.getMessage() for r in lines)
+    assert " from ip:127.0.0.1 are not a " in lines[0].getMessage()  # the real peer, behind the guard
 
 
 def test_slow_preface_is_closed_and_connections_are_capped():
