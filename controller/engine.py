@@ -215,6 +215,7 @@ class Engine:
         self.batches = HostIds(self._iids)
         self.live_batches: dict[str, int] = {}  # host -> batches (with members, or announced)
         self.live_flows: dict[str, int] = {}  # host -> live flows (its flow-table entries)
+        self.miss_installed: dict[str, int] = {}  # host -> entries installed for its unreported flows
         self.live_requests: dict[str, int] = {}  # host -> started requests
         self.placeholders: dict[str, int] = {}  # host -> placeholders carrying layer state
         self.alive = 0.0  # the controller-alive clock (alive_now)
@@ -486,9 +487,11 @@ class Engine:
             if fs.flow_id in self.flows:
                 raise Reject("duplicate_flow", f"flow {fs.flow_id} already started (end it first)")
             cap = self.cfg.limits.max_flows_per_host
-            if self.live_flows.get(host, 0) >= cap:
-                raise Reject("host_cap", f"host {host} already has {cap} live flows (limits.max_flows_per_host); "
-                                         f"end some first")
+            a = self.adopted.get((fs.stage, fs.flow_id))
+            taken_over = a is not None and a.from_miss and a.owner == host  # already counted
+            if self._flow_entries(host) - taken_over >= cap:
+                raise Reject("host_cap", f"host {host} already has {cap} live flows (limits.max_flows_per_host; "
+                                         f"entries installed for its unreported flows count too); end some first")
             req = self._resolve(host, fs.request_id, fs.owner)
             info = FlowInfo(flow_id=fs.flow_id, stage=fs.stage, request_id=req.iid, size_bytes=fs.size_bytes,
                             deadline=fs.deadline or None, target_layer=fs.target_layer,
@@ -500,7 +503,7 @@ class Engine:
             except (ValueError, TypeError) as e:
                 raise Reject("policy", str(e)) from None
             key = (fs.stage, fs.flow_id)
-            adopted = self.adopted.pop(key, None)
+            adopted = self._unadopt(key)
             if adopted is not None and adopted.level < lvl:
                 lvl = adopted.level  # keep the promotion the switch already had (controller restart)
             rec = self.flows[fs.flow_id] = FlowRec(info, host, key, now, lvl, req, fs.batch_id)
@@ -512,7 +515,7 @@ class Engine:
             self._level_news(rec, lvl)
             for other in [(st, fs.flow_id) for st in (1, 2, 3) if st != fs.stage]:
                 if self.desired.pop(other, None) is not None:  # flow id reused with another stage
-                    self.adopted.pop(other, None)
+                    self._unadopt(other)
                     self._dirty.add(other)
             if self.desired.get(key) != lvl:
                 self.desired[key] = lvl
@@ -531,7 +534,7 @@ class Engine:
             keys = self._adopted_of(host, ev.flow_end.flow_id)
             if keys and ev.flow_end.flow_id not in self.flows:
                 for k in keys:  # a flow from before the restart ends: delete its entry
-                    self.adopted.pop(k)
+                    self._unadopt(k)
                     if self.desired.pop(k, None) is not None:
                         self._dirty.add(k)
                 return
@@ -619,6 +622,18 @@ class Engine:
             return []
         return [(st, flow_id) for st in (1, 2, 3) if (st, flow_id) in self.adopted
                 and self.adopted[(st, flow_id)].owner == host]
+
+    def _flow_entries(self, host: str) -> int:
+        """``host``'s flow-table entries held against limits.max_flows_per_host: its live flows and
+        the entries installed for its unreported flows (``unknown_flows.install``)."""
+        return self.live_flows.get(host, 0) + self.miss_installed.get(host, 0)
+
+    def _unadopt(self, key: FlowKey) -> Adopted | None:
+        """Forget the adopted entry of ``key`` (if any); returns it."""
+        a = self.adopted.pop(key, None)
+        if a is not None and a.from_miss:
+            self.miss_installed[a.owner] -= 1
+        return a
 
     def owner_of(self, flow_id: int) -> str | None:
         h = self.placement.owner(flow_id)
@@ -809,7 +824,7 @@ class Engine:
                      self.cfg.flow_idle_timeout_s)
             self._end_flow(time.time(), rec)
             self.metrics.count("idle_timeout_flows")
-        elif self.adopted.pop(key, None) is not None:
+        elif self._unadopt(key) is not None:
             self.desired.pop(key, None)
             self.metrics.count("idle_timeout_flows")
         self._dirty.add(key)  # deleted wherever it is installed and not wanted
@@ -855,9 +870,13 @@ class Engine:
                      miss.get("request_id", "?"),
                      f" (hosts[{owner.name}].port is {owner.port})" if kind == "misplaced" else "")
         if kind == "unreported" and self.cfg.unknown_flows.install and key[0] in (1, 2, 3):
+            if self._flow_entries(owner.name) >= self.cfg.limits.max_flows_per_host:
+                self.metrics.count("unknown_flows_not_installed", switch=switch, reason="host_cap")
+                return kind  # its owner holds all the entries it may (limits.max_flows_per_host)
             lvl = self.stage_default_level(key[0])
             self.desired[key] = lvl
             self.adopted[key] = Adopted(lvl, self.alive_now(), owner.name, from_miss=True)
+            self.miss_installed[owner.name] = self.miss_installed.get(owner.name, 0) + 1
             self.place(key, owner.name)
             self._dirty.add(key)
             self._wake.set()
@@ -919,7 +938,7 @@ class Engine:
         for key, a in list(self.adopted.items()):
             seen = self.last_seen.get(a.owner, a.since) if a.owner and not a.from_miss else a.since
             if alive - max(seen, a.since) > timeout:
-                self.adopted.pop(key)
+                self._unadopt(key)
                 if self.desired.pop(key, None) is not None:
                     self._dirty.add(key)
                 n += 1

@@ -7,6 +7,7 @@ itself was not running does not make a host silent."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 import time
 
@@ -222,6 +223,34 @@ def test_unknown_request_cap_counts_placeholders_a_flow_created():
             assert reasons(ack) == ["host_cap"] * 10
             assert len(pol._req_layer) == layers0 + 2 and e.c.engine.placeholders["h1"] == 2
             assert sum(1 for k in e.c.engine.requests if k[0] == "h1") == 2
+    run(go())
+
+
+def test_entries_installed_for_unreported_flows_count_against_the_hosts_flow_cap():
+    """unknown_flows.install: an unreported flow's entry counts against its owner's
+    limits.max_flows_per_host as a live flow does: past the cap no more are installed, and the
+    host's own flow_start of a new flow is refused; its flow_start of an installed one takes it
+    over (no extra entry)."""
+    async def go():
+        async with Env(limits={"max_flows_per_host": 3}, unknown_flows={"install": True}) as e:
+            r1 = await e.register()
+            b1 = r1.flow_id_base
+            eng = e.c.engine
+            src = int(ipaddress.IPv4Address("10.0.0.1"))
+            kinds = [eng.on_miss("s1", {"stage": 1, "flow_id": b1 + i, "src_addr": src, "ingress_port": 1})
+                     for i in range(5)]
+            assert kinds == ["installed"] * 3 + ["unreported"] * 2
+            assert sum(1 for k in eng.desired if k[1] >= b1) == 3
+            ack = await e.report(r1, [ev(1, flow_start=fs(b1 + 10))])
+            assert reasons(ack) == ["host_cap"]
+            ack = await e.report(r1, [ev(2, flow_start=fs(b1 + 1))])  # takes over its installed entry
+            assert not ack.rejected and eng.live_flows["h1"] == 1 and eng.miss_installed["h1"] == 2
+            ack = await e.report(r1, [ev(3, flow_end=pb.FlowEnd(flow_id=b1 + 1)),
+                                      ev(4, flow_end=pb.FlowEnd(flow_id=b1 + 2)),  # an installed entry ends
+                                      ev(5, flow_start=fs(b1 + 10)), ev(6, flow_start=fs(b1 + 11))])
+            assert not ack.rejected and eng.miss_installed["h1"] == 1 and eng.live_flows["h1"] == 2
+            assert eng.on_miss("s1", {"stage": 1, "flow_id": b1 + 20, "src_addr": src, "ingress_port": 1}) \
+                == "unreported"
     run(go())
 
 
