@@ -57,6 +57,7 @@ ALIVE_STEP_MAX_S = 1.0
 # (a host that never reports again would otherwise grow its set; the oldest are dropped first:
 # such a host has stopped listening anyway, and GC ends its flows after gc_timeout_s)
 MAX_PENDING_LEVELS_PER_HOST = 65536
+MAX_MISSES_LOGGED = 65536  # unknown-flow keys remembered as already logged (on_miss; oldest forgotten)
 
 
 class Reject(Exception):
@@ -863,7 +864,7 @@ class Engine:
             return kind
         if key not in self._misses_logged:
             self._misses_logged[key] = None
-            while len(self._misses_logged) > MAX_PENDING_LEVELS_PER_HOST:
+            while len(self._misses_logged) > MAX_MISSES_LOGGED:
                 self._misses_logged.pop(next(iter(self._misses_logged)))
             log.info("%s: %s flow %s (stage %d) from %s on port %s, request %s%s", switch, kind, key[1], key[0],
                      ipaddress.IPv4Address(src) if src is not None else "?", "?" if port is None else port,

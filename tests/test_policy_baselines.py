@@ -112,3 +112,16 @@ def test_k_level_baselines_stay_in_range(name, k):
         levels += p.progress(i * 0.001, i, f.size_bytes // 2).values()
         levels += p.tick(i * 0.01).values()
     assert all(isinstance(lv, int) and 0 <= lv < k for lv in levels)
+
+
+def test_every_policy_implements_the_policy_protocol():
+    """The engine calls tick(now, budget=...) and pending_work(): both are in the Policy protocol
+    (mfs/policy/api.py), and every scheduler implements them."""
+    import inspect
+
+    from mfs.policy import POLICIES, Policy, make_policy
+    assert "budget" in inspect.signature(Policy.tick).parameters and hasattr(Policy, "pending_work")
+    for name in POLICIES:
+        pol = make_policy(name)
+        assert isinstance(pol, Policy), name
+        assert pol.tick(0.0, budget=1) == {} and pol.pending_work() == 0, name

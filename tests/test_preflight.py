@@ -62,3 +62,10 @@ def test_preflight_fails_naming_why_when_checksum_offload_stays_on(monkeypatch):
     why = netns.preflight()
     assert why is not None and "checksum offload tx is still on" in why, why
     assert not [ln for ln in netns.links() if ln.startswith(f"{netns.PREFIX}pf")], "probe veth left behind"
+
+
+def test_sysctl_returns_false_where_the_namespace_cannot_be_entered():
+    """netns.sysctl is documented to return False when it fails: entering a namespace that does
+    not exist raises NetError (not OSError) inside in_ns, which it must catch too."""
+    from topo import netns
+    assert netns.sysctl("net.ipv4.ip_forward", "1", ns="mfs-test-no-such-namespace") is False

@@ -210,7 +210,7 @@ def sysctl(key: str, value: str, ns: str | None = None) -> bool:
     try:
         in_ns(ns, write)
         return True
-    except OSError:
+    except (OSError, NetError):  # NetError: the namespace could not be entered
         return False
 
 

@@ -95,8 +95,14 @@ class Policy(Protocol):
         """Current utilisation in [0, 1) of a link (or of the flow's bottleneck when link == "")."""
         ...
 
-    def tick(self, now: float) -> Changes:
-        """Periodic re-check (MFS: Stage-3 flows of requests whose prefill compute has ended)."""
+    def tick(self, now: float, budget: int | None = None) -> Changes:
+        """Periodic re-check (MFS: Stage-3 flows of requests whose prefill compute has ended).
+        ``budget`` bounds the work of one call (None: all of it); what is left is done by the
+        next calls (``pending_work``)."""
+        ...
+
+    def pending_work(self) -> int:
+        """Work units a budgeted ``tick`` left for the next calls (0 = none)."""
         ...
 
     # --- queries ------------------------------------------------------
