@@ -77,6 +77,7 @@ class FlowRec:
     level: int
     req: "ReqRec | None" = None
     batch_id: int = 0  # the batch id the host reported (in the namespace of its request's owner)
+    sent: int = 0  # bytes sent, as last reported (progress) and applied by the policy
 
 
 class HostIds:
@@ -531,6 +532,7 @@ class Engine:
                 raise Reject("bad_bytes", f"flow {rec.info.flow_id}: bytes_sent={ev.progress.bytes_sent} exceeds "
                                           f"size_bytes={rec.info.size_bytes}")
             changes.update(pol.progress(now, rec.info.flow_id, ev.progress.bytes_sent))
+            rec.sent = max(rec.sent, ev.progress.bytes_sent)
         elif kind == "flow_end":
             keys = self._adopted_of(host, ev.flow_end.flow_id)
             if keys and ev.flow_end.flow_id not in self.flows:
@@ -733,7 +735,6 @@ class Engine:
 
     def _relink(self, now: float, rec: FlowRec, req: ReqRec, changes: dict[int, float]) -> None:
         """Move a live flow to request ``req`` (the policy sees it end and start again, with its progress)."""
-        sent = next((st.bytes_sent for st in self.policy.flows() if st.info.flow_id == rec.info.flow_id), 0)
         with contextlib.suppress(KeyError):
             self.policy.flow_end(now, rec.info.flow_id)
         if rec.req is not None:
@@ -742,8 +743,8 @@ class Engine:
         rec.req = req
         req.flows.add(rec.info.flow_id)
         changes[rec.info.flow_id] = self.policy.flow_start(now, rec.info)
-        if sent:
-            changes.update(self.policy.progress(now, rec.info.flow_id, sent))
+        if rec.sent:
+            changes.update(self.policy.progress(now, rec.info.flow_id, rec.sent))
 
     def _drop_req(self, now: float, req: ReqRec) -> None:
         """Forget ``req`` (ended, GC'd, or a placeholder merged into its owner's request); its
@@ -981,12 +982,10 @@ class Engine:
         for req in self.requests.values():
             if req.info is not None:
                 changes.update(new_pol.request_start(now, req.info))
-        sent_of = {st.info.flow_id: st.bytes_sent for st in self.policy.flows()}
         for rec in self.flows.values():
-            sent = sent_of.get(rec.info.flow_id, 0)
             changes[rec.info.flow_id] = new_pol.flow_start(now, rec.info)
-            if sent:
-                changes.update(new_pol.progress(now, rec.info.flow_id, sent))
+            if rec.sent:
+                changes.update(new_pol.progress(now, rec.info.flow_id, rec.sent))
         for req in self.requests.values():
             if req.layer is not None:
                 changes.update(new_pol.layer_boundary(now, req.iid, *req.layer))

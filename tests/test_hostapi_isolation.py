@@ -176,6 +176,35 @@ def test_naming_a_peer_does_not_take_over_its_own_requests():
     run(go())
 
 
+def test_a_peers_flows_join_the_owners_request_with_their_progress_without_a_scan_of_all_flows(monkeypatch):
+    """A peer's flows reported before the owner's request_start move onto it keeping their progress,
+    looked up by id (the policy's flows() — every flow, ranked — is not scanned once per moved flow);
+    a live policy change replays progress the same way."""
+    async def go():
+        async with Env() as e:
+            r1, r2 = await e.register(), await e.register(*H2)
+            b2 = r2.flow_id_base
+            eng = e.c.engine
+            events = []
+            for i in range(20):
+                events += [ev(2 * i + 1, flow_start=fs(b2 + i, stage=3, request_id=5, size_bytes=1_000_000,
+                                                       owner="h1")),
+                           ev(2 * i + 2, progress=pb.Progress(flow_id=b2 + i, bytes_sent=1000 * (i + 1)))]
+            ack = await e.report(r2, events)
+            assert not ack.rejected
+
+            def no_scan():
+                raise AssertionError("policy.flows() scanned")
+            monkeypatch.setattr(eng.policy, "flows", no_scan)
+            ack = await e.report(r1, [ev(1, request_start=req(5, peers=["h2"]))])
+            assert not ack.rejected
+            assert all(eng.flows[b2 + i].req is eng.requests[("h1", 5)] for i in range(20))
+            assert [eng.policy._flows[b2 + i].bytes_sent for i in range(20)] == [1000 * (i + 1) for i in range(20)]
+            eng.set_policy({"K": 6})
+            assert [eng.policy._flows[b2 + i].bytes_sent for i in range(20)] == [1000 * (i + 1) for i in range(20)]
+    run(go())
+
+
 def test_per_host_caps_on_flows_requests_and_unknown_layer_state():
     limits = {"max_flows_per_host": 4, "max_requests_per_host": 3, "max_unknown_requests": 5}
     async def go():
