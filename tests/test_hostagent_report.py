@@ -262,3 +262,58 @@ def test_tcp_target_and_bad_targets():
             channel_target(bad)
     with pytest.raises(ValueError, match="event kind"):
         Reporter("unix:/x", "h", "t", "1.2.3.4").emit("bogus")
+
+
+class _AcksThenHangs(FakeHostReports):
+    """A controller that applies the first ``allow`` Reports, then fails every one unapplied."""
+
+    def __init__(self, tokens, allow):
+        super().__init__(tokens)
+        self.allow = allow
+
+    def Report(self, request, context):
+        if request.session in self.sessions:  # (a stale session is refused as usual)
+            if self.allow <= 0:
+                import grpc
+                context.abort(grpc.StatusCode.UNAVAILABLE, "injected: down")
+            self.allow -= 1
+        return super().Report(request, context)
+
+
+def test_reannounce_is_made_again_at_a_further_reset(sock):
+    """The controller loses the host's state, applies part of the re-announcement, and loses it
+    again: the next re-announcement replaces what was left of the first (each live request,
+    batch and flow announced once, from what was acknowledged), and the events emitted since
+    follow it."""
+    svc = FakeHostReports({"h1": "tok"})
+    ctl = FakeController(sock, svc).start()
+    r = Reporter(sock, "h1", "tok", "10.0.0.1", batch_max=1, flush_interval=0.0, backoff_min=0.02, backoff_max=0.1,
+                 keepalive=0.3)  # (a keep-alive finds the restarted controller)
+    r.start()
+    try:
+        r.emit("request_start", request_id=1, batch_id=3)
+        r.emit("batch", batch_id=3, kind="arrival")
+        r.emit("flow_start", flow_id=5, stage=1, request_id=1, batch_id=3, size_bytes=1000)
+        r.emit("progress", flow_id=5, bytes_sent=400)
+        r.emit("request_start", request_id=2)  # rejected: not live to the controller
+        svc.reject = lambda e: "no" if e.HasField("request_start") and e.request_start.request_id == 2 else None
+        assert r.flush(10)
+        assert r.live_state() == {"requests": 1, "flows": 1, "batches": 1}
+        ctl.stop()
+        svc2 = _AcksThenHangs({"h1": "tok"}, allow=1)
+        ctl = FakeController(sock, svc2).start()
+        assert wait_for(lambda: r.stats["controller_resets"] == 1 and len(svc2.applied("h1")) == 1)
+        r.emit("flow_end", flow_id=5)  # while the re-announcement is still being sent
+        ctl.stop()
+        svc3 = FakeHostReports({"h1": "tok"})
+        ctl = FakeController(sock, svc3).start()
+        assert wait_for(lambda: r.stats["controller_resets"] == 2)
+        assert r.flush(10)
+        ev = svc3.applied("h1")
+        assert _kinds(ev) == ["request_start", "batch", "flow_start", "progress", "flow_end"]
+        assert ev[1].batch.kind == "arrival" and ev[3].progress.bytes_sent == 400
+        assert _seqs(ev) == list(range(1, 6)) and svc3.hosts["h1"].gaps == []
+        assert r.live_state() == {"requests": 1, "flows": 0, "batches": 1}
+    finally:
+        r.close(flush_timeout=0)
+        ctl.stop()
