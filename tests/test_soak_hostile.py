@@ -17,7 +17,10 @@ from controller.testing import LiveController, TargetUnavailable, config_data, f
 from tests.test_hostapi_agent import wait
 
 DURATION_S = 15.0
-P99_BOUND_S = 5.0  # alone it is a few ms; the point is "never frozen" (a freeze was 60 s), not a speed figure (make bench)
+# alone it is a few ms; 27-66 ms measured (3 runs, 2026-12-01, beside other test runs on the 2-core
+# box): 1 s is ~15x that, robust on a busy box, and still catches a round that holds the loop for
+# long (a freeze was 60 s); a speed figure is make bench's
+P99_BOUND_S = 1.0
 
 
 @pytest.mark.slow  # ~35 s: in `make test`, not in `make test-unit`
