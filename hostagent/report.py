@@ -125,9 +125,10 @@ class Reporter:
         self._live_reqs: dict[int, report_pb2.RequestStart] = {}  # request id -> its request_start
         self._live_flows: dict[int, report_pb2.FlowStart] = {}  # flow id -> its flow_start
         self._flow_bytes: dict[int, int] = {}  # flow id -> last progress
-        self._req_flows: dict[int, set[int]] = {}  # request id -> live flow ids
-        # request id -> (layer, prefill done, owner: "" or the host owning it), live ones only
-        self._req_layer: dict[int, tuple[int, bool, str]] = {}
+        # requests by (owner, request id): owner "" = this host's own (request ids are per host,
+        # so a peer's request 5 is not this host's request 5)
+        self._req_flows: dict[tuple[str, int], set[int]] = {}  # -> live flow ids
+        self._req_layer: dict[tuple[str, int], tuple[int, bool]] = {}  # -> (layer, prefill done), live ones
         self._active_batches: set[int] = set()  # batch ids whose arrival (and no departure) was acked
         self._reann_upto = 0  # seq of the last re-announced event (those at the backlog's head up to it)
         self.last_error: str = ""
@@ -148,13 +149,16 @@ class Reporter:
             self._cv.notify()
             return ev.seq
 
+    def _req_key(self, owner: str, rid: int) -> tuple[str, int]:
+        return ("" if owner == self.host else owner, rid)
+
     def _acked(self, ev: report_pb2.Event) -> None:
         """``ev`` is acknowledged (applied, not rejected): keep the live state (caller holds the lock)."""
         kind = ev.WhichOneof("kind")
         if kind == "flow_start":
             f = self._live_flows[ev.flow_start.flow_id] = report_pb2.FlowStart()
             f.CopyFrom(ev.flow_start)
-            self._req_flows.setdefault(f.request_id, set()).add(f.flow_id)
+            self._req_flows.setdefault(self._req_key(f.owner, f.request_id), set()).add(f.flow_id)
             self._flow_bytes.pop(f.flow_id, None)
         elif kind == "progress":
             if ev.progress.flow_id in self._live_flows:
@@ -164,28 +168,27 @@ class Reporter:
             fs = self._live_flows.pop(fid, None)
             self._flow_bytes.pop(fid, None)
             if fs is not None:
-                rid = fs.request_id
-                s = self._req_flows.get(rid)
+                key = self._req_key(fs.owner, fs.request_id)
+                s = self._req_flows.get(key)
                 if s is not None:
                     s.discard(fid)
                     if not s:
-                        del self._req_flows[rid]
-                        if rid not in self._live_reqs:
-                            self._req_layer.pop(rid, None)
+                        del self._req_flows[key]
+                        if key[0] or key[1] not in self._live_reqs:
+                            self._req_layer.pop(key, None)
         elif kind == "request_start":
             f = self._live_reqs[ev.request_start.request_id] = report_pb2.RequestStart()
             f.CopyFrom(ev.request_start)
         elif kind == "request_end":
             rid = ev.request_end.request_id
             self._live_reqs.pop(rid, None)
-            if rid not in self._req_flows:
-                self._req_layer.pop(rid, None)
+            if ("", rid) not in self._req_flows:
+                self._req_layer.pop(("", rid), None)
         elif kind == "layer":
-            rid = ev.layer.request_id
-            if rid in self._live_reqs or rid in self._req_flows:
-                layer, done, _ = self._req_layer.get(rid, (0, False, ""))
-                self._req_layer[rid] = (max(layer, ev.layer.current_layer), done or ev.layer.prefill_done,
-                                        ev.layer.owner)
+            key = self._req_key(ev.layer.owner, ev.layer.request_id)
+            if (not key[0] and key[1] in self._live_reqs) or key in self._req_flows:
+                layer, done = self._req_layer.get(key, (0, False))
+                self._req_layer[key] = (max(layer, ev.layer.current_layer), done or ev.layer.prefill_done)
         elif kind == "batch":
             if ev.batch.kind == "arrival":
                 self._active_batches.add(ev.batch.batch_id)
@@ -212,7 +215,7 @@ class Reporter:
             out.append(report_pb2.Event(time=now, flow_start=f))
             if self._flow_bytes.get(fid):
                 out.append(report_pb2.Event(time=now, progress={"flow_id": fid, "bytes_sent": self._flow_bytes[fid]}))
-        for rid, (layer, done, owner) in self._req_layer.items():
+        for (owner, rid), (layer, done) in self._req_layer.items():
             out.append(report_pb2.Event(time=now, layer={"request_id": rid, "current_layer": layer,
                                                          "prefill_done": done, "owner": owner}))
         seq = last_seq

@@ -317,3 +317,32 @@ def test_reannounce_is_made_again_at_a_further_reset(sock):
     finally:
         r.close(flush_timeout=0)
         ctl.stop()
+
+
+def test_reannounce_keeps_a_peers_request_apart_from_the_hosts_own_of_the_same_id(sock):
+    """Request ids are per host: this host's request 5 and h2's request 5 (which it serves as a
+    peer: owner "h2") are two requests, and each gets its own layer back after a reset."""
+    svc = FakeHostReports({"h1": "tok"})
+    ctl = FakeController(sock, svc).start()
+    r = Reporter(sock, "h1", "tok", "10.0.0.1", flush_interval=0.0, backoff_min=0.02, backoff_max=0.1, keepalive=0.3)
+    r.start()
+    try:
+        r.emit("request_start", request_id=5)
+        r.emit("layer", request_id=5, current_layer=2)
+        r.emit("flow_start", flow_id=9, stage=1, request_id=5, owner="h2", size_bytes=1000)
+        r.emit("layer", request_id=5, current_layer=7, prefill_done=True, owner="h2")
+        assert r.flush(10)
+        ctl.stop()
+        svc2 = FakeHostReports({"h1": "tok"})
+        ctl = FakeController(sock, svc2).start()
+        assert wait_for(lambda: r.stats["controller_resets"] == 1) and r.flush(10)
+        layers = {(e.layer.owner, e.layer.request_id): (e.layer.current_layer, e.layer.prefill_done)
+                  for e in svc2.applied("h1") if e.HasField("layer")}
+        assert layers == {("", 5): (2, False), ("h2", 5): (7, True)}
+        r.emit("flow_end", flow_id=9)  # h2's request leaves this host's state; its own stays
+        r.emit("layer", request_id=5, current_layer=3)
+        assert r.flush(10)
+        assert r._req_layer == {("", 5): (3, False)}
+    finally:
+        r.close(flush_timeout=0)
+        ctl.stop()
