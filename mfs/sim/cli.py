@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=2000, help="new tokens of the lone request (default 2000)")
     p.add_argument("--reused", type=int, default=0, help="reused prefix tokens (default 0)")
     p = sub.add_parser("report", help="docs/results.md (+ plots, + compact CSV) from a results directory or CSV")
-    p.add_argument("--data", required=True, help="results directory of a sweep, or a CSV written by report")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="results directories of sweeps, or CSVs written by report (cases kept apart by scale)")
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--img", default="docs/img", help="directory for the plots")
     p.add_argument("--csv", default="docs/data/sim_points.csv", help="write every point here ('' = don't)")

@@ -70,11 +70,11 @@ def high_points(d: dict[str, dict[float, float]], knee: float) -> list[float]:
 
 
 def _by(points: list[dict]) -> dict:
-    """{(model, workload): {scheduler: {rate: {seed: point}}}}"""
+    """{(model, workload, servers, warmup, measured): {scheduler: {rate: {seed: point}}}} (one case per scale)"""
     out: dict = {}
     for d in points:
         p = d["point"]
-        out.setdefault((p["model"], p["workload"]), {}).setdefault(p["scheduler"], {}).setdefault(
+        out.setdefault((p["model"], p["workload"], int(p["servers"]), int(p["warmup"]), int(p["measured"])), {}).setdefault(p["scheduler"], {}).setdefault(
             float(p["rate"]), {})[int(p["seed"])] = d
     return out
 
@@ -168,9 +168,9 @@ def _nic_table(cs: dict, r: float) -> str:
             "| all tx % mean / p99 / max |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
-def make_report(data: str, out: str, img: str, csv_out: str | None, cmd: str, partial: str = "") -> Path:
+def make_report(data: str | list[str], out: str, img: str, csv_out: str | None, cmd: str, partial: str = "") -> Path:
     """Write docs/results.md (and the plots, and the compact CSV of every point) from ``data``."""
-    points = load_points(data)
+    points = [d for src in ([data] if isinstance(data, str) else data) for d in load_points(src)]
     if not points:
         raise ValueError(f"{data}: no finished points")
     if csv_out:
@@ -182,15 +182,18 @@ def make_report(data: str, out: str, img: str, csv_out: str | None, cmd: str, pa
     seeds = sorted({d["point"]["seed"] for d in points})
     summary, sections = [], []
     outp = Path(out)
-    for (model, wl), cs in sorted(by.items()):
+    scales = {k[2:] for k in by}
+    for (model, wl, *sc), cs in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][:2])):
         st = case_stats(cs)
-        png = plot_case(cs, Path(img) / f"sim_{model}_{wl}.png", f"{model} / {wl}")
+        tag = "" if len(scales) == 1 else f"_n{sc[0]}"
+        title = f"{model} / {wl}" + ("" if len(scales) == 1 else f", {sc[0]} servers, {sc[1]}+{sc[2]} requests")
+        png = plot_case(cs, Path(img) / f"sim_{model}_{wl}{tag}.png", title)
         rel = Path(png).resolve().relative_to(outp.resolve().parent) if outp.resolve().parent in Path(png).resolve().parents else png
         rr = st["rate_ratio"]
         for row in st["rows"]:
             r = row["rate"]
             summary.append(
-                f"| {model} | {wl} | {r:.3g} | {fmt_ci(*row.get('mfs', (math.nan, math.nan, 0)))} | "
+                f"| {model} | {wl}{'' if len(scales) == 1 else f' ({sc[0]} servers)'} | {r:.3g} | {fmt_ci(*row.get('mfs', (math.nan, math.nan, 0)))} | "
                 f"{fmt_ci(*row.get('karuna', (math.nan, math.nan, 0)))} | "
                 f"{fmt_ci(*row.get('vs_karuna', (math.nan, math.nan, 0)), suffix='×')} | {row['best']} | "
                 f"{fmt_ci(*row.get('vs_best', (math.nan, math.nan, 0)), suffix='×')} | "
@@ -208,10 +211,10 @@ def make_report(data: str, out: str, img: str, csv_out: str | None, cmd: str, pa
         cap = capacity_rate(model, wl)
         rr_txt = ", ".join(f"{b} {fmt_ci(*v, suffix='×')}" for b, v in sorted(rr.items()))
         sections.append(
-            f"### {model} / {wl}\n\nKnee (fair sharing at {TARGET:.0%}) {st['knee']:.3g} req/s per prefill GPU; "
+            f"### {title}\n\nKnee (fair sharing at {TARGET:.0%}) {st['knee']:.3g} req/s per prefill GPU; "
             f"balanced-compute capacity {cap:.3g} (the paper's rate 0.7 is {0.7 / cap:.2f} of it per prefill GPU, "
             f"{1.4 / cap:.2f} if per GPU of both pools). Sustainable rate at {TARGET:.0%}, MFS over: "
-            f"{rr_txt or 'n/a'}.\n\n![{model} {wl}]({rel})\n\nAttainment, mean ± 95 % CI over seeds:\n\n"
+            f"{rr_txt or 'n/a'}.\n\n![{title}]({rel})\n\nAttainment, mean ± 95 % CI over seeds:\n\n"
             + "\n".join(lines)
             + f"\n\nMeasured per-NIC loads at rate {top:.3g} (prefill NICs, % of 200 Gb/s over the run; compute % = "
               f"prefill instances busy):\n\n{_nic_table(cs, top)}\n")
