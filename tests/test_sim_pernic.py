@@ -156,3 +156,21 @@ def test_routing_prefers_the_holder_group_and_same_server_kv_is_local():
     assert s3[1] != s3[0] and srv[1] == srv[0] and not s1
     for f in s1:
         assert sim.node_server[sim.names.index(f.src)] != sim.node_server[sim.names.index(f.dst)]
+
+
+def test_per_group_fifo_steps():
+    sim = Simulator(MODELS["mixtral-8x22b"], FixedLevels(), ClusterConfig(servers=8, max_batch_tokens=1000))
+    inst = sim.inst[0]
+
+    def join(g, new):
+        b = sim._step_for(inst, g, new)
+        b.gtok[g] = b.gtok.get(g, 0) + new
+        return b.bid
+
+    a = join(0, 600)
+    assert join(0, 400) == a  # group 0 still fits (1000 tokens per group and step)
+    b = join(0, 100)  # group 0 is full in step a: the next step
+    assert b != a
+    assert join(1, 900) == a  # group 1 has room in the oldest queued step
+    assert join(1, 200) == b  # after its last step holding group 1
+    assert join(0, 5000) != b  # over the limit alone: a step of its own (at least one request)
