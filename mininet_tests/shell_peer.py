@@ -20,6 +20,9 @@ def main():
         te = sh.TableEntry("MfsIngress.mfs_flow")(action="MfsIngress.set_level")
         te.match["stage"] = "3"
         te.match["flow_id"] = "777"
+        if "ingress_port" in te.match._fields:  # revision 2: the entry is bound to its source
+            te.match["ingress_port"] = "1"
+            te.match["src_addr"] = "10.0.0.1"
         te.action["level"] = "2"
         te.insert()
         back = []
@@ -27,7 +30,7 @@ def main():
             msg = e.msg()
             m = {f.field_id: int.from_bytes(f.exact.value, "big") for f in msg.match}
             lv = int.from_bytes(msg.action.action.params[0].value, "big")
-            back.append({"match": sorted(m.values()), "level": lv})
+            back.append({"match": [m[k] for k in sorted(m)], "level": lv})
         print(json.dumps({"tables": tables, "read_back": back}))
     finally:
         sh.teardown()
