@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mfs.p4info import P4Schema, bmv2_json_mismatch
-from mfs.tools import find_tool, missing_reason
+from mfs.p4info import bmv2_unavailable
+from mfs.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 BMV2_JSON = ROOT / "p4src" / "build" / "mfs.json"
@@ -128,14 +128,10 @@ class Bmv2Target(_ProcessTarget):
     name = "bmv2"
 
     def __init__(self, device_id: int = 1, table_sizes: dict | None = None):
+        why = bmv2_unavailable(BMV2_JSON)
+        if why:
+            raise TargetUnavailable(why)
         exe = find_tool("simple_switch_grpc")
-        if exe is None:
-            raise TargetUnavailable(missing_reason("simple_switch_grpc"))
-        if not BMV2_JSON.exists():
-            raise TargetUnavailable(f"{BMV2_JSON.relative_to(ROOT)} is not built (run `make p4`; needs p4c)")
-        stale = bmv2_json_mismatch(BMV2_JSON, P4Schema.load())
-        if stale:
-            raise TargetUnavailable(f"{stale}; needs p4c")
         if table_sizes:
             raise TargetUnavailable("bmv2 table sizes are fixed by the compiled P4 program")
         self.exe = exe

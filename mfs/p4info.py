@@ -388,3 +388,17 @@ def bmv2_json_mismatch(json_path: str | Path, schema: "P4Schema") -> str | None:
             if name not in have[kind]:
                 return f"{Path(json_path).name} has no {kind} {name}: it is older than the P4Info (run `make p4`)"
     return None
+
+
+def bmv2_unavailable(json_path: str | Path, p4info_path: str | Path = DEFAULT_P4INFO) -> str | None:
+    """Why the bmv2 target cannot run the program at ``json_path`` for ``p4info_path``, or None:
+    simple_switch_grpc missing, the JSON not built, or the JSON compiled from another program
+    than the P4Info describes (one regenerated without the other: `make p4`, needs p4c)."""
+    from mfs.tools import find_tool, missing_reason
+
+    if not find_tool("simple_switch_grpc"):
+        return missing_reason("simple_switch_grpc")
+    if not Path(json_path).exists():
+        return f"{Path(json_path).name} is not built (run `make p4`; needs p4c)"
+    stale = bmv2_json_mismatch(json_path, P4Schema.load(p4info_path))
+    return f"{stale}; needs p4c" if stale else None

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mfs.tools import find_tool, missing_reason
-from topo.net import DEFAULT_P4INFO, Network
+from mfs.p4info import bmv2_unavailable
+from topo.net import BMV2_JSON, DEFAULT_P4INFO, Network
 
 TRAFFIC = str(Path(__file__).resolve().parent / "traffic.py")
 TARGETS = [pytest.param("embedded", id="embedded"),
@@ -22,8 +22,8 @@ TARGETS = [pytest.param("embedded", id="embedded"),
 def require_target(target: str, shared_bottleneck: bool = True) -> None:
     """Skip (with the reason) when ``target`` cannot run this test: bmv2 absent, or the test
     needs strict priority behind a shared rate-limited port, which bmv2 cannot emulate."""
-    if target == "bmv2" and not find_tool("simple_switch_grpc"):
-        pytest.skip(f"bmv2: {missing_reason('simple_switch_grpc')}")
+    if target == "bmv2" and (why := bmv2_unavailable(BMV2_JSON)):
+        pytest.skip(f"bmv2: {why}")
     if target == "bmv2" and shared_bottleneck:
         pytest.skip("bmv2 cannot emulate strict priority on a rate-limited port (per-queue pps rates, "
                     "docs/emulation.md 'bmv2 rate caveat'); this test needs a shared bottleneck")

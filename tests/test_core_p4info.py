@@ -56,3 +56,33 @@ def test_bad_file(tmp_path):
     f.write_text("tables { nonsense: 1 }")
     with pytest.raises(P4InfoError, match="not a valid P4Info"):
         P4Schema.load(f)
+
+
+def test_bmv2_unavailable_names_what_is_missing_or_stale(tmp_path, monkeypatch):
+    """The bmv2 target is refused, saying why: no simple_switch_grpc, no JSON, or a JSON whose
+    tables do not match the P4Info (one regenerated without the other)."""
+    import json
+
+    from mfs.p4info import DEFAULT_P4INFO, P4Schema, bmv2_unavailable
+    fake = tmp_path / "simple_switch_grpc"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("BMV2_SWITCH", str(tmp_path / "absent"))
+    assert "simple_switch_grpc not found" in bmv2_unavailable(tmp_path / "mfs.json")
+    monkeypatch.setenv("BMV2_SWITCH", str(fake))
+    assert "not built" in bmv2_unavailable(tmp_path / "mfs.json")
+    # a JSON with the P4Info's tables and keys passes; one key fewer on a table is stale
+    schema = P4Schema.load(DEFAULT_P4INFO)
+
+    def bmv2_json(drop_key: bool) -> dict:
+        tables = [{"name": t.name, "key": [{}] * (len(t.fields) - (drop_key and t.name == "MfsIngress.mfs_flow"))}
+                  for t in schema.tables.values()]
+        return {"pipelines": [{"name": "ingress", "tables": tables}],
+                "counter_arrays": [{"name": n} for n in schema.counters],
+                "register_arrays": [{"name": n} for n in schema.registers]}
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(bmv2_json(False)))
+    bad.write_text(json.dumps(bmv2_json(True)))
+    why = bmv2_unavailable(bad)
+    assert why and "MfsIngress.mfs_flow" in why and "needs p4c" in why
+    assert bmv2_unavailable(good) is None, bmv2_unavailable(good)

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import yaml
 
-from mfs.p4info import DEFAULT_P4INFO
-from mfs.tools import find_tool, missing_reason
+from mfs.p4info import DEFAULT_P4INFO, bmv2_unavailable
+from mfs.tools import find_tool
 from topo import netns
 from topo.topology import Topology
 
@@ -216,8 +216,8 @@ class Network:
             if self.target_of(sw) == "lxbr" and self.want_controller:
                 raise BuildError(f"switch {sw}: target lxbr (a plain Linux bridge) has no P4Runtime, so no "
                                  f"controller can run on it; use it with controller=False (--no-controller)")
-            if self.target_of(sw) == "bmv2" and not find_tool("simple_switch_grpc"):
-                raise BuildError(f"switch {sw}: target bmv2 asked for, but {missing_reason('simple_switch_grpc')}")
+            if self.target_of(sw) == "bmv2" and (why := bmv2_unavailable(BMV2_JSON)):
+                raise BuildError(f"switch {sw}: target bmv2 asked for, but {why}")
         clash = [self.ns(h) for h in self.topo.hosts if self.ns(h) in netns.namespaces()]
         if clash:
             raise BuildError(f"namespaces already exist: {', '.join(clash)} (a previous run was not stopped: "
