@@ -15,6 +15,7 @@ import queue
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from finsy.proto import p4r
 
@@ -96,6 +97,8 @@ def test_const_default_actions_cannot_be_changed(target):
     for table, action, params in CONST:
         with pytest.raises(Exception) as e:  # embedded: WriteFailed, bmv2: grpc.RpcError
             target.write([{"table": table, "default": True, "action": action, "params": params}])
+        if isinstance(e.value, grpc.RpcError) and e.value.code() == grpc.StatusCode.UNKNOWN:
+            continue  # bmv2 (PI) refuses it without saying why; the defaults still acting is checked below
         assert "const" in str(e.value).lower() or "PERMISSION" in str(e.value) or "INVALID" in str(e.value), \
             f"{table}: {e.value}"
     # the defaults still act: an unknown flow from port 1 still goes at classify_default, which *is* modifiable

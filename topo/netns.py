@@ -274,3 +274,29 @@ def cleanup(prefix: str = PREFIX, keep: frozenset[str] | set[str] = frozenset())
     for n in gone_ns:
         del_ns(n)
     return gone_ns, gone_links
+
+
+# ---------------------------------------------------------------- VLAN tags on packet sockets
+SOL_PACKET, PACKET_AUXDATA = 263, 8
+TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
+_AUXDATA = struct.Struct("IIIHHHH")  # struct tpacket_auxdata
+
+
+def keep_vlan_tags(sock: socket.socket) -> None:
+    """Ask the kernel for each frame's stripped VLAN tag (PACKET_AUXDATA): a veth with rx VLAN
+    offload (the default) removes the outer 802.1Q/802.1ad tag from the frame a packet socket
+    reads and hands it over out of band; :func:`recv_frame` puts it back."""
+    sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+
+
+def recv_frame(sock: socket.socket, bufsize: int = 65535) -> tuple[bytes, tuple]:
+    """``recvfrom`` on a packet socket set up by :func:`keep_vlan_tags`, with the outer VLAN tag
+    the kernel stripped re-inserted after the MAC addresses (as libpcap does)."""
+    data, anc, _flags, addr = sock.recvmsg(bufsize, socket.CMSG_SPACE(_AUXDATA.size))
+    for level, kind, raw in anc:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(raw) >= _AUXDATA.size:
+            status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(raw)
+            if status & TP_STATUS_VLAN_VALID and len(data) >= 12:
+                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+    return data, addr

@@ -31,6 +31,7 @@ from mfs import levels
 from mfs.p4info import P4Schema
 from mfs.tools import find_tool
 from topo.embedded.pipeline import stat_index
+from topo.netns import keep_vlan_tags, recv_frame
 
 CLONE_NEWNET = 0x40000000
 PACKET_OUTGOING = 4
@@ -132,6 +133,7 @@ class Bmv2Target:
         for p in self.ports:
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             s.bind((f"h{p}", 0))
+            keep_vlan_tags(s)  # the veth's rx VLAN offload strips the outer tag: ask for it back
             s.setblocking(False)
             socks[p] = s
         return socks
@@ -255,7 +257,7 @@ class Bmv2Target:
         while time.monotonic() - start < MAX_WAIT_S and time.monotonic() - last < QUIET_S:
             ready, _, _ = select.select(list(self.socks.values()), [], [], 0.05)
             for s in ready:
-                data, addr = s.recvfrom(65535)
+                data, addr = recv_frame(s)
                 if addr[2] == PACKET_OUTGOING:
                     continue
                 p = next(k for k, v in self.socks.items() if v is s)
