@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mfs.p4info import P4Schema, bmv2_json_mismatch
+from mfs.p4info import bmv2_unavailable
 from mfs.tools import find_tool, missing_reason
 from tests.dataplane import runner
 
@@ -26,13 +26,9 @@ CASES = runner.load_cases()
 
 @pytest.fixture(scope="module")
 def bmv2():
-    if not find_tool("simple_switch_grpc"):
-        pytest.skip(missing_reason("simple_switch_grpc"))
-    if not BMV2_JSON.exists():
-        pytest.skip(f"{BMV2_JSON.relative_to(ROOT)} is absent: run `make p4` with p4c installed")
-    stale = bmv2_json_mismatch(BMV2_JSON, P4Schema.load(P4INFO))
-    if stale:
-        pytest.skip(f"{stale}; needs p4c")
+    why = bmv2_unavailable(BMV2_JSON, P4INFO)
+    if why:
+        pytest.skip(why)
     from tests.dataplane.bmv2_target import Bmv2Target
     target = Bmv2Target(BMV2_JSON, P4INFO)
     try:

@@ -19,8 +19,7 @@ import grpc
 import pytest
 from finsy.proto import p4r
 
-from mfs.p4info import P4Schema, bmv2_json_mismatch
-from mfs.tools import find_tool, missing_reason
+from mfs.p4info import bmv2_unavailable
 from tests.dataplane import packets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +49,9 @@ def target(request):
         from tests.dataplane.embedded_target import EmbeddedTarget
         t = EmbeddedTarget()
     else:
-        if not find_tool("simple_switch_grpc"):
-            pytest.skip(missing_reason("simple_switch_grpc"))
-        if not BMV2_JSON.exists():
-            pytest.skip(f"{BMV2_JSON.relative_to(ROOT)} is absent: run `make p4` with p4c installed")
-        stale = bmv2_json_mismatch(BMV2_JSON, P4Schema.load(P4INFO))
-        if stale:
-            pytest.skip(f"{stale}; needs p4c")
+        why = bmv2_unavailable(BMV2_JSON, P4INFO)
+        if why:
+            pytest.skip(why)
         from tests.dataplane.bmv2_target import Bmv2Target
         t = Bmv2Target(BMV2_JSON, P4INFO)
     t.kind = request.param
