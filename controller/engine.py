@@ -57,6 +57,8 @@ ALIVE_STEP_MAX_S = 1.0
 # (a host that never reports again would otherwise grow its set; the oldest are dropped first:
 # such a host has stopped listening anyway, and GC ends its flows after gc_timeout_s)
 MAX_PENDING_LEVELS_PER_HOST = 65536
+# a flow's pacing rate (policy.rate_limit) is news for its host when it moves by more than this fraction
+RATE_NEWS_REL = 0.05
 MAX_MISSES_LOGGED = 65536  # unknown-flow keys remembered as already logged (on_miss; oldest forgotten)
 
 
@@ -78,6 +80,7 @@ class FlowRec:
     req: "ReqRec | None" = None
     batch_id: int = 0  # the batch id the host reported (in the namespace of its request's owner)
     sent: int = 0  # bytes sent, as last reported (progress) and applied by the policy
+    rate: float | None = None  # the pacing rate (bytes/s) last told its host (policy.rate_limit); None = unpaced
 
 
 class HostIds:
@@ -238,6 +241,9 @@ class Engine:
         # per host: flow id -> level, for the host's flows started or re-levelled since its last ack
         # (ReportAck.levels; taken by take_levels). Insertion ordered, bounded per host.
         self.level_news: dict[str, dict[int, int]] = {}
+        # per host: flows of level_news whose pacing rate (policy.rate_limit) changed: sent with the level
+        self.rate_news: dict[str, set[int]] = {}
+        self._rate_check: set[int] = set()  # flows whose rate_limit may have changed this round
         self.host_by_address = {h.address: h.name for h in cfg.hosts}
         self._misses_logged: dict[FlowKey, None] = {}  # unknown flows already logged (bounded, oldest out)
         self.hosts_by_port = {(h.switch, h.port): h.name for h in cfg.hosts if h.switch and h.port is not None}
@@ -377,6 +383,7 @@ class Engine:
                     self._wake.set()
             keys = self._commit(changes) | self._dirty
             self._dirty = set()
+            self._rates()
             if keys:
                 await self.push(keys)
         finally:  # whatever happened, no host waits forever for its ack
@@ -403,9 +410,32 @@ class Engine:
                 keys.add(rec.key)
         return keys
 
+    def _rates(self) -> None:
+        """Pacing rates (``policy.rate_limit``, e.g. Karuna's bytes left / time left of a deadline flow)
+        of the flows started, re-levelled or progressed this round: a change of more than
+        ``RATE_NEWS_REL`` (or paced <-> unpaced) is news for the flow's host (ReportAck.levels.rate)."""
+        check, self._rate_check = self._rate_check, set()
+        limit = self.policy.rate_limit
+        for fid in check:
+            rec = self.flows.get(fid)
+            if rec is None:
+                continue
+            try:
+                r = limit(fid)
+            except KeyError:
+                continue
+            old = rec.rate
+            if r == old or (r is not None and old is not None and abs(r - old) <= RATE_NEWS_REL * old):
+                continue
+            rec.rate = r
+            news = self.level_news.setdefault(rec.host, {})
+            news.setdefault(fid, rec.level)
+            self.rate_news.setdefault(rec.host, set()).add(fid)
+
     def _level_news(self, rec: FlowRec, level: int) -> None:
         """Remember ``rec``'s new level for the next ReportAck to its host."""
         rec.level = level
+        self._rate_check.add(rec.info.flow_id)
         news = self.level_news.setdefault(rec.host, {})
         news.pop(rec.info.flow_id, None)  # re-insert: newest last
         news[rec.info.flow_id] = level
@@ -413,11 +443,22 @@ class Engine:
             news.pop(next(iter(news)))
             self.metrics.count("level_news_dropped")
 
-    def take_levels(self, host: str) -> list[tuple[int, int]]:
-        """(flow id, level) of ``host``'s flows started or re-levelled since the last call for it
-        (ReportAck.levels, docs/report-api.md); clears them."""
+    def take_levels(self, host: str) -> list[tuple[int, int, float | None]]:
+        """(flow id, level, rate) of ``host``'s flows started, re-levelled or re-paced since the last call
+        for it (ReportAck.levels, docs/report-api.md); clears them. ``rate``: bytes/s to pace the flow at,
+        0.0 = unpaced, None = unchanged."""
         news = self.level_news.pop(host, None)
-        return list(news.items()) if news else []
+        paced = self.rate_news.pop(host, None) or ()
+        if not news:
+            return []
+        out = []
+        for fid, lvl in news.items():
+            rate = None
+            if fid in paced:
+                rec = self.flows.get(fid)
+                rate = (rec.rate or 0.0) if rec is not None else 0.0
+            out.append((fid, lvl, rate))
+        return out
 
     async def flush(self) -> None:
         """Write the pending desired-state changes now (e.g. after a live policy change)."""
@@ -533,6 +574,7 @@ class Engine:
                                           f"size_bytes={rec.info.size_bytes}")
             changes.update(pol.progress(now, rec.info.flow_id, ev.progress.bytes_sent))
             rec.sent = max(rec.sent, ev.progress.bytes_sent)
+            self._rate_check.add(rec.info.flow_id)
         elif kind == "flow_end":
             keys = self._adopted_of(host, ev.flow_end.flow_id)
             if keys and ev.flow_end.flow_id not in self.flows:
@@ -790,6 +832,9 @@ class Engine:
         news = self.level_news.get(rec.host)
         if news:
             news.pop(rec.info.flow_id, None)  # ended: its level is no longer news
+        paced = self.rate_news.get(rec.host)
+        if paced:
+            paced.discard(rec.info.flow_id)
         if self.desired.pop(rec.key, None) is not None:
             self._dirty.add(rec.key)
         self.metrics.count("flows_ended")

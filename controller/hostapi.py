@@ -249,8 +249,10 @@ class HostApi(pbg.HostReportsServicer):
         ack = pb.ReportAck(acked_seq=s.accepted_seq)
         for seq, msg in rejected:
             ack.rejected.add(seq=seq, reason=msg)
-        for fid, lvl in self.engine.take_levels(s.cfg.name):
-            ack.levels.add(flow_id=fid, level=lvl)
+        for fid, lvl, rate in self.engine.take_levels(s.cfg.name):
+            fl = ack.levels.add(flow_id=fid, level=lvl)
+            if rate is not None:
+                fl.rate = rate
         return ack
 
     # ------------------------------------------------------------------ validation

@@ -146,7 +146,7 @@ class HostAgent:
         if c.controller:
             self.reporter = Reporter(c.controller, c.host, c.token, c.address, batch_max=c.batch_max,
                                      flush_interval=c.flush_interval, on_register=self._registered,
-                                     on_levels=self._levels)
+                                     on_levels=self._levels, on_rates=self._rates)
         self._ctl_level: dict[int, int] = {}  # live flow -> the controller's level (ReportAck.levels)
         self._stage_level: dict[tuple[int, int], int] = {}  # (stage, RLI class) -> level of the last new flow
         self.completed = 0
@@ -221,6 +221,14 @@ class HostAgent:
                     rerank.append((fid, lvl))
         for fid, lvl in rerank:
             self.transport.rerank(fid, float(clamp(lvl)))
+
+    def _rates(self, pairs: list[tuple[int, float]]) -> None:  # reporter thread
+        """ReportAck.levels.rate: pace each live flow at the controller's rate (bytes/s; 0 = unpaced), the
+        policy's ``rate_limit`` (Karuna's minimal rate that meets the deadline)."""
+        with self._lock:
+            live = [(fid, r) for fid, r in pairs if fid in self._live]
+        for fid, r in live:
+            self.transport.pace(fid, r if r > 0 else None)
 
     def controller_level(self, flow_id: int) -> int | None:
         """The controller's current level for a live flow of this host (None before it is known)."""

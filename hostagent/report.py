@@ -16,7 +16,9 @@ ordered backlog until the controller acknowledges them. One thread:
    ReportAck.acked_seq removes acknowledged events; rejections are logged and kept
    in ``rejections`` (they are acknowledged too — resending would not help).
    ReportAck.levels (the controller's level for this host's flows started or
-   re-levelled since the previous ack) go to ``on_levels`` as (flow id, level) pairs.
+   re-levelled since the previous ack) go to ``on_levels`` as (flow id, level) pairs; the
+   pacing rates among them (FlowLevel.rate: bytes/s, 0 = unpaced) to ``on_rates`` as
+   (flow id, rate) pairs.
 3. Any RPC failure (controller down, unknown session after a controller restart,
    wrong token) drops the session; the thread retries Register with exponential
    backoff (``backoff_min`` .. ``backoff_max``) and resends the backlog with the
@@ -90,7 +92,8 @@ class Reporter:
                  flush_interval: float = 0.005, backoff_min: float = 0.05, backoff_max: float = 2.0,
                  rpc_timeout: float = 2.0, max_backlog: int = 1_000_000, keepalive: float = 10.0,
                  on_register: Callable[[Registration], None] | None = None,
-                 on_levels: Callable[[list[tuple[int, int]]], None] | None = None):
+                 on_levels: Callable[[list[tuple[int, int]]], None] | None = None,
+                 on_rates: Callable[[list[tuple[int, float]]], None] | None = None):
         if batch_max < 1:
             raise ValueError(f"batch_max={batch_max} must be >= 1")
         if not keepalive > 0:
@@ -105,6 +108,7 @@ class Reporter:
         self._last_batch = -1e9  # ... of the last Report that carried events
         self.on_register = on_register
         self.on_levels = on_levels
+        self.on_rates = on_rates
         self._cv = threading.Condition()
         self._backlog: deque[report_pb2.Event] = deque()
         self._next_seq = 1
@@ -389,6 +393,12 @@ class Reporter:
                     self.on_levels([(fl.flow_id, fl.level) for fl in ack.levels])
                 except Exception:  # noqa: BLE001 - a consumer bug must not stop reporting
                     log.exception("%s: levels callback failed", self.host)
+                rates = [(fl.flow_id, fl.rate) for fl in ack.levels if fl.HasField("rate")]
+                if rates and self.on_rates is not None:
+                    try:
+                        self.on_rates(rates)
+                    except Exception:  # noqa: BLE001
+                        log.exception("%s: rates callback failed", self.host)
 
     def _rpc_failed(self, what: str, e: grpc.RpcError) -> None:
         self.stats["rpc_errors"] += 1

@@ -28,6 +28,13 @@ levels and fair sharing within one, as the simulator's sending NIC — so the NI
 queue never holds urgent data behind non-urgent data the host chose to send first.
 Without it, all transfers are served round robin. ``rerank`` changes a transfer's
 rank (the agent passes the controller's level from ReportAck.levels).
+
+Pacing: ``pace(flow_id, rate)`` caps a transfer at ``rate`` payload bytes/s (the
+controller's FlowLevel.rate: the policy's ``rate_limit``, e.g. Karuna's minimal
+rate that meets a deadline): its datagrams (retransmissions included) leave at
+most one chunk ahead of ``rate`` × time since pacing began; while it waits, the
+send queue serves the next transfer (work conserving, as the simulator's
+water-filling with caps). ``None`` lifts the cap.
 """
 
 from __future__ import annotations
@@ -106,6 +113,8 @@ class TxTransfer:
     stamper: H.Stamper | None = None
     buf: bytearray | None = None
     hdr_len: int = 0
+    rate: float | None = None  # pacing cap, payload bytes/s (None = unpaced)
+    pace_at: float = 0.0  # monotonic time before which a paced transfer may not send
 
     @property
     def flow_id(self) -> int:
@@ -124,8 +133,12 @@ class TxTransfer:
     def inflight_bytes(self) -> int:
         return len(self.inflight) * self.chunk
 
-    def sendable(self, window: int) -> bool:
+    def has_data(self, window: int) -> bool:
         return (bool(self.retx) or self.next_idx < self.nchunks) and self.inflight_bytes() < window
+
+    def sendable(self, window: int, now: float = 0.0) -> bool:
+        """Data to send, window room and (if paced) its time has come (``now``: monotonic)."""
+        return self.has_data(window) and (self.rate is None or self.pace_at <= now)
 
 
 @dataclass(slots=True)
@@ -219,15 +232,19 @@ class Transport:
     def send(self, header: H.MfsHeader, peer: tuple[str, int], total: int, *, rank: float = 0.0,
              dscp_mode: bool = False, level: int | None = None,
              on_done: Callable[[TxTransfer], None] | None = None,
-             on_progress: Callable[[TxTransfer, int], None] | None = None) -> TxTransfer:
-        """Queue a transfer of ``total`` bytes to ``peer`` (ip, MFS port). Returns its handle."""
+             on_progress: Callable[[TxTransfer, int], None] | None = None,
+             rate: float | None = None) -> TxTransfer:
+        """Queue a transfer of ``total`` bytes to ``peer`` (ip, MFS port), paced at ``rate`` bytes/s if given
+        (:meth:`pace`). Returns its handle."""
         if total < 0:
             raise ValueError(f"bytes={total} must be >= 0")
+        if rate is not None and not rate > 0:
+            raise ValueError(f"rate={rate!r} must be > 0 bytes/s (or None)")
         tos = default_dscp(level if level is not None else 7) << 2 if dscp_mode else 0
         if dscp_mode:
             peer = (peer[0], peer[1] + (wire.DSCP_PORT - H.MFS_UDP_PORT))
         t = TxTransfer(header=header, peer=peer, total=total, chunk=self.chunk, rank=rank, order=0, tos=tos,
-                       on_done=on_done, on_progress=on_progress)
+                       on_done=on_done, on_progress=on_progress, rate=rate)
         t.nchunks = max(1, -(-total // self.chunk))
         t.acked = bytearray(t.nchunks)
         t.start_time = time.time()
@@ -248,6 +265,13 @@ class Transport:
         """New send-queue rank for a transfer (e.g. the controller's level for it); a smaller
         rank is a promotion (its retransmission timer is reset, as for a restamp)."""
         self._cmds.put(("restamp", flow_id, None, rank))
+        self._wake()
+
+    def pace(self, flow_id: int, rate: float | None) -> None:
+        """Cap a transfer at ``rate`` payload bytes/s (None: unpaced)."""
+        if rate is not None and not rate > 0:
+            raise ValueError(f"rate={rate!r} must be > 0 bytes/s (or None)")
+        self._cmds.put(("pace", flow_id, rate))
         self._wake()
 
     def call(self, fn: Callable[[], None]) -> None:
@@ -316,6 +340,13 @@ class Transport:
                             t.stamper = H.Stamper(hdr)
                     if rank is not None:
                         t.rank = rank
+            elif cmd[0] == "pace":
+                _, fid, rate = cmd
+                t = self._tx.get(fid)
+                if t is not None:
+                    if rate is not None and t.rate is None:
+                        t.pace_at = time.monotonic()  # no credit from before it was paced
+                    t.rate = rate
             elif cmd[0] == "call":
                 cmd[1]()
 
@@ -343,11 +374,12 @@ class Transport:
             return True
 
     def _pick(self) -> TxTransfer | None:
+        now = time.monotonic()
         if self.priority_queue:
             best, at = None, -1
             for i, fid in enumerate(self._rr):
                 t = self._tx.get(fid)
-                if t is not None and t.sendable(self.window) and (best is None or t.rank < best.rank):
+                if t is not None and t.sendable(self.window, now) and (best is None or t.rank < best.rank):
                     best, at = t, i
             if best is not None:
                 self._rr.rotate(-(at + 1))  # the chosen one goes last: round robin within its rank
@@ -356,7 +388,7 @@ class Transport:
             fid = self._rr[0]
             self._rr.rotate(-1)
             t = self._tx.get(fid)
-            if t is not None and t.sendable(self.window):
+            if t is not None and t.sendable(self.window, now):
                 return t
         return None
 
@@ -384,7 +416,9 @@ class Transport:
             if idx == t.next_idx:
                 t.next_idx += 1
             t.inflight.pop(idx, None)
-            t.inflight[idx] = time.monotonic()
+            t.inflight[idx] = now = time.monotonic()
+            if t.rate is not None:  # one chunk of credit at most: the next datagram n/rate later
+                t.pace_at = max(t.pace_at, now - t.chunk / t.rate) + min(t.chunk, t.total - idx * t.chunk) / t.rate
             sent = True
             budget -= 1
         return sent
@@ -414,6 +448,8 @@ class Transport:
         now = time.monotonic()
         nxt = now + 0.05
         for t in self._tx.values():
+            if t.rate is not None and t.pace_at > now and t.has_data(self.window):
+                nxt = min(nxt, t.pace_at)  # a paced transfer's next datagram
             if not t.inflight:
                 continue
             _, sent = next(iter(t.inflight.items()))

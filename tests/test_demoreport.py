@@ -28,8 +28,6 @@ def test_compare_pairs_by_seed_and_request():
     assert "simulated -15.0%" in fair.line() and "magnitudes differ" in fair.line()
     kar = comps["karuna"]
     assert kar.agreement() == "opposite" and "DISAGREE" in kar.line()
-    assert "without its pacing" in kar.line() and not fair.note  # Karuna's rate limits are not emulated
-    assert R.paces("karuna") and not R.paces("mfs") and not R.paces("fair")
     v = R.verdict(list(comps.values()))
     assert v.startswith("verdict: MFS does NOT win") and "vs fair 20% lower" in v
 

@@ -84,3 +84,42 @@ def test_pending_levels_are_bounded_per_host(monkeypatch):
             assert list(got) == [r.flow_id_base + i for i in range(2, 6)]  # the newest kept
             assert e.c.metrics.total("level_news_dropped") == 2
     run(go())
+
+
+def rates(ack) -> dict[int, float]:
+    return {fl.flow_id: fl.rate for fl in ack.levels if fl.HasField("rate")}
+
+
+def test_karuna_pacing_rates_reach_the_host():
+    """Karuna's deadline flows carry the policy's rate_limit (bytes left / time left) in the ack; a
+    flow without a deadline none; progress that moves the rate is news; flows of other schedulers
+    are never paced."""
+    async def go():
+        async with Env(policy={"scheduler": "karuna", "bandwidth_bps": 1e9}) as e:
+            r = await e.register()
+            d, s = r.flow_id_base + 1, r.flow_id_base + 2
+            t0 = time.time()
+            ack = await e.report(r, [ev(1, request_start=req(7)),
+                                     ev(2, flow_start=fs(d, stage=3, request_id=7, size_bytes=1_000_000,
+                                                         deadline=t0 + 2.0)),
+                                     ev(3, flow_start=fs(s, stage=1, request_id=7, size_bytes=50_000))])
+            got = rates(ack)
+            assert set(got) == {d}, got  # the Stage-1 fetch has no deadline: no rate news
+            pol = e.c.engine.policy
+            assert got[d] == pytest.approx(pol.rate_limit(d), rel=0.06)
+            assert 1_000_000 / 2.0 <= got[d] <= 1_000_000 / (2.0 - (time.time() - t0)) * 1.01
+            # 90 % sent: bytes left / time left drops ~10 x, which is news; the level is not changed
+            ack = await e.report(r, [ev(4, progress=pb.Progress(flow_id=d, bytes_sent=900_000))])
+            assert set(rates(ack)) == {d} and rates(ack)[d] < got[d] / 5
+            assert levels(ack) == {d: e.c.engine.desired[(3, d)]}
+            assert rates(await e.report(r, [])) == {}
+    run(go())
+
+    async def fair():
+        async with Env(policy={"scheduler": "fair", "bandwidth_bps": 1e9}) as e:
+            r = await e.register()
+            ack = await e.report(r, [ev(1, request_start=req(7)),
+                                     ev(2, flow_start=fs(r.flow_id_base + 1, stage=3, request_id=7,
+                                                         size_bytes=1_000_000, deadline=time.time() + 2.0))])
+            assert levels(ack) and rates(ack) == {}
+    run(fair())

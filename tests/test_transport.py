@@ -151,3 +151,38 @@ def test_bad_arguments_are_named():
         Transport("127.0.0.1", 0, 0, chunk=0)
     with pytest.raises(ValueError, match="window=10"):
         Transport("127.0.0.1", 0, 0, window=10)
+
+
+def test_paced_transfer_never_runs_ahead_of_its_rate(pair):
+    """``pace``: a transfer capped at ``rate`` bytes/s has at most rate x elapsed + 2 chunks acked at any
+    moment (an upper bound: a slow machine only makes it later), and it takes at least total / rate;
+    ``rate=None`` lifts the cap. An unpaced transfer beside it is not held back by its pacing."""
+    a, b, got = pair
+    rate, total = 200_000.0, 200_000
+    seen: list[tuple[float, int]] = []
+    done = []
+    t0 = time.monotonic()
+    t = a.send(_hdr(21), (b.address, b.port), total, rate=rate, on_done=done.append,
+               on_progress=lambda tx, n: seen.append((time.monotonic(), n)))
+    free = a.send(_hdr(22), (b.address, b.port), 300_000, on_done=done.append)
+    assert wait_for(lambda: len(done) == 2, timeout=60)
+    t1 = time.monotonic()
+    assert seen and seen[-1][1] == total
+    slack = 2 * a.chunk
+    over = [(round(s - t0, 4), n) for s, n in seen if n > rate * (s - t0) + slack]
+    assert not over, over
+    assert t1 - t0 >= (total - slack) / rate
+    assert done[0] is free  # the unpaced one used the time the paced one waited
+    # lifting the cap: 2 MB at 20 kB/s would take 100 s
+    done.clear()
+    slow = a.send(_hdr(23), (b.address, b.port), 2_000_000, rate=20_000.0, on_done=done.append)
+    time.sleep(0.2)
+    assert not done and slow.bytes_acked() <= 20_000 * (time.monotonic() - t1) + slack
+    a.pace(23, None)
+    assert wait_for(lambda: len(done) == 1, timeout=60)
+
+
+def test_pace_rejects_a_bad_rate(pair):
+    a, _, _ = pair
+    with pytest.raises(ValueError, match="rate=0"):
+        a.pace(1, 0)

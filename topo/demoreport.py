@@ -134,15 +134,6 @@ class Comparison:
                 "significant": self.significant, "agreement": self.agreement()}
 
 
-def paces(policy: str) -> bool:
-    """Does the policy library's ``policy`` cap flow rates (``rate_limit``), which the emulated data path
-    (levels only: switch queues, host send queues) does not enforce?"""
-    from mfs.policy import POLICIES
-    from mfs.policy.base import BasePolicy
-    cls = POLICIES.get(policy)
-    return cls is not None and getattr(cls, "rate_limit", None) is not BasePolicy.rate_limit
-
-
 def compare(emu_runs, sim_runs=None) -> list[Comparison]:
     emu, sim = by_policy(emu_runs), by_policy(sim_runs or [])
     if TREATMENT not in emu:
@@ -152,11 +143,8 @@ def compare(emu_runs, sim_runs=None) -> list[Comparison]:
         if b == TREATMENT:
             continue
         s = paired(sim[TREATMENT], sim[b]) if TREATMENT in sim and b in sim else None
-        note = (f"{b} paces flows to rates (rate_limit) in the simulator; the emulated data path enforces "
-                f"levels only, so the emulated {b} is its priorities without its pacing (docs/demo.md)"
-                if paces(b) else "")
         out.append(Comparison(b, paired(emu[TREATMENT], emu[b]), s, paired(emu[TREATMENT], emu[b], "stage2_cct"),
-                              per_seed_rel(emu[TREATMENT], emu[b]), note))
+                              per_seed_rel(emu[TREATMENT], emu[b])))
     return out
 
 
