@@ -156,7 +156,7 @@ def _measure(net, start_switch) -> tuple[float, int]:
 def bench_netns() -> dict[str, float]:
     from finsy.proto import p4r
 
-    from mfs.p4info import P4Schema
+    from mfs.p4info import CPU_PORT, P4Schema
     from mfs.tools import find_tool
     from tests.dataplane.embedded_target import P4RTClient, update
     from topo.embedded.testnet import TwoHosts
@@ -202,7 +202,8 @@ def bench_netns() -> dict[str, float]:
                 addr = f"127.0.0.1:{_free_port()}"
                 p = subprocess.Popen([ss, "-i", f"1@{net.sw_if[1]}", "-i", f"2@{net.sw_if[2]}", "--no-p4",
                                       "--device-id", "1", "--thrift-port", str(_free_port()), "--",
-                                      "--grpc-server-addr", addr, "--priority-queues", "8"],
+                                      "--grpc-server-addr", addr, "--priority-queues", "8",
+                                      "--cpu-port", str(CPU_PORT)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 deadline = time.monotonic() + 20
                 while True:

@@ -240,7 +240,7 @@ def _switch(sec: Section, source: str) -> SwitchConfig:
     name = sec.string("name")
     sw = SwitchConfig(
         name=name,
-        address=_address(sec, "address"),
+        address=_address(sec, "address", unix=True),  # a switch in another netns: unix socket
         device_id=sec.integer("device_id", 1, lo=0, hi=(1 << 64) - 1),
         election_id=sec.integer("election_id", 1, lo=1, hi=(1 << 128) - 1),
         role=sec.string("role", ""),

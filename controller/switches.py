@@ -40,7 +40,7 @@ from controller.aio import cancel_all
 from controller.config import ControllerConfig, HostConfig, SwitchConfig
 from controller.p4rt.client import NotPrimary, P4RTError, SwitchClient, update
 from controller.placement import FLOW_TABLE, port_roles
-from mfs.p4info import P4Schema, encode
+from mfs.p4info import P4InfoError, P4Schema, encode
 
 if TYPE_CHECKING:
     from controller.metrics import Metrics
@@ -51,6 +51,14 @@ FlowKey = tuple[int, int]  # (stage, flow_id)
 SET_LEVEL = "MfsIngress.set_level"
 FLOOD_GROUP = 1
 MISS_FILTER = "MfsIngress.miss_filter"  # unknown-flow digest filter (docs/p4-api.md revision 2)
+# its cells are cleared by PacketOut (packet_out op 1, docs/p4-api.md): P4Runtime RegisterEntry
+# writes and reads are not available on every target (PI/bmv2 refuses both)
+CPU_OP_CLEAR_MISS_FILTER = 1
+# every unknown_flows.filter_clear_s one slice of the register is swept (besides the cells of
+# digests not acted on), so the whole register is swept every FILTER_SWEEP_SLICES periods:
+# a cell whose digest was lost stays silent at most that long, and bmv2 (~4,000 PacketOut/s)
+# never stalls for a whole sweep. After every (re)connect the whole register is swept at once.
+FILTER_SWEEP_SLICES = 8
 PORT_MODE, DSCP_TRUST = "MfsIngress.port_mode", "MfsIngress.dscp_trust"  # revision 2, v1model/embedded only
 OWNED_IF_PRESENT = (PORT_MODE, DSCP_TRUST)
 # at most this many updates per flow-table Write: each failed update costs ~100 bytes of
@@ -133,6 +141,8 @@ class SwitchSupervisor:
         self.adopt, self.on_load = adopt, on_load
         self.owner, self.on_idle, self.on_miss = owner, on_idle, on_miss
         self._last_filter_clear = time.monotonic()
+        self._filter_pending: set[int] = set()  # cells of digests not acted on: cleared each period
+        self._filter_sweep_next = 0  # next cell of the rolling sweep
         # idle timeout on this switch's flow entries: only if its P4Info says the table notifies
         raw = next(t for t in self.schema.info.tables if t.preamble.id == self.flow_table.id)
         self.idle_ns = int(cfg.flow_idle_timeout_s * 1e9) \
@@ -332,6 +342,10 @@ class SwitchSupervisor:
                       ups[e.index].entity.table_entry)
         await self._sync_group(client)
         await self._enable_digest(client)
+        # digests raised while no controller was primary are lost: their cells would stay set
+        reg = self.miss_filter()
+        if reg is not None:
+            self._clear_cells(client, range(reg.size), metric="miss_filter_swept")
         # flow entries: diff the whole table against the desired state
         await self._write_flows(client, set(self.desired) | set(self.installed))
         self.resyncs += 1
@@ -379,7 +393,7 @@ class SwitchSupervisor:
     async def _on_digest(self, client: SwitchClient, dl: p4r.DigestList) -> None:
         """Unknown-flow digests (``mfs_miss_t``): each is handed to the engine (log, metric,
         optional install at the stage default); then the filter cells of the flows that now
-        have their entry are cleared in one Write (the others wait for the periodic clear)."""
+        have their entry are cleared at once (the others at the next periodic clear)."""
         self.metrics.count("flow_miss_digests", len(dl.data), switch=self.sw.name)
         names = self._miss_members()
         cells = set()
@@ -389,42 +403,70 @@ class SwitchSupervisor:
             if "stage" not in miss or "flow_id" not in miss:
                 continue
             kind = self.on_miss(self.sw.name, miss) if self.on_miss is not None else "known"
-            if "filter_index" in miss and kind in ("known", "installed"):
-                cells.add(miss["filter_index"])
-        reg = self.miss_filter()
-        if reg is not None and cells:
-            await self._clear_cells(client, reg, sorted(cells))
+            if "filter_index" in miss:
+                (cells if kind in ("known", "installed") else self._filter_pending).add(miss["filter_index"])
+        if cells:
+            self._clear_cells(client, sorted(cells))
 
-    async def _clear_cells(self, client: SwitchClient, reg, cells, metric: str = "miss_filter_cleared") -> int:
+    def _clear_cells(self, client: SwitchClient | None, cells, metric: str = "miss_filter_cleared") -> int:
+        """Clear miss_filter cells: one PacketOut each (packet_out op 1, index), the same on every
+        target. Returns the PacketOuts sent (0 if the P4Info has no filter or no packet_out
+        header, or the switch is not ours right now: the next (re)connect sweeps everything)."""
+        reg = self.miss_filter()
+        if reg is None or client is None:
+            return 0
+        pos = []
+        try:
+            for i in cells:
+                if not 0 <= i < reg.size:
+                    log.warning("%s: %s index %d out of range 0..%d", self.sw.name, reg.name, i, reg.size - 1)
+                    continue
+                pos.append(self.schema.packet_out({"op": CPU_OP_CLEAR_MISS_FILTER, "reserved": 0, "index": i}))
+        except P4InfoError as e:
+            log.warning("%s: cannot clear %s: %s", self.sw.name, reg.name, e)
+            return 0
+        try:
+            n = client.packet_out(pos)
+        except P4RTError as e:  # not primary / switch gone: the next (re)connect sweeps everything
+            log.info("%s: clearing %s failed: %s", self.sw.name, reg.name, e)
+            return 0
+        if metric:
+            self.metrics.count(metric, n, switch=self.sw.name)
+        return n
+
+    async def _zero_register(self, client: SwitchClient, reg, cells) -> int:
+        """Write 0 to register cells (P4Runtime RegisterEntry MODIFY, one Write); returns how many
+        were accepted. For the queue statistics, which only targets that can read registers have."""
         ups = []
         for i in cells:
-            if not 0 <= i < reg.size:
-                log.warning("%s: %s index %d out of range 0..%d", self.sw.name, reg.name, i, reg.size - 1)
-                continue
             re = p4r.RegisterEntry(register_id=reg.id)
             re.index.index = i
             re.data.bitstring = encode(0, reg.bitwidth or 8, reg.name)
             ups.append(update("modify", p4r.Entity(register_entry=re)))
         try:
             errs = await client.write(ups, timeout=self.cfg.write_timeout_s)
-        except P4RTError as e:  # not primary / switch gone: the periodic clear catches up
+        except P4RTError as e:
             log.info("%s: clearing %s failed: %s", self.sw.name, reg.name, e)
             return 0
         for e in errs[:1]:
             log.warning("%s: clearing %s: %d cells refused, first: %s %s", self.sw.name, reg.name, len(errs),
                         e.code_name, e.message)
-        if metric:
-            self.metrics.count(metric, len(ups) - len(errs), switch=self.sw.name)
         return len(ups) - len(errs)
 
     async def clear_miss_filter(self) -> int:
-        """Clear every set cell of the miss filter (read, then write 0 where non-zero): a digest
-        lost on the way would otherwise silence its cell for good. Returns the cells cleared."""
+        """The periodic clear: the cells of digests not acted on (a flow that keeps missing is
+        reported once per period) and the next 1/FILTER_SWEEP_SLICES of the register (a digest
+        lost on the way would otherwise silence its cell for good). Returns the cells cleared."""
         reg, client = self.miss_filter(), self.client
         if reg is None or client is None or not self.ready.is_set():
             return 0
-        cells = [i for i, v in (await client.read_register(reg.id)).items() if v]
-        return await self._clear_cells(client, reg, cells) if cells else 0
+        step = -(-reg.size // FILTER_SWEEP_SLICES)
+        lo = self._filter_sweep_next
+        self._filter_sweep_next = (lo + step) % reg.size
+        pending, self._filter_pending = self._filter_pending, set()
+        cleared = self._clear_cells(client, sorted(pending), metric="miss_filter_cleared")
+        return cleared + self._clear_cells(client, sorted(set(range(lo, min(lo + step, reg.size))) - pending),
+                                           metric="miss_filter_swept")
 
     async def reprogram(self) -> bool:
         """Re-run the full resync now (after a live config change). False if not ready."""
@@ -628,7 +670,7 @@ class SwitchSupervisor:
             for r, vals in zip(regs, (depth, delay)):
                 set_cells = sorted(i for i, v in vals.items() if v)
                 if set_cells:
-                    await self._clear_cells(self.client, r, set_cells, metric="")
+                    await self._zero_register(self.client, r, set_cells)
         out = []
         for port in sorted(self.sw.ports):
             for lv in range(8):

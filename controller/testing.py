@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mfs.p4info import bmv2_unavailable
+from mfs.p4info import CPU_PORT, bmv2_unavailable
 from mfs.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ class Bmv2Target(_ProcessTarget):
 
     def command(self) -> list[str]:
         return [self.exe, "--no-p4", "--device-id", str(self.device_id), "--thrift-port", str(free_port()),
-                "--", "--grpc-server-addr", self.address, "--priority-queues", "8"]
+                "--", "--grpc-server-addr", self.address, "--priority-queues", "8", "--cpu-port", str(CPU_PORT)]
 
 
 KINDS = {"embedded": EmbeddedTarget, "embedded-process": EmbeddedProcessTarget, "bmv2": Bmv2Target}

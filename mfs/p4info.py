@@ -24,6 +24,9 @@ from finsy.proto import p4i, p4r
 from google.protobuf import text_format
 
 DEFAULT_P4INFO = Path(__file__).resolve().parents[1] / "p4src" / "build" / "mfs.p4info.txtpb"
+# PacketOut enters the v1model program (bmv2 --cpu-port, the embedded switch) on this port:
+# CPU_PORT of p4src/shared/mfs_constants.p4. Not a data port (those are 1..509).
+CPU_PORT = 510
 
 
 _MATCH_TYPES = {v: k.lower() for k, v in p4i.MatchField.MatchType.items()}  # EXACT -> "exact", ...
@@ -172,6 +175,11 @@ class P4Schema:
             self._add(self.registers, Indexed(r.preamble.id, r.preamble.name, r.size, bw))
         for d in info.digests:
             self._add(self.digests, Indexed(d.preamble.id, d.preamble.name, 0))
+        # controller header "packet_out": [(id, name, bitwidth)] in header order
+        self.packet_out_fields: list[tuple[int, str, int]] = []
+        for cpm in info.controller_packet_metadata:
+            if cpm.preamble.name == "packet_out":
+                self.packet_out_fields = [(m.id, m.name, m.bitwidth) for m in cpm.metadata]
 
     def _add(self, registry: dict, obj) -> None:
         registry[obj.name] = obj
@@ -227,6 +235,45 @@ class P4Schema:
         if obj is None:
             raise P4InfoError(f"no P4Info entity has id {id_} (0x{id_:08x})")
         return obj.name
+
+    # ----- PacketOut (controller_packet_metadata "packet_out", docs/p4-api.md)
+    def packet_out(self, values: dict[str, Any], payload: bytes = b"") -> p4r.PacketOut:
+        """A PacketOut whose packet_out header fields are ``values`` (every field, by name)."""
+        if not self.packet_out_fields:
+            raise P4InfoError("the P4Info has no controller_packet_metadata 'packet_out' (no PacketOut header)")
+        names = [n for _i, n, _w in self.packet_out_fields]
+        missing, extra = sorted(set(names) - set(values)), sorted(set(values) - set(names))
+        if missing or extra:
+            raise P4InfoError(f"packet_out: missing fields {missing} / unknown fields {extra} (fields: {names})")
+        po = p4r.PacketOut(payload=bytes(payload))
+        for mid, name, width in self.packet_out_fields:
+            po.metadata.add(metadata_id=mid, value=encode(values[name], width, f"packet_out.{name}"))
+        return po
+
+    def packet_out_frame(self, po: p4r.PacketOut) -> bytes:
+        """What a P4Runtime server injects on the CPU port for ``po``: the packet_out header (its
+        fields packed in P4Info order, big-endian, like PI does) followed by the payload.
+        P4InfoError names an unknown, repeated, missing or too wide field."""
+        if not self.packet_out_fields:
+            raise P4InfoError("the P4Info has no controller_packet_metadata 'packet_out' (no PacketOut header)")
+        by_id = {mid: (name, width) for mid, name, width in self.packet_out_fields}
+        got: dict[int, int] = {}
+        for m in po.metadata:
+            if m.metadata_id not in by_id:
+                raise P4InfoError(f"packet_out has no metadata id {m.metadata_id} (ids: {sorted(by_id)})")
+            if m.metadata_id in got:
+                raise P4InfoError(f"packet_out metadata {by_id[m.metadata_id][0]} given twice")
+            name, width = by_id[m.metadata_id]
+            got[m.metadata_id] = decode(m.value, width, f"packet_out.{name}")
+        missing = [name for mid, (name, _w) in by_id.items() if mid not in got]
+        if missing:
+            raise P4InfoError(f"packet_out metadata missing: {', '.join(missing)}")
+        bits = total = 0
+        for mid, _name, width in self.packet_out_fields:
+            bits, total = (bits << width) | got[mid], total + width
+        if total % 8:
+            raise P4InfoError(f"packet_out header is {total} bits, not whole bytes")
+        return bits.to_bytes(total // 8, "big") + po.payload
 
     # ----- building messages
     def action_msg(self, action: str, params: dict[str, Any] | None = None) -> p4r.Action:

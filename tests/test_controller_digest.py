@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from finsy.proto import p4r
 
 from controller import config as config_mod
@@ -111,14 +112,21 @@ def filter_p4info(path) -> str:
     return save_p4info(info, path)
 
 
+def controller_ops(switch) -> int:
+    """Packets the embedded pipeline took from the CPU port (PacketOuts): class_counter[10]."""
+    return switch.counter("MfsIngress.class_counter")[0][10]
+
+
 def test_digest_filter_cells_are_cleared(tmp_path):
-    """A cell is cleared at once only when its flow now has an entry (known, or installed on
-    the digest); a flow that will keep missing (foreign, misplaced) leaves its cell set until
-    the periodic clear: one digest per filter_clear_s, not one per packet."""
+    """Cells are cleared by PacketOut (packet_out op 1): at once only when the flow now has an
+    entry (known, or installed on the digest); a flow that will keep missing (foreign,
+    misplaced) leaves its cell set until the periodic clear: one digest per filter_clear_s, not
+    one per packet. The periodic clear also sweeps 1/8 of the register, so a cell whose digest
+    was lost is cleared within 8 periods; every (re)connect sweeps the whole register."""
     p4 = filter_p4info(tmp_path / "filter.p4info.txtpb")
     with switches([p4]) as (h,):
         async def go():
-            data = config_data([h.address], unknown_flows={"install": True})
+            data = config_data([h.address], unknown_flows={"install": True, "filter_clear_s": 3600})
             data["switches"][0]["p4info"] = p4
             c = await started(config_mod.parse(data, "filter.yaml"))
             host = Host(c.api_port)
@@ -129,6 +137,7 @@ def test_digest_filter_cells_are_cleared(tmp_path):
                 sup = c.engine.supervisors["s1"]
                 reg = sup.miss_filter()
                 cells = h.switch.registers[reg.id]
+                await until(lambda: controller_ops(h.switch) == reg.size, what="the sweep after connect")
                 for i in (5, 9, 11, 77, 4095):  # as the data plane sets them on misses
                     cells[i] = 1
                 names = sup._miss_members()
@@ -145,15 +154,79 @@ def test_digest_filter_cells_are_cleared(tmp_path):
                     for n in names:
                         d.struct.members.add(bitstring=encode(vals[n], widths[n]))
                 await sup._on_digest(sup.client, dl)
+                await until(lambda: controller_ops(h.switch) == reg.size + 2, what="two PacketOuts applied")
                 assert [cells[i] for i in (5, 9, 11, 77, 4095)] == [0, 0, 1, 1, 1]
                 assert kinds(c) == {"unreported": 1, "known": 1, "misplaced": 1, "foreign": 1}
-                # the periodic clear resets the rest (and a cell whose digest was lost)
-                assert await sup.clear_miss_filter() == 3 and not any(cells[i] for i in (11, 77, 4095))
-                assert await sup.clear_miss_filter() == 0
+                # the periodic clear: the two cells not acted on, and cells 0..511 of the sweep
+                assert await sup.clear_miss_filter() == reg.size // 8
+                await until(lambda: not cells[11] and not cells[77], what="pending cells cleared")
+                assert cells[4095] == 1
+                for _ in range(7):  # ... and a cell whose digest was lost, once the sweep gets there
+                    assert await sup.clear_miss_filter() == reg.size // 8
+                await until(lambda: not cells[4095], what="the sweep reached cell 4095")
+                assert c.metrics.total("miss_filter_cleared") == 4  # 2 acted on + 2 pending
             finally:
                 await host.close()
                 await c.stop()
         run(go())
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["embedded", "bmv2"])
+def test_cleared_cell_reports_the_flow_again(kind):
+    """The controller's clear works on every target, bmv2 included (PI has no RegisterEntry
+    writes or reads): an unreported flow is digested once, stays silent while its cell is set,
+    and after the controller's periodic clear (a PacketOut) its next packet is digested again."""
+    from pathlib import Path
+
+    from mfs.p4info import bmv2_unavailable
+    from tests.dataplane.embedded_target import EmbeddedTarget
+
+    root = Path(__file__).resolve().parents[1]
+    if kind == "bmv2":
+        why = bmv2_unavailable(root / "p4src" / "build" / "mfs.json")
+        if why:
+            pytest.skip(why)
+        from tests.dataplane.bmv2_target import Bmv2Target
+        t = Bmv2Target(root / "p4src" / "build" / "mfs.json", root / "p4src" / "build" / "mfs.p4info.txtpb")
+    else:
+        t = EmbeddedTarget()
+        t.address = t.handle.address
+    try:
+        async def go():
+            data = config_data([t.address], unknown_flows={"filter_clear_s": 3600})  # only our explicit clear
+            c = await started(config_mod.parse(data, "again.yaml"))   # primary (election id 10 > the adapter's 1)
+            sup = c.engine.supervisors["s1"]
+            size = sup.miss_filter().size
+
+            def ops():
+                return t.counter("MfsIngress.class_counter", 10)[0]
+
+            def digested():
+                return sum(kinds(c).values())
+
+            try:
+                await until(lambda: ops() >= size, timeout=60, what="the sweep after connect")
+                base = ops()
+                pkt = mfs_frame(2, 3)  # h1 (10.0.0.1, port 1) owns flow id 3 and did not report it
+                await asyncio.to_thread(t.send, 1, pkt)
+                await until(lambda: digested() == 1, what="the first digest")
+                for _ in range(2):
+                    await asyncio.to_thread(t.send, 1, pkt)
+                await asyncio.sleep(0.5)
+                assert digested() == 1, kinds(c)  # reported once: the cell is set
+                n = await sup.clear_miss_filter()  # the cell of the unreported flow + a sweep slice
+                assert n == size // 8
+                await until(lambda: ops() >= base + n, timeout=30, what="the PacketOuts applied")
+                await asyncio.to_thread(t.send, 1, pkt)
+                await until(lambda: digested() == 2, what="the digest after the clear")
+                assert kinds(c) == {"unreported": 2}
+            finally:
+                await c.stop()
+        run(go(), timeout=240)
+    finally:
+        t.close()
 
 
 def test_unknown_flows_config_errors():

@@ -37,17 +37,8 @@ def bmv2():
         target.close()
 
 
-# cases bmv2 cannot run, and why (measured with bmv2 1.15.5 + PI main; docs/bmv2.md)
-BMV2_CANNOT = {
-    "digest_once": "bmv2 (PI) refuses the P4Runtime RegisterEntry write that clears a miss_filter cell "
-                   "(StatusCode.UNKNOWN, no details); the clear-and-digest-again path runs on the embedded target",
-}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case_on_bmv2(bmv2, case):
-    if case.name in BMV2_CANNOT:
-        pytest.skip(BMV2_CANNOT[case.name])
     runner.run_case(bmv2, case)
 
 

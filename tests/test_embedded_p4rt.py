@@ -1,5 +1,7 @@
 """P4Runtime semantics of the embedded switch, against a real gRPC client on loopback."""
 
+import time
+
 import grpc
 import pytest
 from finsy.proto import p4i, p4r, rpc_code
@@ -279,12 +281,31 @@ def test_digests_dedupe_ack_and_batching(cli, sw):
     assert got.digest_entry.config.max_list_size == 3
 
 
-def test_packet_out_is_a_stream_error(cli):
+def test_packet_out_is_a_controller_operation(cli, sw):
+    """A PacketOut enters the pipeline on the CPU port with its packet_out header (op, reserved,
+    index) in front: op 1 clears that miss_filter cell; every one is counted in class_counter[10].
+    Malformed metadata is a stream error naming what is wrong, and nothing reaches the pipeline."""
+    cells = sw.switch.register("MfsIngress.miss_filter")
+    ops = sw.switch.counter("MfsIngress.class_counter")[0]
+    cells[0x575] = cells[0x101] = 1
     m = p4r.StreamMessageRequest()
-    m.packet.payload = b"\x00" * 20
+    m.packet.payload = b"\x00" * 20   # no metadata
     cli.send(m)
     err = cli.next("error")
     assert err.canonical_code == C.INVALID_ARGUMENT and err.HasField("packet_out")
+    assert "op" in err.message and "index" in err.message, err.message
+    m.packet.CopyFrom(SCHEMA.packet_out({"op": 1, "reserved": 0, "index": 0x575}))
+    m.packet.metadata[0].value = b"\x01\x00"   # op is 8 bits
+    cli.send(m)
+    err = cli.next("error")
+    assert err.canonical_code == C.INVALID_ARGUMENT and "packet_out.op" in err.message, err.message
+    assert ops[10] == 0 and cells[0x575] == 1
+    cli.send(p4r.StreamMessageRequest(packet=SCHEMA.packet_out({"op": 1, "reserved": 0, "index": 0x575})))
+    cli.send(p4r.StreamMessageRequest(packet=SCHEMA.packet_out({"op": 2, "reserved": 0, "index": 0x101})))
+    deadline = time.monotonic() + 10
+    while ops[10] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ops[10] == 2 and cells[0x575] == 0 and cells[0x101] == 1   # op 2 is no operation
 
 
 def test_restart_loses_state_and_breaks_streams(cli, sw):

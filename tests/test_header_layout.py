@@ -171,6 +171,10 @@ def test_p4info_counters_registers_digest():
         ("stage", 8), ("flow_id", 32), ("request_id", 32), ("src_addr", 32), ("ingress_port", 9),
         ("filter_index", 16)]
     assert info.pkg_info.arch == "v1model"
+    # the controller operation header (PacketOut), docs/p4-api.md
+    (po,) = info.controller_packet_metadata
+    assert po.preamble.name == "packet_out"
+    assert [(m.id, m.name, m.bitwidth) for m in po.metadata] == [(1, "op", 8), (2, "reserved", 8), (3, "index", 16)]
 
 
 def _jenkins(name: str) -> int:
@@ -239,7 +243,8 @@ def test_embedded_model_uses_the_p4_indices():
                            ("CLASS_FABRIC_DSCP", "CLS_FABRIC_DSCP"), ("CLASS_FABRIC_BEST_EFFORT", "CLS_FABRIC_BE"),
                            ("DROP_BAD_IPV4", "DROP_BAD_IPV4"), ("DROP_IPV4_CHECKSUM", "DROP_IPV4_CHECKSUM"),
                            ("DROP_TTL_EXPIRED", "DROP_TTL_EXPIRED"), ("DROP_ROUTE_DROP", "DROP_ROUTE_DROP"),
-                           ("MISS_FILTER_SIZE", "MISS_FILTER_SIZE")):
+                           ("MISS_FILTER_SIZE", "MISS_FILTER_SIZE"), ("CLASS_CONTROLLER_OP", "CLS_CONTROLLER_OP"),
+                           ("CPU_PORT", "CPU_PORT"), ("CPU_OP_CLEAR_MISS_FILTER", "CPU_OP_CLEAR_MISS_FILTER")):
         assert c[p4name] == getattr(model, pyname), p4name
     assert model.stat_index(c["STAT_PORTS"] - 1, levels.LOWEST_LEVEL) == c["QUEUE_STATS_SIZE"] - 1
     assert (c["ETHERTYPE_VLAN"], c["ETHERTYPE_QINQ"]) == model.ETH_VLAN_TPIDS

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from mfs.p4info import DEFAULT_P4INFO, bmv2_unavailable
+from mfs.p4info import CPU_PORT, DEFAULT_P4INFO, bmv2_unavailable
 from mfs.tools import find_tool
 from topo import netns
 from topo.topology import Topology
@@ -388,7 +388,8 @@ class Network:
             if self.pcap:
                 cmd += ["--pcap", str(self.logdir / "pcaps")]
             cmd += [str(BMV2_JSON) if BMV2_JSON.exists() else "--no-p4", "--",
-                    "--grpc-server-addr", f"127.0.0.1:{port}", "--priority-queues", str(s.priority_queues)]
+                    "--grpc-server-addr", f"127.0.0.1:{port}", "--priority-queues", str(s.priority_queues),
+                    "--cpu-port", str(CPU_PORT)]  # controller operations arrive as PacketOut
             return cmd
         cmd = [self.python, "-m", "topo.embedded.main", "--device-id", str(s.device_id)]
         for p, (ln, _) in ports.items():

@@ -322,8 +322,9 @@ def _endpoint(value, s: Section, key: str) -> Endpoint:
     if not m:
         raise s.error(key, f"{value!r} is not a link endpoint (a host name, a switch name, or switch-pN)")
     port = int(m["port"]) if m["port"] is not None else None
-    if port is not None and not 1 <= port <= 510:
-        raise s.error(key, f"port {port} is out of range (allowed: 1..510)")
+    if port is not None and not 1 <= port <= 509:
+        raise s.error(key, f"port {port} is out of range (allowed: 1..509; 510 is the CPU port of P4Runtime "
+                           f"PacketOut, 511 the drop port)")
     return Endpoint(m["node"], port)
 
 
@@ -376,7 +377,7 @@ def _assemble(name, hosts: list[Host], switches: list[Switch], raw_links, source
         eps = []
         for ep in (a, b):
             if ep.node in smap and ep.port is None:
-                port = min(set(range(1, 511)) - used[ep.node])
+                port = min(set(range(1, 510)) - used[ep.node])
                 used[ep.node].add(port)
                 ep = Endpoint(ep.node, port)
             eps.append(ep)

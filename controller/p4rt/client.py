@@ -140,6 +140,7 @@ class SwitchClient:
         self.updates = 0
         self.digests = 0
         self.idle_notifications = 0
+        self.packets_out = 0
 
     # ------------------------------------------------------------ session
     def _eid(self) -> p4r.Uint128:
@@ -302,6 +303,20 @@ class SwitchClient:
         for err in await self.write([update("delete", e) for e in groups]):
             raise P4RTError(f"{self.name} Write (delete multicast groups before a new pipeline)", err.code,
                             err.message)
+
+    # ------------------------------------------------------------ packet-out
+    def packet_out(self, packets: Iterable[p4r.PacketOut]) -> int:
+        """Queue PacketOuts on the stream, in order; returns how many. Asynchronous: the device
+        applies them after this returns and reports a refused one as a stream error.
+        Raises NotPrimary unless we are the primary (a backup's PacketOut is refused)."""
+        self._check_primary("PacketOut")
+        assert self._out is not None
+        n = 0
+        for po in packets:
+            self._out.put_nowait(p4r.StreamMessageRequest(packet=po))
+            n += 1
+        self.packets_out += n
+        return n
 
     # ------------------------------------------------------------ write / read
     async def write(self, updates: Iterable[p4r.Update], timeout: float = 10.0) -> list[UpdateError]:

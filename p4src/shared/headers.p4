@@ -102,7 +102,19 @@ header mfs_h {
     bit<16> rli;
 }
 
+/* A controller operation, sent as a P4Runtime PacketOut: the switch's P4Runtime
+ * server prepends this header (P4Info controller_packet_metadata "packet_out")
+ * and injects the packet on the CPU port, the only port it is parsed on. The
+ * ingress applies the operation and drops the packet (docs/p4-api.md). */
+@controller_header("packet_out")
+header cpu_out_h {
+    bit<8>  op;        /* CPU_OP_*; other values: no operation */
+    bit<8>  reserved;
+    bit<16> index;     /* CPU_OP_CLEAR_MISS_FILTER: the miss_filter cell */
+}
+
 struct headers_t {
+    cpu_out_h   cpu_out;   /* only from the CPU port */
     ethernet_h  ethernet;
     vlan_h      vlan0;
     vlan_h      vlan1;

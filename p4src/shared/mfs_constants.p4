@@ -35,6 +35,7 @@ const bit<32> CLASS_MALFORMED     = 6;
 const bit<32> CLASS_PROPOSAL_REJECTED = 7;
 const bit<32> CLASS_FABRIC_DSCP   = 8;
 const bit<32> CLASS_FABRIC_BEST_EFFORT = 9;
+const bit<32> CLASS_CONTROLLER_OP = 10;   /* a packet_out from the controller, applied */
 #define CLASS_COUNTER_SIZE 16
 
 /* --- drop_counter indices (docs/p4-api.md) --- */
@@ -50,6 +51,13 @@ const bit<32> DROP_ROUTE_DROP    = 3;
 
 /* --- unknown-flow digest filter: one cell per filter_index (12 bits) --- */
 #define MISS_FILTER_SIZE 4096
+
+/* --- controller operations (packet_out header cpu_out_h, docs/p4-api.md) --- */
+const bit<8>  CPU_OP_CLEAR_MISS_FILTER = 1;   /* miss_filter[index] := 0 */
+#ifndef MFS_TNA
+/* v1model / embedded: simple_switch_grpc --cpu-port 510 (9 bits, not 0, not the drop port 511) */
+const bit<9>  CPU_PORT = 510;
+#endif
 
 /* --- multicast --- */
 const bit<16> FLOOD_MCAST_GROUP = 1;

@@ -15,6 +15,16 @@ parser MfsParser(packet_in pkt, out headers_t hdr, inout mfs_meta_t meta,
     state start {
         meta.mfs_port = false;
         meta.csum_err = false;
+        transition select(standard_metadata.ingress_port) {
+            CPU_PORT: parse_cpu_out;   /* a P4Runtime PacketOut: a controller operation */
+            default: parse_headers;
+        }
+    }
+    state parse_cpu_out {
+        pkt.extract(hdr.cpu_out);
+        transition accept;
+    }
+    state parse_headers {
         headers_parser.apply(pkt, hdr, meta);
         transition accept;
     }
@@ -123,6 +133,17 @@ control MfsIngress(inout headers_t hdr, inout mfs_meta_t meta,
         meta.csum = false;
         meta.fabric = false;
         meta.routable = false;
+        if (standard_metadata.ingress_port == CPU_PORT) {
+            /* a controller operation (PacketOut): apply it, count it, drop the packet
+             * (also one too short for the header). The only other miss_filter
+             * access is on the data path below. */
+            if (hdr.cpu_out.isValid() && hdr.cpu_out.op == CPU_OP_CLEAR_MISS_FILTER) {
+                miss_filter.write((bit<32>)hdr.cpu_out.index[11:0], 0);
+            }
+            class_counter.count(CLASS_CONTROLLER_OP);
+            drop();
+            return;
+        }
         port_mode.apply();
 
         /* IPv4 sanity: what we do not handle is dropped and counted */

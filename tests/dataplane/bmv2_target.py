@@ -28,7 +28,7 @@ from finsy.proto import p4i, p4r, p4r_grpc
 from google.protobuf import text_format
 
 from mfs import levels
-from mfs.p4info import P4Schema
+from mfs.p4info import CPU_PORT, P4Schema
 from mfs.tools import find_tool
 from topo.embedded.pipeline import stat_index
 from topo.netns import keep_vlan_tags, recv_frame
@@ -106,7 +106,7 @@ class Bmv2Target:
         for p in self.ports:
             cmd += ["-i", f"{p}@s{p}"]
         cmd += ["--thrift-port", str(THRIFT_PORT), "--", "--grpc-server-addr", f"unix://{sock_path}", "--priority-queues",
-                str(levels.NUM_QUEUES)]
+                str(levels.NUM_QUEUES), "--cpu-port", str(CPU_PORT)]
         self.log = open(self.tmp / "bmv2.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -288,6 +288,9 @@ class Bmv2Target:
             for e in resp.entities:
                 return int.from_bytes(e.register_entry.data.bitstring, "big")
         return 0
+
+    def packet_out(self, values: dict) -> None:
+        self._requests.put(p4r.StreamMessageRequest(packet=self.schema.packet_out(values)))
 
     def digests(self) -> list[dict]:
         deadline = time.monotonic() + 1.0   # digests arrive asynchronously

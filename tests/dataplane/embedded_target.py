@@ -230,6 +230,9 @@ class EmbeddedTarget:
         (e,) = self.client.read([p4r.Entity(register_entry=re_)])
         return int.from_bytes(e.register_entry.data.bitstring, "big")
 
+    def packet_out(self, values: dict) -> None:
+        self.client.send(p4r.StreamMessageRequest(packet=self.schema.packet_out(values)))
+
     def digests(self) -> list[dict]:
         names = [m.name for m in self.schema.info.type_info.structs["mfs_miss_t"].members]
         for msg in self.client.barrier():

@@ -44,6 +44,9 @@ class DataplaneTarget(Protocol):
     def register(self, name: str, index: int) -> int:
         """One register cell, by P4Info name."""
 
+    def packet_out(self, values: dict) -> None:
+        """Send a P4Runtime PacketOut whose packet_out header fields are ``values`` (by name)."""
+
 
 @dataclass
 class Expect:
@@ -63,6 +66,7 @@ class PacketStep:
     expect: list[Expect]
     note: str = ""
     write: list[dict] | None = None  # a control-plane step instead of a packet: setup items to apply
+    packet_out: dict | None = None  # a controller operation instead of a packet: packet_out header fields
 
 
 @dataclass
@@ -132,6 +136,15 @@ def load_case(path: str | Path) -> Case:
         case.setup.append(_setup_item(item, src, f"setup[{i}]"))
     for i, raw in enumerate(s.sequence("packets")):
         p = Section(raw, src, f"packets[{i}]")
+        if "packet_out" in p.data:
+            po = p.section("packet_out")
+            fields = {k: po.integer(k, lo=0) for k in po.data}
+            if not fields:
+                raise ConfigError(src, f"packets[{i}].packet_out", "expected the packet_out header fields, "
+                                                                    "e.g. {op: 1, reserved: 0, index: 0x575}")
+            case.packets.append(PacketStep(0, b"", [], p.string("note", ""), packet_out=fields))
+            p.done()
+            continue
         if "write" in p.data:
             items = [_setup_item(it, src, f"packets[{i}].write[{j}]") for j, it in enumerate(p.sequence("write"))]
             case.packets.append(PacketStep(0, b"", [], p.string("note", ""), write=items))
@@ -202,6 +215,11 @@ def run_case(target: DataplaneTarget, case: Case) -> None:
         if step.write is not None:
             target.write(step.write)
             continue
+        if step.packet_out is not None:
+            err = apply_packet_out(target, step.packet_out)
+            if err:
+                errs.append(f"packets[{n}] ({step.note or 'packet_out'}): {err}")
+            continue
         outs = target.send(step.in_port, step.frame)
         got_ports = Multiset(p for p, _, _ in outs)
         want_ports = Multiset(e.out_port for e in step.expect)
@@ -233,6 +251,25 @@ def run_case(target: DataplaneTarget, case: Case) -> None:
                 errs.append(f"digest {want} not received (got {got_d})")
     if errs:
         raise CaseFailure(f"{case.source} ({case.name}):\n  " + "\n  ".join(errs))
+
+
+CONTROLLER_OP_COUNTER = ("MfsIngress.class_counter", 10)  # every packet from the CPU port (docs/p4-api.md)
+PACKET_OUT_WAIT_S = 10.0  # generous: a PacketOut is applied asynchronously, the machine is loaded
+
+
+def apply_packet_out(target: DataplaneTarget, values: dict) -> str:
+    """Send a PacketOut and wait until the pipeline has taken it (class_counter[10] grew): a PacketOut
+    is asynchronous on every target, and the next packet must see its effect. '' or what went wrong."""
+    import time
+
+    before, _ = target.counter(*CONTROLLER_OP_COUNTER)
+    target.packet_out(values)
+    deadline = time.monotonic() + PACKET_OUT_WAIT_S
+    while time.monotonic() < deadline:
+        if target.counter(*CONTROLLER_OP_COUNTER)[0] > before:
+            return ""
+        time.sleep(0.02)
+    return f"PacketOut {values} not applied within {PACKET_OUT_WAIT_S:.0f} s (class_counter[10] unchanged)"
 
 
 def _digest_value(v: Any) -> Any:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mfs import levels
 from topo import netns
-from topo.embedded.pipeline import Pipeline, stat_index
+from topo.embedded.pipeline import CPU_PORT, Pipeline, stat_index
 
 log = logging.getLogger("mfs.switch.dataplane")
 
@@ -109,8 +109,9 @@ class Dataplane:
         self.drops: dict[int, list[int]] = {}
         try:
             for num, ifname in sorted(ports.items()):
-                if not 0 <= num < 511:
-                    raise ValueError(f"port number {num} not in 0..510")
+                if not 0 <= num < CPU_PORT:
+                    raise ValueError(f"port number {num} not in 0..{CPU_PORT - 1} "
+                                     f"({CPU_PORT} is the CPU port, 511 the drop port)")
                 if offloads_off:
                     disable_offloads(ifname)
                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))

@@ -32,17 +32,19 @@ from finsy.proto import p4i, p4r, rpc_code
 
 from mfs import header as mfsh
 from mfs import levels
-from mfs.p4info import P4InfoError, P4Schema, TableEntrySpec
+from mfs.p4info import CPU_PORT, P4InfoError, P4Schema, TableEntrySpec  # noqa: F401 - CPU_PORT re-exported
 
 Code = rpc_code.Code
 
 FLOOD_GROUP = 1
 DROP_PORT = 511  # v1model drop port
+CPU_OP_CLEAR_MISS_FILTER = 1  # packet_out op: miss_filter[index & 0xFFF] := 0
+_CPU_OUT = struct.Struct("!BBH")  # packet_out header cpu_out_h: op, reserved, index
 MISS_FILTER_SIZE = 4096
 
 # class_counter indexes (docs/p4-api.md)
 (CLS_FLOW, CLS_STAGE_DEFAULT, CLS_PROPOSAL, CLS_MFS_BE, CLS_DSCP, CLS_BE, CLS_MALFORMED, CLS_REJECTED,
- CLS_FABRIC_DSCP, CLS_FABRIC_BE) = range(10)
+ CLS_FABRIC_DSCP, CLS_FABRIC_BE, CLS_CONTROLLER_OP) = range(11)
 # drop_counter indexes (docs/p4-api.md)
 DROP_BAD_IPV4, DROP_IPV4_CHECKSUM, DROP_TTL_EXPIRED, DROP_ROUTE_DROP = range(4)
 
@@ -399,6 +401,8 @@ class Pipeline:
     def ingress(self, in_port: int, frame: bytes) -> list[tuple[int, bytearray, int]]:
         """Parse, check, classify, forward, replicate. Returns the copies to enqueue: (port, frame, level)."""
         n = len(frame)
+        if in_port == CPU_PORT:
+            return self._controller_op(frame)
         if n < 14:
             return []
         buf = bytearray(frame)
@@ -561,6 +565,19 @@ class Pipeline:
         if delay_us > d[idx]:
             d[idx] = delay_us & 0xFFFFFFFF
         return buf
+
+    def _controller_op(self, frame: bytes) -> list:
+        """A packet from the CPU port (a P4Runtime PacketOut, packet_out header first): apply the
+        operation, count it in class_counter[10], drop the packet. Anything else from the CPU port
+        (too short for the header, unknown op) is counted and dropped too."""
+        if len(frame) >= _CPU_OUT.size:
+            op, _reserved, index = _CPU_OUT.unpack_from(frame)
+            if op == CPU_OP_CLEAR_MISS_FILTER:
+                self.registers[self._miss_filter.id][index & (MISS_FILTER_SIZE - 1)] = 0
+        pk, by = self.counters[self._cls_ctr.id]
+        pk[CLS_CONTROLLER_OP] += 1
+        by[CLS_CONTROLLER_OP] += len(frame)
+        return []
 
     def _count_drop(self, reason: int, nbytes: int) -> None:
         pk, by = self.counters[self._drop_ctr.id]

@@ -38,7 +38,7 @@ from google.protobuf import any_pb2
 
 from mfs.p4info import DEFAULT_P4INFO, P4InfoError, P4Schema, decode
 from topo.embedded.idle import IdleNotifier
-from topo.embedded.pipeline import EntityError, Pipeline
+from topo.embedded.pipeline import CPU_PORT, EntityError, Pipeline
 
 log = logging.getLogger("mfs.switch.p4rt")
 Code = rpc_code.Code
@@ -462,10 +462,18 @@ class P4RuntimeService(p4r_grpc.P4RuntimeServicer):
             if self.primary(c.role) is not c:
                 self._stream_error(c, Code.PERMISSION_DENIED, "PacketOut from a client that is not primary",
                                    packet_out=p4r.PacketOutError(packet_out=req.packet))
-            else:
-                self._stream_error(c, Code.INVALID_ARGUMENT,
-                                   "PacketOut not supported: the MFS program has no packet_out header (no CPU port)",
+            elif self.config is None:
+                self._stream_error(c, Code.FAILED_PRECONDITION, "PacketOut before a forwarding pipeline config is set",
                                    packet_out=p4r.PacketOutError(packet_out=req.packet))
+            else:
+                try:
+                    frame = self.switch.schema.packet_out_frame(req.packet)
+                except P4InfoError as e:
+                    self._stream_error(c, Code.INVALID_ARGUMENT, f"PacketOut: {e}",
+                                       packet_out=p4r.PacketOutError(packet_out=req.packet))
+                    return
+                # the packet enters the pipeline on the CPU port (a controller operation: dropped there)
+                self.switch.ingress(CPU_PORT, frame)
         elif kind == "digest_ack":
             ack = req.digest_ack
             if not self.digests.ack(ack.digest_id, ack.list_id):
