@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import re
 import select
 import socket
 import subprocess
@@ -281,13 +282,17 @@ class Bmv2Target:
         return 0, 0
 
     def register(self, name: str, index: int) -> int:
-        req = p4r.ReadRequest(device_id=self.device_id)
-        req.entities.add(register_entry=p4r.RegisterEntry(register_id=self.schema.register(name).id,
-                                                          index=p4r.Index(index=index)))
-        for resp in self.stub.Read(req):
-            for e in resp.entities:
-                return int.from_bytes(e.register_entry.data.bitstring, "big")
-        return 0
+        """PI has no P4Runtime register reads (UNIMPLEMENTED): read the cell through bmv2's Thrift
+        CLI (`register_read`), which needs simple_switch_CLI and the Python package thrift."""
+        out = self.cli(f"register_read {self.schema.register(name).name} {index}\n")
+        m = re.search(r"\]\s*=\s*(\d+)", out)
+        if m is None:
+            raise RuntimeError(f"simple_switch_CLI register_read {name} {index}: no value in {out[-500:]!r}")
+        return int(m.group(1))
+
+    def register_write(self, name: str, index: int, value: int) -> None:
+        """bmv2's Thrift CLI `register_write` (PI refuses P4Runtime RegisterEntry writes)."""
+        self.cli(f"register_write {self.schema.register(name).name} {index} {value}\n")
 
     def packet_out(self, values: dict) -> None:
         self._requests.put(p4r.StreamMessageRequest(packet=self.schema.packet_out(values)))
