@@ -77,6 +77,7 @@ BASE = {"hosts": [{"name": "h1", "ip": "10.0.0.1/24"}, {"name": "h2", "ip": "10.
     ({"links": [["h1", "s1-p1"]]}, "links", "host h2 has 0 links"),
     ({"hosts": [{"name": "h1", "ip": "10.0.0.1"}, {"name": "h2", "ip": "10.0.0.1"}]}, "hosts.h2.ip", "also used by h1"),
     ({"defaults": {"bandwidth": 0.001}}, "defaults.bandwidth", "out of range"),
+    ({"links": [["h1", "s1-p1"], ["h2", "s1-p510"]]}, "links[1].1", "510 is the CPU port"),
 ])
 def test_bad_input_names_file_and_key(patch, key, words):
     data = {**BASE, **patch}

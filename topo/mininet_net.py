@@ -16,7 +16,7 @@ file, wait for the gRPC port. Targets:
 * ``embedded`` (default): ``python -m topo.embedded.main`` (``mfs-switch``), ports
   shaped to the link rates with 8 strict-priority queues;
 * ``bmv2``: ``simple_switch_grpc ... --thrift-port T --log-file ... p4src/build/mfs.json
-  -- --grpc-server-addr 127.0.0.1:G --priority-queues 8`` when installed;
+  -- --grpc-server-addr 127.0.0.1:G --priority-queues 8 --cpu-port 510`` when installed;
 * ``lxbr``: Mininet's ``LinuxBridge`` (no pipeline, plumbing check only).
 
 Everything after the plumbing is the namespace builder's code, reused as is: the switch
