@@ -99,6 +99,9 @@ class EmuCluster:
                         raise ValueError(f"host {h!r} has no agent handle")
 
 
+KV_SIZES = ("load", "flow", "nic")
+
+
 @dataclass
 class EmuConfig:
     model: str = "mixtral-8x22b"
@@ -112,14 +115,15 @@ class EmuConfig:
     timeout: float = 600.0  # emulated seconds to wait for the last request after the last arrival
     layers_per_step: int = 1  # emulate this many consecutive layers as one step (:class:`LayerGroups`)
     kv_placement: str = "spread"  # "group": attention-DP, a request's KV on one host (:class:`Driver`)
-    kv_size: str = "load"  # with "group": "load" (per-NIC bytes × hosts/groups) or "flow" (per-NIC bytes)
+    kv_size: str = "load"  # with "group": "load" (per-NIC bytes × hosts/groups), "flow" (per-NIC bytes) or
+    # "nic" (the busiest of the NICs a host stands for: Driver.kv_bytes)
 
     def validate(self) -> None:
         for k in ("link_bps", "time_scale", "slo_scale", "lowload_ratio", "timeout"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"{k} must be > 0, got {getattr(self, k)!r}")
-        if self.kv_size not in ("load", "flow"):
-            raise ValueError(f"kv_size must be load or flow, got {self.kv_size!r}")
+        if self.kv_size not in KV_SIZES:
+            raise ValueError(f"kv_size must be one of {', '.join(KV_SIZES)}, got {self.kv_size!r}")
         if self.kv_placement not in ("spread", "group"):
             raise ValueError(f"kv_placement must be spread or group, got {self.kv_placement!r}")
         n = get_model(self.model).num_layers
@@ -411,7 +415,7 @@ class Driver:
         with inst.cv:
             inst.cv.notify_all()
 
-    def _issue_stage1(self, q: _Req, bid: int) -> None:
+    def _issue_stage1(self, q: _Req, b: "_Batch") -> None:
         """Stage 1 when the request's batch is scheduled: every layer's reused KV from the holder
         instance(s), one transfer per (holder host, layer, computing host), all posted at once."""
         if not q.reused:
@@ -419,7 +423,7 @@ class Driver:
         inst = q.inst
         dsts = [inst.hosts[q.hidx]] if self.grouped else inst.hosts
         for hld, tokens in plan.stage1_tokens(q.holders, inst.idx, q.reused, q.block_tokens).items():
-            size = self.kv_bytes(q, self.cost.stage1_bytes(tokens))
+            size = self.kv_bytes(q, self.cost.stage1_bytes(tokens), b, lambda r: r.reused)
             if size <= 0:
                 continue
             src_hosts = self.inst[hld].hosts
@@ -430,22 +434,34 @@ class Driver:
                 for i, dst in enumerate(dsts):
                     with inst.cv:
                         q.s1_pending[j] = q.s1_pending.get(j, 0) + 1
-                    f = self._submit(src_hosts[i % len(src_hosts)], dst, H.STAGE_KV_REUSE, size, q, j, bid, 0)
+                    f = self._submit(src_hosts[i % len(src_hosts)], dst, H.STAGE_KV_REUSE, size, q, j, b.bid, 0)
                     f.add_done_callback(lambda fut, j=j: self._s1_done(q, j, fut))
 
-    def kv_bytes(self, q: _Req, nbytes: int) -> int:
+    def kv_bytes(self, q: _Req, nbytes: int, b: "_Batch | None" = None, weight=None) -> int:
         """Stage-1/3 bytes of one of the request's transfers. ``spread``: every host of the instance
         carries its per-GPU share (the instance-averaged figure). ``group`` (attention DP, the
         simulator's model): only the request's host. An emulated instance has fewer hosts than the real
-        one has groups, so one of two figures is kept: ``kv_size="flow"``: the group's per-NIC bytes (each
+        one has groups, so one of three figures is kept: ``kv_size="flow"``: the group's per-NIC bytes (each
         transfer as large as the real one; an emulated NIC carries the KV of groups ÷ hosts real NICs);
-        ``"load"``: × hosts ÷ groups (each emulated NIC carries a real NIC's KV bytes/s; each transfer is
-        hosts ÷ groups of the real one)."""
+        ``"load"``: × hosts ÷ groups (each emulated NIC carries a real NIC's *mean* KV bytes/s; each
+        transfer is hosts ÷ groups of the real one); ``"nic"``: the host is the busiest of the NICs it
+        stands for, which run in parallel: its transfers of a step (batch ``b``) carry as many bytes as
+        that NIC's (the largest over its groups of the group's bytes, ``weight(request)`` per request),
+        shared in proportion to each request's bytes — one request alone on a host sends the real
+        transfer's size, requests on different groups of a host share one NIC's worth."""
         if not self.grouped:
             return q.prof.per_gpu(nbytes)
+        per_nic = q.prof.per_nic(nbytes)
         if self.cfg.kv_size == "flow":
-            return q.prof.per_nic(nbytes)
-        return -(-q.prof.per_nic(nbytes) * len(q.inst.hosts) // self.groups)
+            return per_nic
+        if self.cfg.kv_size == "nic" and b is not None:
+            by_group: dict[int, float] = {}
+            for r in b.reqs:
+                if r.hidx == q.hidx:
+                    by_group[r.grp] = by_group.get(r.grp, 0.0) + weight(r)
+            total = sum(by_group.values())
+            return math.ceil(per_nic * max(by_group.values()) / total) if total > 0 else per_nic
+        return -(-per_nic * len(q.inst.hosts) // self.groups)
 
     def _s1_done(self, q: _Req, layer: int, fut: Future) -> None:
         try:
@@ -493,7 +509,7 @@ class Driver:
         first = self.h[inst.hosts[0]]
         first.batch_event(b.bid, "arrival")
         for q in b.reqs:  # KV loads start when the batch is scheduled (as the simulator's default)
-            self._issue_stage1(q, b.bid)
+            self._issue_stage1(q, b)
         hosts = inst.hosts
         L = self.L
         for layer in range(L):
@@ -523,7 +539,7 @@ class Driver:
                 time.sleep(self.cost.layer_compute_s([(q.new, q.reused) for q in b.reqs]))
             # Stage 3: push this layer's KV to the decode instance (does not block compute)
             for q in b.reqs:
-                size3 = self.kv_bytes(q, q.prof.stage3_bytes)
+                size3 = self.kv_bytes(q, q.prof.stage3_bytes, b, lambda r: r.prof.stage3_bytes)
                 dhosts = self.cl.decode[q.dec]
                 for i, hn in enumerate(hosts):
                     if self.grouped and i != q.hidx:

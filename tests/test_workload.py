@@ -181,3 +181,31 @@ def test_pin_places_requests_and_warm_owners_instead_of_the_router(cluster):
         run_workload(handles, cl, [], cost=COST, pin={0: 0, 1: 2})
     with pytest.raises(ValueError, match="pin: request 0 -> '1' is not"):
         run_workload(handles, cl, [], cost=COST, pin={0: "1"})
+
+
+def test_kv_size_nic_gives_a_host_the_bytes_of_its_busiest_nic():
+    """``kv_size="nic"``: a host standing for several attention groups' NICs carries, per step, the bytes
+    of the busiest of them (they run in parallel), shared by its requests in proportion to their bytes;
+    ``"load"``: every transfer × hosts ÷ groups; ``"flow"``: the per-NIC size."""
+    from types import SimpleNamespace as NS
+    from hostagent.workload import Driver
+
+    inst = NS(hosts=["a", "b"])
+    prof = NS(per_nic=lambda n: n)
+
+    def req(grp, nbytes):
+        return NS(grp=grp, hidx=grp % 2, inst=inst, prof=prof, w=nbytes)
+
+    def size(mode, q, reqs):
+        drv = NS(grouped=True, groups=8, cfg=NS(kv_size=mode))
+        return Driver.kv_bytes(drv, q, q.w, NS(reqs=reqs), lambda r: r.w)
+
+    alone, other_host = req(0, 8000), req(1, 8000)
+    assert size("nic", alone, [alone, other_host]) == 8000  # alone on its host: the real transfer's size
+    assert size("load", alone, [alone]) == 2000 and size("flow", alone, [alone]) == 8000
+    a, b = req(0, 6000), req(2, 2000)  # two groups of host a: one NIC's worth (the larger), shared
+    assert size("nic", a, [a, b]) == 4500 and size("nic", b, [a, b]) == 1500
+    c, d = req(4, 3000), req(4, 3000)  # one group (one NIC) carries both in full
+    assert size("nic", c, [c, d]) == 3000 and size("nic", d, [c, d]) == 3000
+    with pytest.raises(ValueError, match="kv_size must be one of"):
+        EmuConfig(kv_size="both").validate()

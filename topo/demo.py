@@ -103,10 +103,11 @@ def parser() -> argparse.ArgumentParser:
                     help="group: attention data parallelism as the simulator models it, a request's KV on one host "
                          "of its instance (per-NIC bytes, scaled so each emulated NIC carries a real NIC's load); "
                          "spread: every host carries its per-GPU share (the earlier model) (default %(default)s)")
-    ap.add_argument("--kv-size", choices=("flow", "load"), default="load",
+    ap.add_argument("--kv-size", choices=("flow", "load", "nic"), default="nic",
                     help="with --kv-placement group: flow = each Stage-1/3 transfer of the model's per-NIC size (an "
                          "emulated NIC then carries the KV of groups/hosts real NICs); load = scaled by hosts/groups "
-                         "so each emulated NIC carries one real NIC's KV bytes/s (default %(default)s)")
+                         "so each emulated NIC carries one real NIC's mean KV bytes/s; nic = each host carries the "
+                         "KV of the busiest of the NICs it stands for, per step (default %(default)s)")
     ap.add_argument("--bandwidth", type=float, default=40.0,
                     help="emulated link rate in Mb/s for every link, 0 = the topology's (default %(default)s: "
                          "keeps the Python switch and agents within two shared cores; ratios do not depend on it)")
