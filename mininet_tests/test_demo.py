@@ -1,32 +1,26 @@
-"""`make demo`'s default scenario at reduced size, end to end, with the paired MFS − fair TTFT
-difference and its 95 % interval printed; what it asserts about that difference is only what
-cannot fail by chance.
+"""`make demo`'s default scenario at reduced size, end to end: the paired MFS − fair TTFT difference
+must be negative, with its 95 % interval below zero.
 
 Runs the demo command itself (python -m topo.demo) with only mfs and fair and fewer requests per
 seed but more seeds (16 x 8 = 128 pairs), the same scenario otherwise (Mixtral-8x7B TP1/EP8 on the
-testbed-shaped cluster, agent workload, load 0.8), bounded by a subprocess timeout; reads
-out/…/summary.json. About 3 minutes.
+testbed-shaped cluster, agent workload, load 0.8, ``--kv-size nic``), bounded by a subprocess
+timeout; reads out/…/summary.json. About 3-4 minutes.
 
-What it asserts (docs/demo.md, "The test"): the run completes with every request paired and a
-well-formed interval; the simulator (deterministic, same requests) predicts MFS faster; and the
-emulated MFS is **not grossly slower** than fair: its mean TTFT below twice fair's over the 128
-pairs. That bound catches a policy that stalls or starves the GPU-blocking stages (a level
-inversion that ranks deferred pushes above Stage 1/2 everywhere, a policy that never promotes);
-the worst runs recorded were +16.5 % overall and 2.4 x fair on one seed of 24 requests.
+Outcomes (docs/demo.md, "The test"):
 
-What it does **not** assert, and why: that the emulated MFS is faster than fair, significantly
-or at all. On this shared 2-core machine the emulated gain is about −6 % with a run-to-run sd of
-about 3 % in most runs, but some runs collapse: the same code (23bf728) gave −6.6 % (run 8) and,
-in this test's run at 12:00 UTC, +16.5 % (95 % CI +7.5 .. +25.5 %), and rerun by hand at 12:01,
-−12.0 % (−17.9 .. −6.2 %). The heaviest seed (4) sometimes runs away under either policy (fair
-465 ms vs mfs 328 ms in that rerun) and dominates the pooled mean; `--kv-size flow` once gave
-+141 % on one seed. Those collapses are not reproduced on demand and not explained (docs/demo.md,
-"Collapsing replays"), so any assertion on the sign or the interval would fail by chance well
-above 1 %. A regression that makes MFS merely equal to fair, or moderately slower, passes this test:
-read the printed difference and the per-seed figures.
+* **pass**: MFS's mean TTFT is lower than fair's and the 95 % interval of the paired difference
+  lies below zero;
+* **fail**: the run breaks, pairs are missing, the simulator (deterministic, same requests) does not
+  predict MFS faster, or the emulated MFS is not faster than fair at all (point estimate >= 0);
+* **skip, with the reason printed**: the machine is too busy for the emulation's timing to mean
+  anything (1-minute load average above ``BUSY_LOAD`` per CPU before the run, or a low-load ratio
+  above ``BUSY_RATIO``: the run's own calibration, 4 requests alone, measures how much the machine
+  stretched it), or MFS is faster but the interval still reaches zero (the run could not resolve
+  the difference: more pairs, i.e. ``make demo --repeat 8``, or a quieter machine, would).
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -35,29 +29,43 @@ import pytest
 from topo.net import ROOT
 
 ARGS = ["--policies", "mfs,fair", "--requests", "16", "--repeat", "8"]
-GROSS = 1.0  # relative: MFS's mean TTFT at least twice fair's (+100 %) fails
+BUSY_LOAD = 2.5  # 1-minute load average per CPU above which the run is not started
+BUSY_RATIO = 1.8  # low-load TTFT / ideal above which the run's timing says the machine was too busy
 
 
-def check_not_grossly_slower(rel: dict) -> None:
-    """Fail when MFS's mean TTFT is at least twice fair's: ``rel`` is the paired relative
-    difference MFS − fair (summary.json's ``emulated_ttft.rel``: value, lo, hi, n)."""
+def verdict(rel: dict, ratio: float) -> tuple[str, str]:
+    """("pass" | "fail" | "skip", why) for the paired relative difference MFS − fair (summary.json's
+    ``emulated_ttft.rel``: value, lo, hi) measured with low-load ratio ``ratio``."""
     assert rel["lo"] <= rel["value"] <= rel["hi"], rel  # a real interval
-    assert rel["value"] < GROSS, (f"MFS grossly slower than fair: mean TTFT {rel['value']:+.1%} "
-                                  f"(95 % CI {rel['lo']:+.1%} .. {rel['hi']:+.1%})")
+    txt = f"MFS - fair mean TTFT {rel['value']:+.1%} (95 % CI {rel['lo']:+.1%} .. {rel['hi']:+.1%})"
+    if ratio > BUSY_RATIO:
+        return "skip", (f"{txt}; the machine was too busy for the emulation's timing: low-load ratio "
+                        f"{ratio:.2f} > {BUSY_RATIO}")
+    if rel["value"] >= 0:
+        return "fail", f"{txt}: MFS is not faster than fair"
+    if rel["hi"] >= 0:
+        return "skip", f"{txt}: faster, but the interval reaches zero (not resolved by this run)"
+    return "pass", txt
 
 
-def test_check_not_grossly_slower():
-    """The check passes the worst run recorded (+16.5 %) and fails a policy twice as slow."""
-    check_not_grossly_slower({"value": 0.165, "lo": 0.075, "hi": 0.255, "n": 128})
-    check_not_grossly_slower({"value": -0.062, "lo": -0.098, "hi": -0.026, "n": 96})
-    with pytest.raises(AssertionError, match="grossly slower"):
-        check_not_grossly_slower({"value": 1.4, "lo": 1.1, "hi": 1.7, "n": 128})
+def test_verdict():
+    assert verdict({"value": -0.08, "lo": -0.11, "hi": -0.04}, 1.3)[0] == "pass"
+    assert verdict({"value": -0.03, "lo": -0.07, "hi": 0.01}, 1.3)[0] == "skip"
+    assert verdict({"value": 0.02, "lo": -0.02, "hi": 0.06}, 1.3)[0] == "fail"
+    assert verdict({"value": 0.16, "lo": 0.07, "hi": 0.25}, 1.3)[0] == "fail"
+    assert verdict({"value": 0.16, "lo": 0.07, "hi": 0.25}, 2.2)[0] == "skip"
+    with pytest.raises(AssertionError):
+        verdict({"value": -0.08, "lo": -0.02, "hi": 0.01}, 1.3)
 
 
 @pytest.mark.netns
 @pytest.mark.slow
-def test_demo_default_scenario_runs_and_mfs_not_grossly_slower(tmp_path):
+def test_demo_default_scenario_mfs_faster_than_fair(tmp_path):
     pytest.importorskip("hostagent.workload", reason="the workload driver is not available")
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    if load > BUSY_LOAD:
+        pytest.skip(f"the machine is too busy for the emulation's timing: 1-minute load average {load:.1f} "
+                    f"per CPU > {BUSY_LOAD}")
     r = subprocess.run([sys.executable, "-m", "topo.demo", *ARGS, "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -65,10 +73,13 @@ def test_demo_default_scenario_runs_and_mfs_not_grossly_slower(tmp_path):
     (fair,) = [c for c in summary["comparisons"] if c["baseline"] == "fair"]
     emu, sim = fair["emulated_ttft"], fair["simulated_ttft"]
     d = emu["diff"]
-    print(f"mfs - fair mean TTFT {emu['rel']['value']:+.1%} (95 % CI {emu['rel']['lo']:+.1%} .. "
-          f"{emu['rel']['hi']:+.1%}), simulated {sim['rel']['value']:+.1%}")
+    print(r.stdout[-1500:])  # the table, per-seed differences and the verdict
     assert d["n"] == 128 and d["lo"] <= d["value"] <= d["hi"]  # every request paired, a real interval
     assert sim["rel"]["value"] < 0  # the simulator (deterministic, same requests) predicts MFS faster
-    print(r.stdout[-1500:])  # the table, per-seed differences and the verdict
-    check_not_grossly_slower(emu["rel"])
     assert "verdict:" in r.stdout and (tmp_path / "demo.png").stat().st_size > 10_000
+    outcome, why = verdict(emu["rel"], summary["calibration"]["used"])
+    print(f"{why}; simulated {sim['rel']['value']:+.1%}; per seed "
+          f"{', '.join(f'{x:+.1%}' for x in fair['per_seed_rel'])}")
+    if outcome == "skip":
+        pytest.skip(why)
+    assert outcome == "pass", why
