@@ -196,7 +196,8 @@ class Transport:
         self._ackbuf = bytearray(H.MFS_HEADER_LEN + wire.TH_LEN + wire.SACK_BYTES)
         self.stats = {"tx_packets": 0, "tx_bytes": 0, "retransmits": 0, "rx_packets": 0, "rx_bytes": 0,
                       "acks_sent": 0, "acks_received": 0, "malformed": 0, "dropped_by_hook": 0,
-                      "send_errors": 0, "duplicates": 0, "completed_tx": 0, "completed_rx": 0}
+                      "send_errors": 0, "duplicates": 0, "completed_tx": 0, "completed_rx": 0,
+                      "lost_rto": 0, "lost_rack": 0}
         self._sent_count = 0
 
     @staticmethod
@@ -459,6 +460,7 @@ class Transport:
                 for i in expired:
                     del t.inflight[i]
                     if i not in t.retx_set and not t.acked[i]:
+                        self.stats["lost_rto"] += 1
                         t.retx.append(i)
                         t.retx_set.add(i)
                 t.rto = min(MAX_RTO, t.rto * 2)
@@ -622,6 +624,7 @@ class Transport:
             for idx in lost:
                 del t.inflight[idx]
                 if idx not in t.retx_set:
+                    self.stats["lost_rack"] += 1
                     t.retx.append(idx)
                     t.retx_set.add(idx)
         if newly and t.on_progress is not None:
