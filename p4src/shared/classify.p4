@@ -12,15 +12,51 @@
  * IPv4 total_len is IHL*4 + the UDP length. parser_ok is false when the
  * target's parser reported an error. */
 control MfsValidate(in headers_t hdr, inout mfs_meta_t meta, in bool parser_ok) {
+#ifdef MFS_TNA
+    /* Tofino: a gateway compares with constants, not with a sum, and an
+     * action does one dependent operation per stage. So: len_diff =
+     * total_len - udp.length (an action), += -IHL*4 from a constant table on
+     * IHL (action data), then the gateway tests len_diff == 0. len_diff is
+     * metadata, not a local: the mid end folds locals back into one expression. */
+    @hidden action minus_ihl_bytes(bit<16> neg_bytes) {
+        meta.len_diff = meta.len_diff + neg_bytes;
+    }
+    @hidden table ihl_bytes {
+        key = { hdr.ipv4.ihl : exact; }
+        actions = { minus_ihl_bytes; @defaultonly NoAction; }
+        const entries = {
+            5 : minus_ihl_bytes(16w0 - 20);  6 : minus_ihl_bytes(16w0 - 24);
+            7 : minus_ihl_bytes(16w0 - 28);  8 : minus_ihl_bytes(16w0 - 32);
+            9 : minus_ihl_bytes(16w0 - 36); 10 : minus_ihl_bytes(16w0 - 40);
+            11 : minus_ihl_bytes(16w0 - 44); 12 : minus_ihl_bytes(16w0 - 48);
+            13 : minus_ihl_bytes(16w0 - 52); 14 : minus_ihl_bytes(16w0 - 56);
+            15 : minus_ihl_bytes(16w0 - 60);
+        }
+        const default_action = NoAction();   /* IHL < 5: dropped by the ingress */
+        size = 16;
+    }
+#endif
     apply {
         meta.mfs_ok = false;
         if (meta.mfs_port && parser_ok && hdr.mfs.isValid()) {
+#ifdef MFS_TNA
+            meta.len_diff = hdr.ipv4.total_len - hdr.udp.length;
+            ihl_bytes.apply();
+#endif
             if (hdr.mfs.ver == MFS_VERSION &&
                 (hdr.mfs.stage == MFS_STAGE_KV_REUSE ||
                  hdr.mfs.stage == MFS_STAGE_COLLECTIVE ||
                  hdr.mfs.stage == MFS_STAGE_P2D) &&
+#ifdef MFS_TNA
+                true) {
+                /* a gateway of its own: one gateway matches only so many bits */
+                if (meta.len_diff == 0) {
+                    meta.mfs_ok = true;
+                }
+#else
                 hdr.ipv4.total_len == (((bit<16>)hdr.ipv4.ihl) << 2) + hdr.udp.length) {
                 meta.mfs_ok = true;
+#endif
             }
         }
     }
@@ -39,6 +75,9 @@ control MfsValidate(in headers_t hdr, inout mfs_meta_t meta, in bool parser_ok) 
  * meta.fabric (the port mode) is set by the caller before. */
 control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_port,
                     out bool miss, out bool rejected) {
+#ifdef MFS_TNA
+    Hash<bit<16>>(HashAlgorithm_t.XOR16) filter_hash;
+#endif
     @id(0x01000005) @name(".MfsIngress.set_level")
     action set_level(bit<8> level) {
         meta.level = level;
@@ -128,8 +167,16 @@ control MfsClassify(in headers_t hdr, inout mfs_meta_t meta, in port_t ingress_p
                 meta.cls = CLASS_FLOW_TABLE;
             } else {
                 miss = true;
+#ifdef MFS_TNA
+                /* the same fold on the hash unit (one XOR per stage otherwise):
+                 * XOR16 of the three zero-padded slices */
+                meta.filter_index = filter_hash.get({4w0, hdr.mfs.flow_id[11:0],
+                                                     4w0, hdr.mfs.flow_id[23:12],
+                                                     8w0, hdr.mfs.flow_id[31:24]});
+#else
                 meta.filter_index = (bit<16>)(hdr.mfs.flow_id[11:0] ^ hdr.mfs.flow_id[23:12] ^
                                               (bit<12>)hdr.mfs.flow_id[31:24]);
+#endif
                 if ((hdr.mfs.flags & MFS_FLAG_PROPOSED) != 0) {
                     if (!mfs_trust.apply().hit) {
                         rejected = true;   /* class_counter[7], in addition */

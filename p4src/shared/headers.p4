@@ -154,6 +154,9 @@ struct mfs_meta_t {
     bit<8>  ceiling;      /* trust_proposal ceiling */
     bit<32> cls;          /* class_counter index */
     bit<16> filter_index; /* miss_filter cell of this flow id */
+#ifdef MFS_TNA
+    bit<16> len_diff;     /* MfsValidate's total_len check, step by step */
+#endif
 }
 
 #endif

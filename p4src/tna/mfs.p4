@@ -56,7 +56,7 @@ parser MfsIngressParser(packet_in pkt, out ig_headers_t hdr, out ig_meta_t meta,
     state start {
         pkt.extract(ig_intr_md);
         meta.port_md = port_metadata_unpack<port_md_t>(pkt);
-        meta.mfs = {false, false, false, false, false, false, false, false, false, 0, 0, 0, 0};
+        meta.mfs = {false, false, false, false, false, false, false, false, false, 0, 0, 0, 0, 0};
         meta.ttl_in = 0;
         headers_parser.apply(pkt, hdr.h, meta.mfs);
         transition accept;
@@ -211,7 +211,10 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
         hdr.bridged.pad0 = 0;
         hdr.bridged.ingress_port = ig_intr_md.ingress_port;
         hdr.bridged.pad1 = 0;
-        hdr.bridged.flood = meta.mfs.flood ? 1w1 : 1w0;
+        hdr.bridged.flood = 0;
+        if (meta.mfs.flood) {   /* a gateway, not a condition inside an action */
+            hdr.bridged.flood = 1;
+        }
     }
 }
 
@@ -254,9 +257,8 @@ parser MfsEgressParser(packet_in pkt, out eg_headers_t hdr, out eg_meta_t meta,
     state start {
         pkt.extract(eg_intr_md);
         pkt.extract(hdr.bridged);
-        meta.mfs = {false, false, false, false, false, false, false, false, false, 0, 0, 0, 0};
+        meta.mfs = {false, false, false, false, false, false, false, false, false, 0, 0, 0, 0, 0};
         meta.mfs.level = hdr.bridged.level;
-        meta.mfs.flood = hdr.bridged.flood == 1;
         meta.ingress_port = hdr.bridged.ingress_port;
         headers_parser.apply(pkt, hdr.h, meta.mfs);
         transition accept;
@@ -275,29 +277,39 @@ control MfsEgress(inout eg_headers_t hdr, inout eg_meta_t meta,
     @id(0x16000002) @name(".MfsEgress.queue_delay")
     Register<bit<32>, bit<12>>(QUEUE_STATS_SIZE, 0) queue_delay;
 
+    /* The stateful ALU takes its operands from PHV as they are: the width
+     * change and the shift are done in the action before (bf-p4c: "expression
+     * too complex for register action"). */
+    bit<32> depth = 0;
+    bit<32> delay = 0;
+
     /* keep the maximum until the controller clears the cell (read-and-clear) */
     RegisterAction<bit<32>, bit<12>, bit<32>>(queue_depth) max_depth = {
         void apply(inout bit<32> value) {
-            value = max(value, (bit<32>)eg_intr_md.deq_qdepth);
+            value = max(value, depth);
         }
     };
-    /* deq_timedelta is in ns; >> 10 approximates microseconds */
     RegisterAction<bit<32>, bit<12>, bit<32>>(queue_delay) max_delay = {
         void apply(inout bit<32> value) {
-            value = max(value, (bit<32>)(eg_intr_md.deq_timedelta >> 10));
+            value = max(value, delay);
         }
     };
 
     MfsDscp() dscp;
 
     apply {
-        if (meta.mfs.flood && eg_intr_md.egress_port == meta.ingress_port) {
+        /* (the parser cannot compare: the bridged flag is tested here) */
+        if (hdr.bridged.flood == 1 && eg_intr_md.egress_port == meta.ingress_port) {
             eg_dprsr_md.drop_ctl = 1;   /* flood pruning */
         } else {
             dscp.apply(hdr.h, meta.mfs, (port_t)eg_intr_md.egress_port);
             /* the full 9-bit port: egress_port * 8 + level */
             bit<12> idx = ((bit<12>)eg_intr_md.egress_port) << 3 | (bit<12>)meta.mfs.level[2:0];
             queue_counter.count(idx);
+            depth = (bit<32>)eg_intr_md.deq_qdepth;
+            /* deq_timedelta is in ns; / 1024 approximates microseconds (a
+             * slice, not a shift: the 18-bit field shares its container) */
+            delay = (bit<32>)eg_intr_md.deq_timedelta[17:10];
             max_depth.execute(idx);
             max_delay.execute(idx);
         }
