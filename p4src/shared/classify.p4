@@ -22,7 +22,7 @@ control MfsValidate(in headers_t hdr, inout mfs_meta_t meta, in bool parser_ok) 
         meta.len_diff = meta.len_diff + neg_bytes;
     }
     @hidden table ihl_bytes {
-        key = { hdr.ipv4.ihl : exact; }
+        key = { hdr.ipv4.ihl : exact @name("ihl"); }
         actions = { minus_ihl_bytes; @defaultonly NoAction; }
         const entries = {
             5 : minus_ihl_bytes(16w0 - 20);  6 : minus_ihl_bytes(16w0 - 24);
