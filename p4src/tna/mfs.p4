@@ -14,6 +14,11 @@
 #include <tna.p4>
 
 #define MFS_TNA 1
+/* The CPU port PacketOuts arrive on (docs/p4-api.md, "Controller operations"): the
+ * PCIe CPU port, 192 on a 2-pipe Tofino 1 (320 on 4 pipes): -DMFS_TNA_CPU_PORT=320 */
+#ifndef MFS_TNA_CPU_PORT
+#define MFS_TNA_CPU_PORT 192
+#endif
 #include "../shared/headers.p4"
 #include "../shared/parser.p4"
 #include "../shared/classify.p4"
@@ -58,6 +63,16 @@ parser MfsIngressParser(packet_in pkt, out ig_headers_t hdr, out ig_meta_t meta,
         meta.port_md = port_metadata_unpack<port_md_t>(pkt);
         meta.mfs = {false, false, false, false, false, false, false, false, false, 0, 0, 0, 0, 0};
         meta.ttl_in = 0;
+        transition select(ig_intr_md.ingress_port) {
+            MFS_TNA_CPU_PORT: parse_cpu_out;   /* a P4Runtime PacketOut: a controller operation */
+            default: parse_headers;
+        }
+    }
+    state parse_cpu_out {
+        pkt.extract(hdr.h.cpu_out);
+        transition accept;
+    }
+    state parse_headers {
         headers_parser.apply(pkt, hdr.h, meta.mfs);
         transition accept;
     }
@@ -83,6 +98,13 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
                 first = 1;
             }
             value = 1;
+        }
+    };
+    /* controller operation CPU_OP_CLEAR_MISS_FILTER: the alternative to the test-and-set
+     * (the other branch of apply: one register access per packet, same index variable) */
+    RegisterAction<bit<8>, bit<12>, bit<1>>(miss_filter) miss_clear = {
+        void apply(inout bit<8> value) {
+            value = 0;
         }
     };
 
@@ -142,78 +164,89 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
     }
 
     apply {
-        if (meta.port_md.fabric == 1) {
-            meta.mfs.fabric = true;
-        }
-
-        /* IPv4 sanity: what we do not handle is dropped and counted */
-        if (hdr.h.ipv4.isValid()) {
-            if (hdr.h.ipv4.version != 4 || hdr.h.ipv4.ihl < 5) {
-                dropped = true;
-                drop_reason = DROP_BAD_IPV4;
-            } else if (meta.mfs.csum_err) {
-                dropped = true;
-                drop_reason = DROP_IPV4_CHECKSUM;
+        if (ig_intr_md.ingress_port == MFS_TNA_CPU_PORT) {
+            /* a controller operation (PacketOut): apply it, count it, drop the packet
+             * (also one too short for the header) */
+            if (hdr.h.cpu_out.isValid() && hdr.h.cpu_out.op == CPU_OP_CLEAR_MISS_FILTER) {
+                meta.mfs.filter_index = hdr.h.cpu_out.index;
+                miss_clear.execute(meta.mfs.filter_index[11:0]);
             }
-        }
-
-        if (dropped) {
+            class_counter.count(CLASS_CONTROLLER_OP);
             drop();
         } else {
-            bool routed = false;
-            if (hdr.h.ipv4.isValid()) {
-                router_mac.apply();
+            if (meta.port_md.fabric == 1) {
+                meta.mfs.fabric = true;
             }
-            if (meta.mfs.routable) {
-                meta.ttl_in = hdr.h.ipv4.ttl;
-                switch (ipv4_lpm.apply().action_run) {
-                    route: {
-                        routed = true;
-                        if (meta.ttl_in <= 1) {
-                            drop();
+
+            /* IPv4 sanity: what we do not handle is dropped and counted */
+            if (hdr.h.ipv4.isValid()) {
+                if (hdr.h.ipv4.version != 4 || hdr.h.ipv4.ihl < 5) {
+                    dropped = true;
+                    drop_reason = DROP_BAD_IPV4;
+                } else if (meta.mfs.csum_err) {
+                    dropped = true;
+                    drop_reason = DROP_IPV4_CHECKSUM;
+                }
+            }
+
+            if (dropped) {
+                drop();
+            } else {
+                bool routed = false;
+                if (hdr.h.ipv4.isValid()) {
+                    router_mac.apply();
+                }
+                if (meta.mfs.routable) {
+                    meta.ttl_in = hdr.h.ipv4.ttl;
+                    switch (ipv4_lpm.apply().action_run) {
+                        route: {
+                            routed = true;
+                            if (meta.ttl_in <= 1) {
+                                drop();
+                                dropped = true;
+                                drop_reason = DROP_TTL_EXPIRED;
+                            }
+                        }
+                        drop: {
+                            routed = true;
                             dropped = true;
-                            drop_reason = DROP_TTL_EXPIRED;
+                            drop_reason = DROP_ROUTE_DROP;
                         }
                     }
-                    drop: {
-                        routed = true;
-                        dropped = true;
-                        drop_reason = DROP_ROUTE_DROP;
+                }
+                if (!routed) {
+                    l2_fwd.apply();
+                }
+
+                validate.apply(hdr.h, meta.mfs, ig_prsr_md.parser_err == 0);
+                classify.apply(hdr.h, meta.mfs, (port_t)ig_intr_md.ingress_port, miss, rejected);
+                class_counter.count(meta.mfs.cls);
+                /* class_counter[7] (proposal rejected) is not counted on Tofino:
+                 * one packet may access a Counter only once per pipeline pass
+                 * (docs/tofino.md, "Differences from bmv2"). */
+                if (miss) {
+                    if (miss_test_and_set.execute(meta.mfs.filter_index[11:0]) == 1) {
+                        ig_dprsr_md.digest_type = 1;
                     }
                 }
+                /* the one level -> queue conversion on TNA (mfs/levels.py); the
+                 * same class for PFC / ingress admission (iCoS) */
+                ig_tm_md.qid = (QueueId_t)(LOWEST_LEVEL - meta.mfs.level);
+                ig_tm_md.ingress_cos = (bit<3>)(LOWEST_LEVEL - meta.mfs.level);
             }
-            if (!routed) {
-                l2_fwd.apply();
+            if (dropped) {
+                drop_counter.count(drop_reason);
             }
 
-            validate.apply(hdr.h, meta.mfs, ig_prsr_md.parser_err == 0);
-            classify.apply(hdr.h, meta.mfs, (port_t)ig_intr_md.ingress_port, miss, rejected);
-            class_counter.count(meta.mfs.cls);
-            /* class_counter[7] (proposal rejected) is not counted on Tofino:
-             * one packet may access a Counter only once per pipeline pass
-             * (docs/tofino.md, "Differences from bmv2"). */
-            if (miss) {
-                if (miss_test_and_set.execute(meta.mfs.filter_index[11:0]) == 1) {
-                    ig_dprsr_md.digest_type = 1;
-                }
+            hdr.bridged.setValid();
+            hdr.bridged.level = meta.mfs.level;
+            hdr.bridged.pad0 = 0;
+            hdr.bridged.ingress_port = ig_intr_md.ingress_port;
+            hdr.bridged.pad1 = 0;
+            hdr.bridged.flood = 0;
+            if (meta.mfs.flood) {   /* a gateway, not a condition inside an action */
+                hdr.bridged.flood = 1;
             }
-            /* the one level -> queue conversion on TNA (mfs/levels.py); the
-             * same class for PFC / ingress admission (iCoS) */
-            ig_tm_md.qid = (QueueId_t)(LOWEST_LEVEL - meta.mfs.level);
-            ig_tm_md.ingress_cos = (bit<3>)(LOWEST_LEVEL - meta.mfs.level);
-        }
-        if (dropped) {
-            drop_counter.count(drop_reason);
-        }
-
-        hdr.bridged.setValid();
-        hdr.bridged.level = meta.mfs.level;
-        hdr.bridged.pad0 = 0;
-        hdr.bridged.ingress_port = ig_intr_md.ingress_port;
-        hdr.bridged.pad1 = 0;
-        hdr.bridged.flood = 0;
-        if (meta.mfs.flood) {   /* a gateway, not a condition inside an action */
-            hdr.bridged.flood = 1;
         }
     }
 }
