@@ -29,7 +29,7 @@ import pytest
 from topo.net import ROOT
 
 ARGS = ["--policies", "mfs,fair", "--requests", "16", "--repeat", "8"]
-BUSY_LOAD = 2.5  # 1-minute load average per CPU above which the run is not started
+BUSY_LOAD = 4.0  # 1-minute load average per CPU above which the run is not started (runs at 3.5 were clean)
 BUSY_RATIO = 1.8  # low-load TTFT / ideal above which the run's timing says the machine was too busy
 
 
