@@ -47,12 +47,14 @@ if [ -n "$BF_P4C_BIN" ]; then
     TNA_BUILD="${TNA_BUILD:-$(mktemp -d)}"
     mkdir -p "$OUT/tna" "$TNA_BUILD"
     echo "compile.sh: TNA with $BF_P4C_BIN -> $OUT/tna (build in $TNA_BUILD)"
-    "$BF_P4C_BIN" --target tofino --arch tna --std p4-16 -o "$TNA_BUILD" \
+    # --verbose 1: bf-p4c also writes pipe/logs (resources.json, phv.json), read by mfs.tofino_resources
+    "$BF_P4C_BIN" --target tofino --arch tna --std p4-16 --verbose 1 -o "$TNA_BUILD" \
         --p4runtime-files "$TNA_BUILD/mfs.p4info.txtpb" --p4runtime-format text \
         --p4runtime-force-std-externs --bf-rt-schema "$TNA_BUILD/bfrt.json" \
         p4src/tna/mfs.p4
     cp "$TNA_BUILD/mfs.p4info.txtpb" "$TNA_BUILD/bfrt.json" "$OUT/tna/"
     echo "compile.sh: wrote $OUT/tna/mfs.p4info.txtpb and $OUT/tna/bfrt.json"
+    python3 -m mfs.tofino_resources "$TNA_BUILD" || echo "compile.sh: no resource report (above)"
     TNA_DONE=1
 fi
 if [ "$TNA_DONE" = 0 ] && [ -n "${TNA_P4INCLUDE:-}" ]; then

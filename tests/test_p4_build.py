@@ -46,7 +46,8 @@ def compiled(tmp_path_factory):
     if not find_tool("p4c"):
         pytest.skip(missing_reason("p4c"))
     out = tmp_path_factory.mktemp("p4build")
-    r = subprocess.run(["bash", str(ROOT / "p4src" / "compile.sh")], env={**os.environ, "OUT": str(out)},
+    r = subprocess.run(["bash", str(ROOT / "p4src" / "compile.sh")],
+                       env={**os.environ, "OUT": str(out), "TNA_BUILD": str(out / "tna-build")},
                        capture_output=True, text=True)
     if r.returncode == 2:
         pytest.skip(r.stderr.strip())
@@ -115,6 +116,30 @@ def compiled_tna(compiled):
     return compiled / "tna"
 
 
+def test_tofino_resource_report(compiled_tna):
+    """docs/tofino.md's figures come from mfs.tofino_resources on bf-p4c's own reports: every P4
+    table and extern of the Tofino P4Info is placed in a stage, within the device's stages."""
+    from mfs.tofino_resources import format_report, read
+    r = read(compiled_tna.parent / "tna-build")
+    print(format_report(r))
+    placed = {n for s in r.stages for names in s.tables.values() for n in names}
+    placed |= {n for s in r.stages for n in s.stateful_alus + s.stats_alus}
+    info = _canonical(compiled_tna / "mfs.p4info.txtpb")
+    wanted = {e.preamble.name for kind in ("tables", "counters", "registers") for e in getattr(info, kind)}
+    assert wanted <= placed, f"not placed in any stage: {sorted(wanted - placed)}"
+    assert 0 < r.stages_used["ingress"] <= r.n_stages and 0 < r.stages_used["egress"] <= r.n_stages
+    assert r.phv["normal"].containers_used <= r.phv["normal"].containers
+
+
+def test_tofino_resource_report_names_what_is_missing(tmp_path, capsys):
+    """Without bf-p4c's --verbose logs the report says which file is missing and why."""
+    from mfs.tofino_resources import main
+    (tmp_path / "pipe").mkdir()
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "resources.json does not exist" in err and "--verbose 1" in err
+
+
 def test_tofino_p4info_is_up_to_date(compiled_tna):
     if not (TNA / "mfs.p4info.txtpb").exists():
         pytest.fail("p4src/build/tna/mfs.p4info.txtpb is not committed: run `make p4` with bf-p4c and commit it")
@@ -122,9 +147,22 @@ def test_tofino_p4info_is_up_to_date(compiled_tna):
     assert fresh == committed, "p4src/build/tna/mfs.p4info.txtpb is stale: run `make p4` (bf-p4c) and commit it"
 
 
+def _bfrt_canonical(path: Path) -> dict:
+    """bfrt.json with its tables sorted by name. bf-p4c emits its debug tables ``pipe.snapshot.*``
+    for ingress and egress in either order from one run to the next (measured: two compiles of
+    the same source), and ``snapshot.cfg``'s id and ``depends_on`` follow that order; everything
+    else, including the snapshot tables' fields, is compared as is."""
+    bfrt = json.loads(path.read_text())
+    for t in bfrt["tables"]:
+        if t["name"].endswith("snapshot.cfg"):
+            t.pop("id", None)
+            t["depends_on"] = sorted(t.get("depends_on", []))
+    bfrt["tables"].sort(key=lambda t: t["name"])
+    return bfrt
+
+
 def test_tofino_bfrt_json_is_up_to_date(compiled_tna):
     if not (TNA / "bfrt.json").exists():
         pytest.fail("p4src/build/tna/bfrt.json is not committed: run `make p4` with bf-p4c and commit it")
-    fresh = _strip_sources(json.loads((compiled_tna / "bfrt.json").read_text()))
-    committed = _strip_sources(json.loads((TNA / "bfrt.json").read_text()))
+    fresh, committed = _bfrt_canonical(compiled_tna / "bfrt.json"), _bfrt_canonical(TNA / "bfrt.json")
     assert fresh == committed, "p4src/build/tna/bfrt.json is stale: run `make p4` (bf-p4c) and commit it"

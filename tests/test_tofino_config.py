@@ -141,3 +141,20 @@ def test_per_pipe_queues_port_shaping_and_port_modes(tmp_path):
     assert re.search(r"per_port_shaping_configs \{\s+key: 7\b.*?max_rate_bps: 25000000000\s+max_burst_bytes: 9000",
                      text, flags=re.S)
     assert "max_rate_bytes" not in text and "max_rate:" not in text
+
+
+def test_port_metadata_lines_match_the_compiled_bfrt_schema():
+    """The script's PORT_METADATA lines name the table and fields of bf-p4c's committed bfrt.json
+    (p4src/build/tna/bfrt.json): program name, Pipeline instance, parser, key and data field."""
+    import json
+    bfrt = json.loads((ROOT / "p4src" / "build" / "tna" / "bfrt.json").read_text())
+    tables = {t["name"]: t for t in bfrt["tables"]}
+    script = tofino.bfrt_script(tofino.load(QUEUES))
+    table = re.search(r"bfrt\.mfs\.(\S+)\.PORT_METADATA", script).group(1) + ".$PORT_METADATA"
+    assert table in tables, f"{table} is not in bfrt.json ({sorted(n for n in tables if 'PORT' in n)})"
+    keys = {k["name"].split(".")[-1] for k in tables[table]["key"]}
+    data = {d["singleton"]["name"] for d in tables[table]["data"]}
+    for fields in re.findall(r"port_md\.add\((.*?)\)", script):
+        names = {f.split("=")[0].strip() for f in fields.split(",")}
+        assert names == keys | (names & data) and names - keys <= data, (names, keys, data)
+        assert "fabric" in names
