@@ -127,6 +127,12 @@ def test_tofino_resource_report(compiled_tna):
     info = _canonical(compiled_tna / "mfs.p4info.txtpb")
     wanted = {e.preamble.name for kind in ("tables", "counters", "registers") for e in getattr(info, kind)}
     assert wanted <= placed, f"not placed in any stage: {sorted(wanted - placed)}"
+    # A register or counter used from tables in two stages gets a copy in each (bf-p4c does not
+    # refuse it): the miss_filter clear would then never reach the test-and-set's copy.
+    for kind in ("counters", "registers"):
+        for e in getattr(info, kind):
+            stages = [s.stage for s in r.stages if e.preamble.name in s.stateful_alus + s.stats_alus]
+            assert len(stages) == 1, f"{e.preamble.name} is in stages {stages}: one call site, one stage"
     assert 0 < r.stages_used["ingress"] <= r.n_stages and 0 < r.stages_used["egress"] <= r.n_stages
     assert r.phv["normal"].containers_used <= r.phv["normal"].containers
 

@@ -48,6 +48,7 @@ struct ig_meta_t {
     mfs_meta_t mfs;
     port_md_t  port_md;
     bit<8>     ttl_in;
+    bit<1>     miss_clear;   /* the miss_filter access clears the cell (controller op) */
 }
 
 struct eg_meta_t {
@@ -63,6 +64,7 @@ parser MfsIngressParser(packet_in pkt, out ig_headers_t hdr, out ig_meta_t meta,
         meta.port_md = port_metadata_unpack<port_md_t>(pkt);
         meta.mfs = {false, false, false, false, false, false, false, false, false, 0, 0, 0, 0, 0};
         meta.ttl_in = 0;
+        meta.miss_clear = 0;
         transition select(ig_intr_md.ingress_port) {
             MFS_TNA_CPU_PORT: parse_cpu_out;   /* a P4Runtime PacketOut: a controller operation */
             default: parse_headers;
@@ -90,21 +92,23 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
     @id(0x16000003) @name(".MfsIngress.miss_filter")
     Register<bit<8>, bit<12>>(MISS_FILTER_SIZE, 0) miss_filter;
 
-    /* 1 when the cell was clear (first miss of this flow id): report it */
-    RegisterAction<bit<8>, bit<12>, bit<1>>(miss_filter) miss_test_and_set = {
+    /* The one access to miss_filter. An unknown flow: test-and-set, 1 when the
+     * cell was clear (first miss of this flow id: report it). The controller
+     * operation CPU_OP_CLEAR_MISS_FILTER (meta.miss_clear == 1): clear the cell.
+     * One RegisterAction executed at one place: bf-p4c gives a register used
+     * by two tables in different stages a copy in each stage (measured: the
+     * clear then never reached the test-and-set's copy). */
+    RegisterAction<bit<8>, bit<12>, bit<1>>(miss_filter) miss_access = {
         void apply(inout bit<8> value, out bit<1> first) {
             first = 0;
-            if (value == 0) {
-                first = 1;
+            if (meta.miss_clear == 1) {
+                value = 0;
+            } else {
+                if (value == 0) {
+                    first = 1;
+                }
+                value = 1;
             }
-            value = 1;
-        }
-    };
-    /* controller operation CPU_OP_CLEAR_MISS_FILTER: the alternative to the test-and-set
-     * (the other branch of apply: one register access per packet, same index variable) */
-    RegisterAction<bit<8>, bit<12>, bit<1>>(miss_filter) miss_clear = {
-        void apply(inout bit<8> value) {
-            value = 0;
         }
     };
 
@@ -113,6 +117,7 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
     bool miss = false;
     bool rejected = false;   /* not counted on Tofino, see below */
     bool dropped = false;
+    bool count_class = false;
     bit<32> drop_reason = 0;
 
     @id(0x01000009) @name(".MfsIngress.routable")
@@ -169,9 +174,11 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
              * (also one too short for the header) */
             if (hdr.h.cpu_out.isValid() && hdr.h.cpu_out.op == CPU_OP_CLEAR_MISS_FILTER) {
                 meta.mfs.filter_index = hdr.h.cpu_out.index;
-                miss_clear.execute(meta.mfs.filter_index[11:0]);
+                meta.miss_clear = 1;
+                miss = true;   /* the miss_filter access below clears the cell */
             }
-            class_counter.count(CLASS_CONTROLLER_OP);
+            meta.mfs.cls = CLASS_CONTROLLER_OP;
+            count_class = true;
             drop();
         } else {
             if (meta.port_md.fabric == 1) {
@@ -192,6 +199,9 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
             if (dropped) {
                 drop();
             } else {
+                /* set here, not after classify: bf-p4c would merge it into the action
+                 * of classify's last step and delay the counter by stages */
+                count_class = true;
                 bool routed = false;
                 if (hdr.h.ipv4.isValid()) {
                     router_mac.apply();
@@ -220,15 +230,9 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
 
                 validate.apply(hdr.h, meta.mfs, ig_prsr_md.parser_err == 0);
                 classify.apply(hdr.h, meta.mfs, (port_t)ig_intr_md.ingress_port, miss, rejected);
-                class_counter.count(meta.mfs.cls);
                 /* class_counter[7] (proposal rejected) is not counted on Tofino:
                  * one packet may access a Counter only once per pipeline pass
                  * (docs/tofino.md, "Differences from bmv2"). */
-                if (miss) {
-                    if (miss_test_and_set.execute(meta.mfs.filter_index[11:0]) == 1) {
-                        ig_dprsr_md.digest_type = 1;
-                    }
-                }
                 /* the one level -> queue conversion on TNA (mfs/levels.py); the
                  * same class for PFC / ingress admission (iCoS) */
                 ig_tm_md.qid = (QueueId_t)(LOWEST_LEVEL - meta.mfs.level);
@@ -246,6 +250,15 @@ control MfsIngress(inout ig_headers_t hdr, inout ig_meta_t meta,
             hdr.bridged.flood = 0;
             if (meta.mfs.flood) {   /* a gateway, not a condition inside an action */
                 hdr.bridged.flood = 1;
+            }
+        }
+        /* one call site for class_counter and for miss_filter (see miss_access) */
+        if (count_class) {
+            class_counter.count(meta.mfs.cls);
+        }
+        if (miss) {
+            if (miss_access.execute(meta.mfs.filter_index[11:0]) == 1) {
+                ig_dprsr_md.digest_type = 1;
             }
         }
     }
