@@ -28,7 +28,7 @@ pcase dbrx agent 0.705 0.952,1.29,1.74 0.952,1.29
 pcase mixtral-8x22b agent 1.14 1.54,2.08,2.81 1.54,2.08
 pcase grok-2 agent 0.545 0.736,0.994,1.34 0.736,0.994
 # qwen3-coder / agent (a point costs ~100 s CPU, 3x the others): seeds 2-3 at its high-load rate only;
-# the last line (not yet run) gives its sustainable rate three seeds too
+# the last line gives its sustainable rate three seeds too
 pcase qwen3-coder agent 0.232 0.232,0.313 0.313
 $S $P --models qwen3-coder --workloads agent --schedulers mfs,karuna,fair --rates 0.232 --seeds 1,2,3
 C="--servers 32 --warmup 128 --measured 256 --out $OUT/reduced"
