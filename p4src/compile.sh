@@ -57,27 +57,6 @@ if [ -n "$BF_P4C_BIN" ]; then
     python3 -m mfs.tofino_resources "$TNA_BUILD" || echo "compile.sh: no resource report (above)"
     TNA_DONE=1
 fi
-if [ "$TNA_DONE" = 0 ] && [ -n "${TNA_P4INCLUDE:-}" ]; then
-    # No Tofino back end, but the TNA include files (p4lang/p4c
-    # backends/tofino/bf-p4c/p4include) are at hand: run p4c's front and mid end
-    # on the TNA program. This type-checks it against tna.p4; the bmv2 back end
-    # then refuses the Switch package, which is expected. Pass = the mid end's
-    # last pass was reached (its dump exists).
-    [ -f "$TNA_P4INCLUDE/tna.p4" ] || { echo "compile.sh: \$TNA_P4INCLUDE=$TNA_P4INCLUDE has no tna.p4" >&2; exit 1; }
-    BM2="${P4C_BM2_SS:-$(dirname "$P4C_BIN")/p4c-bm2-ss}"
-    DUMP="$(mktemp -d)"
-    echo "compile.sh: TNA front/mid-end check with $BM2 -I $TNA_P4INCLUDE (no Tofino back end)"
-    "$BM2" --arch tna -D__TARGET_TOFINO__=1 -I "$TNA_P4INCLUDE" -o "$DUMP/tna.json" \
-        --top4 MidEndLast --dump "$DUMP" p4src/tna/mfs.p4 >"$DUMP/log" 2>&1 || true
-    if ! ls "$DUMP"/*MidEndLast*.p4 >/dev/null 2>&1; then
-        cat "$DUMP/log" >&2; rm -rf "$DUMP"
-        echo "compile.sh: TNA front/mid-end check FAILED" >&2; exit 1
-    fi
-    rm -rf "$DUMP"
-    echo "compile.sh: TNA front/mid-end check passed (not a Tofino back-end compile)"
-    TNA_DONE=1
-fi
 if [ "$TNA_DONE" = 0 ]; then
     echo "compile.sh: TNA not compiled: bf-p4c not found (set \$BF_P4C or put bf-p4c on PATH; docs/tofino.md)"
-    echo "compile.sh: (set TNA_P4INCLUDE=<p4c>/backends/tofino/bf-p4c/p4include for a front/mid-end check)"
 fi

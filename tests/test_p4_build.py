@@ -70,20 +70,6 @@ def test_bmv2_json_is_up_to_date(compiled):
     assert fresh == committed, "p4src/build/mfs.json is stale: run `make p4` and commit it"
 
 
-def test_tna_front_and_mid_end(tmp_path):
-    """p4src/tna/mfs.p4 type-checks against tna.p4 (p4c front/mid end; no Tofino back end here)."""
-    inc = os.environ.get("TNA_P4INCLUDE")
-    if not inc:
-        pytest.skip("TNA_P4INCLUDE is not set (point it at p4lang/p4c backends/tofino/bf-p4c/p4include, "
-                    "docs/tofino.md)")
-    if not find_tool("p4c"):
-        pytest.skip(missing_reason("p4c"))
-    r = subprocess.run(["bash", str(ROOT / "p4src" / "compile.sh")], capture_output=True, text=True,
-                       env={**os.environ, "OUT": str(tmp_path)})
-    assert r.returncode == 0, f"compile.sh failed:\n{r.stdout}\n{r.stderr}"
-    assert "TNA front/mid-end check passed" in r.stdout or "TNA with" in r.stdout, r.stdout
-
-
 # ---------------------------------------------------------------- Tofino (bf-p4c)
 TNA = BUILD / "tna"
 
