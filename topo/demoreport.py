@@ -89,7 +89,6 @@ class Comparison:
     simulated: S.PairedDiff | None
     stage2: S.PairedDiff  # paired Stage-2 CCT difference (emulated)
     seeds_rel: list[float] = field(default_factory=list)
-    note: str = ""  # what the emulation does not enforce of this baseline (printed with the line)
 
     @property
     def significant(self) -> bool:
@@ -123,14 +122,12 @@ class Comparison:
                 txt += " [DISAGREE beyond the interval, docs/demo.md]"
         if not self.significant:
             txt += " -- not significant (the interval includes 0)"
-        if self.note:
-            txt += f"\n    note: {self.note}"
         return txt
 
     def as_dict(self) -> dict:
         return {"baseline": self.baseline, "emulated_ttft": self.emulated.as_dict(),
                 "simulated_ttft": self.simulated.as_dict() if self.simulated else None,
-                "emulated_stage2": self.stage2.as_dict(), "per_seed_rel": self.seeds_rel, "note": self.note,
+                "emulated_stage2": self.stage2.as_dict(), "per_seed_rel": self.seeds_rel,
                 "significant": self.significant, "agreement": self.agreement()}
 
 
